@@ -1,0 +1,316 @@
+"""Time one callable: first call, warm-up, budgeted repetitions, median and spread."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = [
+    "Timing",
+    "WallClock",
+    "CudaEventClock",
+    "measure",
+    "sync_for",
+    "no_sync",
+    "thread_info",
+    "set_threads",
+]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Result of `measure`. Times in seconds; `times` are the timed repetitions.
+
+    `capped` is True when `cap_s` cut the measurement short; then `times` may be
+    empty and `median_s` is the first call's time (a lower bound).
+    """
+
+    median_s: float
+    iqr_s: float
+    q1_s: float
+    q3_s: float
+    n: int
+    first_call_s: float
+    capped: bool
+    times: tuple[float, ...] = field(repr=False)
+
+    @property
+    def spread(self) -> float:
+        """IQR relative to the median (0.1 = 10%)."""
+        return self.iqr_s / self.median_s if self.median_s > 0 else 0.0
+
+
+# -- clocks ---------------------------------------------------------------------
+# A clock has `start() -> token` and `stop(token) -> seconds`. `measure` calls
+# start(), fn, sync(result), stop(token): the synchroniser always runs before
+# the end time is read.
+
+
+class WallClock:
+    """Host wall-clock time (`time.perf_counter`)."""
+
+    def start(self) -> float:
+        return time.perf_counter()
+
+    def stop(self, token: float) -> float:
+        return time.perf_counter() - token
+
+
+class CudaEventClock:
+    """GPU time between two CUDA events recorded on the current stream.
+
+    `event_factory()` makes an event with `record()`, `synchronize()` and
+    `elapsed_time(end) -> ms`; by default `torch.cuda.Event(enable_timing=True)`.
+    Tests pass a fake factory.
+    """
+
+    def __init__(self, event_factory: Callable[[], Any] | None = None):
+        if event_factory is None:
+            import torch
+
+            def event_factory():
+                return torch.cuda.Event(enable_timing=True)
+
+        self._event = event_factory
+
+    def start(self) -> Any:
+        begin = self._event()
+        begin.record()
+        return begin
+
+    def stop(self, token: Any) -> float:
+        end = self._event()
+        end.record()
+        end.synchronize()
+        return token.elapsed_time(end) / 1e3
+
+
+# -- synchronisation ---------------------------------------------------------------
+
+
+def no_sync(result: Any) -> None:
+    """Synchroniser for host-only results."""
+
+
+def _leaves(tree: Any):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _leaves(value)
+    elif tree is not None:
+        yield tree
+
+
+def _library(a: Any) -> str:
+    """'torch', 'jax', 'cupy', 'numpy' or '' from the type's module."""
+    root = type(a).__module__.split(".")[0]
+    if root in ("jax", "jaxlib"):
+        return "jax"
+    return root if root in ("torch", "cupy", "numpy") else ""
+
+
+def _is_cuda_torch(a: Any) -> bool:
+    return _library(a) == "torch" and bool(getattr(a, "is_cuda", False))
+
+
+def sync_for(sample: Any) -> Callable[[Any], None]:
+    """The synchroniser for results like `sample` (an array or a tuple/list/dict tree).
+
+    torch CUDA -> `torch.cuda.synchronize(device)` for each device seen;
+    jax -> `jax.block_until_ready(result)`; cupy -> current stream synchronize;
+    numpy and torch CPU -> nothing.
+    """
+    steps: list[Callable[[Any], None]] = []
+    cuda_devices: list[Any] = []
+    kinds = set()
+    for leaf in _leaves(sample):
+        lib = _library(leaf)
+        if _is_cuda_torch(leaf) and leaf.device not in cuda_devices:
+            cuda_devices.append(leaf.device)
+        elif lib in ("jax", "cupy"):
+            kinds.add(lib)
+    if cuda_devices:
+        import torch
+
+        steps += [lambda r, d=d: torch.cuda.synchronize(d) for d in cuda_devices]
+    if "jax" in kinds:
+        import jax
+
+        steps.append(jax.block_until_ready)
+    if "cupy" in kinds:
+        import cupy
+
+        steps.append(lambda r: cupy.cuda.get_current_stream().synchronize())
+    if not steps:
+        return no_sync
+    if len(steps) == 1:
+        return steps[0]
+
+    def sync(result: Any) -> None:
+        for step in steps:
+            step(result)
+
+    return sync
+
+
+def _default_clock(sample: Any) -> WallClock | CudaEventClock:
+    if any(_is_cuda_torch(leaf) for leaf in _leaves(sample)):
+        return CudaEventClock()
+    return WallClock()
+
+
+# -- measure ---------------------------------------------------------------------
+
+
+def _quartiles(times: list[float]) -> tuple[float, float, float]:
+    if len(times) == 1:
+        return times[0], times[0], times[0]
+    q1, q2, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def measure(
+    fn: Callable[..., Any],
+    *,
+    setup: Callable[[], Any] | None = None,
+    sync: Callable[[Any], None] | None = None,
+    budget_s: float = 0.5,
+    warmup: int = 1,
+    min_reps: int = 3,
+    max_reps: int = 10_000,
+    cap_s: float | None = None,
+    clock: Any = None,
+) -> Timing:
+    """Time `fn` like triton's do_bench, on wall-clock by default.
+
+    Each call is `fn(setup())` when `setup` is given (run outside the timed
+    region: fresh inputs per repetition), else `fn()`. `sync(result)` runs inside
+    the timed region; None picks `sync_for(first result)`. The first call is
+    timed alone (`first_call_s`, compile time included), then `warmup` untimed
+    calls, then repetitions until `budget_s` of timed work and `min_reps` reps
+    (at most `max_reps`). `cap_s`: no repetitions if the first call exceeds it,
+    and stop once first call + warm-up + reps exceed it; `capped=True` then if
+    fewer than `min_reps` were taken or a single call exceeded it.
+    `clock`: `WallClock()`, `CudaEventClock()`, or None (CUDA events when the
+    first result is a CUDA torch tensor, else wall-clock).
+    """
+
+    if max_reps < 1 or min_reps < 0 or warmup < 0:
+        raise ValueError(f"measure: need max_reps >= 1, min_reps >= 0, warmup >= 0; "
+                         f"got {max_reps}, {min_reps}, {warmup}")
+
+    def call(timer: Any) -> float:
+        arg = (setup(),) if setup is not None else ()
+        token = timer.start()
+        result = fn(*arg)
+        sync(result)  # always before the end time is read
+        return timer.stop(token)
+
+    first_clock = clock if clock is not None else WallClock()
+    arg = (setup(),) if setup is not None else ()
+    token = first_clock.start()
+    result = fn(*arg)
+    if sync is None:
+        sync = sync_for(result)
+    sync(result)
+    first = first_clock.stop(token)
+    if clock is None:
+        clock = _default_clock(result)
+    del result, arg
+
+    if cap_s is not None and first > cap_s:
+        return Timing(first, 0.0, first, first, 0, first, True, ())
+    total = first
+    for _ in range(warmup):
+        total += call(clock)
+        if cap_s is not None and total > cap_s:
+            return Timing(first, 0.0, first, first, 0, first, True, ())
+
+    times: list[float] = []
+    capped = False
+    while len(times) < max_reps and (sum(times) < budget_s or len(times) < min_reps):
+        dt = call(clock)
+        times.append(dt)
+        total += dt
+        if cap_s is not None and total > cap_s:
+            capped = dt > cap_s or len(times) < min_reps
+            break
+    q1, median, q3 = _quartiles(times)
+    return Timing(median, q3 - q1, q1, q3, len(times), first, capped, tuple(times))
+
+
+# -- threads -------------------------------------------------------------------------
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+_thread_limits: Any = None  # threadpoolctl limits kept alive by set_threads
+
+
+def thread_info() -> dict:
+    """Thread counts of every loaded library, and the environment that sets them.
+
+    Keys: `threadpools` (threadpoolctl: user_api, internal_api, version,
+    num_threads), `torch` / `numba` (only if already imported), `env`.
+    """
+    info: dict = {"threadpools": [], "env": {}}
+    try:
+        import threadpoolctl
+
+        for pool in threadpoolctl.threadpool_info():
+            keys = ("user_api", "internal_api", "prefix", "version", "num_threads")
+            info["threadpools"].append({k: pool.get(k) for k in keys})
+    except ImportError:
+        info["threadpools"] = None
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].get_num_threads()
+    if "numba" in sys.modules:
+        info["numba"] = sys.modules["numba"].get_num_threads()
+    for name in (*_THREAD_ENV, "XLA_FLAGS"):
+        if name in os.environ:
+            info["env"][name] = os.environ[name]
+    return info
+
+
+def set_threads(n: int) -> dict:
+    """Use `n` threads in every library; returns what was set.
+
+    Env vars (OMP/MKL/OPENBLAS/NUMBA) are set for libraries not yet loaded;
+    loaded BLAS/OpenMP pools are limited with threadpoolctl (kept alive);
+    torch and numba are set if imported. XLA_FLAGS is set only before jax is
+    imported (XLA reads it once).
+    """
+    global _thread_limits
+    if n < 1:
+        raise ValueError(f"set_threads: n must be >= 1, got {n}")
+    done: dict = {}
+    for name in _THREAD_ENV:
+        os.environ[name] = str(n)
+    done["env"] = list(_THREAD_ENV)
+    if "jax" not in sys.modules:
+        kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+                if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))]
+        os.environ["XLA_FLAGS"] = " ".join(
+            kept + ["--xla_cpu_multi_thread_eigen=false", f"intra_op_parallelism_threads={n}"])
+        done["xla"] = os.environ["XLA_FLAGS"]
+    try:
+        import threadpoolctl
+
+        if _thread_limits is not None:
+            _thread_limits.restore_original_limits()
+        _thread_limits = threadpoolctl.threadpool_limits(limits=n)
+        done["threadpoolctl"] = True
+    except ImportError:
+        done["threadpoolctl"] = False
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+        done["torch"] = n
+    if "numba" in sys.modules:
+        numba = sys.modules["numba"]
+        done["numba"] = min(n, numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(done["numba"])
+    return done

@@ -1,0 +1,166 @@
+"""The machine's roofline numbers (copy bandwidth, matmul rate), measured once and cached."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+__all__ = [
+    "cache_dir",
+    "copy_bandwidth",
+    "matmul_rate",
+    "machine_info",
+    "roofline_time",
+    "roofline_fraction",
+]
+
+_LIBRARIES = ("numpy", "torch", "jax", "jaxlib", "numba", "triton", "cupy", "opt_einsum")
+
+
+def cache_dir() -> Path:
+    """`$EINLOCAL_CACHE_DIR`, else `~/.cache/einlocal` (not created here)."""
+    env = os.environ.get("EINLOCAL_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "einlocal"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        if name == "cupy":  # cupy ships as cupy-cudaNNx
+            for dist in ("cupy-cuda12x", "cupy-cuda11x", "cupy-cuda13x"):
+                try:
+                    return metadata.version(dist)
+                except metadata.PackageNotFoundError:
+                    pass
+        return None
+
+
+def _machine_key() -> str:
+    return f"{socket.gethostname()}|{_cpu_model()}|numpy {_version('numpy')}"
+
+
+def _cache_path() -> Path:
+    return cache_dir() / "machine.json"
+
+
+def _cached(name: str, measure, refresh: bool) -> float:
+    """`measure()` once per machine key and `name`, kept in machine.json."""
+    path = _cache_path()
+    key = _machine_key()
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    entry = data.get(key, {})
+    if not refresh and isinstance(entry.get(name), (int, float)):
+        return float(entry[name])
+    value = float(measure())
+    data.setdefault(key, {})[name] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return value
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # first touch, page faults
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int = 256 * 2**20, *, repeats: int = 5, refresh: bool = False) -> float:
+    """Bytes/s of `np.copyto` into a reused buffer: (read + written) / time."""
+
+    def run() -> float:
+        import numpy as np
+
+        src = np.ones(nbytes // 4, dtype=np.float32)
+        dst = np.empty_like(src)
+        return 2 * src.nbytes / _median_time(lambda: np.copyto(dst, src), repeats)
+
+    return _cached(f"copy_bandwidth:{nbytes}", run, refresh)
+
+
+def matmul_rate(n: int = 2048, *, repeats: int = 5, refresh: bool = False) -> float:
+    """FLOP/s of a float32 n x n `np.matmul` into `out=` (2 n^3 flops)."""
+
+    def run() -> float:
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        out = np.empty_like(a)
+        return 2 * n**3 / _median_time(lambda: np.matmul(a, b, out=out), repeats)
+
+    return _cached(f"matmul_rate:{n}", run, refresh)
+
+
+def machine_info() -> dict:
+    """CPU, cores, memory, hostname, library versions, GPU (if torch is loaded), threads."""
+    from .timing import thread_info
+
+    info = {
+        "hostname": socket.gethostname(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_bytes": _memory_bytes(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": {name: _version(name) for name in _LIBRARIES},
+        "gpu": None,
+        "threads": thread_info(),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def roofline_time(flops: float, min_bytes: float, *, bandwidth: float, rate: float) -> float:
+    """Lower bound on time: max(flops / rate, min_bytes / bandwidth)."""
+    return max(flops / rate, min_bytes / bandwidth)
+
+
+def roofline_fraction(
+    time_s: float, flops: float, min_bytes: float, *, bandwidth: float, rate: float
+) -> float:
+    """roofline_time / time_s: 1.0 means at the machine's limit."""
+    return roofline_time(flops, min_bytes, bandwidth=bandwidth, rate=rate) / time_s

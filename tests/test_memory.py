@@ -1,0 +1,149 @@
+"""einlocal.memory peaks (real for numpy and RSS, fake devices for GPUs) and einlocal.machine."""
+
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from einlocal import machine
+from einlocal.memory import (
+    METHODS,
+    Peak,
+    choose_method,
+    peak_cupy,
+    peak_jax,
+    peak_rss_subprocess,
+    peak_torch_cuda,
+    peak_tracemalloc,
+)
+
+MB = 10**6
+
+
+def test_tracemalloc_peak_of_an_8_mb_array():
+    peak = peak_tracemalloc(lambda: np.ones(MB, dtype=np.float64))
+    assert peak.method == "tracemalloc"
+    assert 8 * MB <= peak.bytes < 16 * MB
+
+
+def test_tracemalloc_ignores_what_was_live_before():
+    live = np.ones(4 * MB)  # 32 MB already allocated
+    peak = peak_tracemalloc(lambda: np.ones(1000))
+    assert peak.bytes < MB and live.size
+
+
+def test_rss_subprocess_measures_above_the_setup_baseline():
+    setup = "import numpy as np; big = np.ones(12 * 10**6)"  # ~96 MB, not counted
+    call = "x = np.ones(5 * 10**6); x += 1"  # 40 MB touched
+    peak = peak_rss_subprocess(setup, call, timeout_s=60)
+    assert peak.method == "peak RSS (subprocess)"
+    assert 35 * MB <= peak.bytes < 80 * MB
+
+
+def test_rss_subprocess_reports_a_failing_child():
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        peak_rss_subprocess("", "1 / 0", timeout_s=60)
+
+
+def test_torch_cuda_peak_from_fake_allocator(monkeypatch):
+    calls = []
+    state = {"allocated": 100, "max": 500}
+
+    def fn():
+        calls.append("fn")
+        state["max"] = 100 + 4096
+
+    cuda = types.SimpleNamespace(
+        synchronize=lambda d=None: calls.append("sync"),
+        reset_peak_memory_stats=lambda d=None: (calls.append("reset"), state.update(max=100)),
+        memory_allocated=lambda d=None: state["allocated"],
+        max_memory_allocated=lambda d=None: state["max"],
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    peak = peak_torch_cuda(fn, "cuda:0")
+    assert peak == Peak(4096, "cuda max_memory_allocated")
+    assert calls == ["sync", "reset", "fn", "sync"]
+
+
+def test_cupy_peak_from_fake_pool(monkeypatch):
+    pool = types.SimpleNamespace(total=3000, used=1000)
+    fake_pool = types.SimpleNamespace(
+        free_all_blocks=lambda: setattr(pool, "total", pool.used),
+        used_bytes=lambda: pool.used,
+        total_bytes=lambda: pool.total,
+    )
+    stream = types.SimpleNamespace(synchronize=lambda: None)
+    cupy = types.SimpleNamespace(get_default_memory_pool=lambda: fake_pool,
+                                 cuda=types.SimpleNamespace(get_current_stream=lambda: stream))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+
+    def fn():  # allocate 5000 bytes, free them: the pool keeps the blocks
+        pool.total += 5000
+
+    assert peak_cupy(fn) == Peak(5000, "cupy pool")
+
+
+def test_jax_peak_from_fake_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(block_until_ready=lambda r: r))
+    stats = {"bytes_in_use": 1000, "peak_bytes_in_use": 2000}
+    device = types.SimpleNamespace(memory_stats=lambda: dict(stats))
+
+    def fn():
+        stats["peak_bytes_in_use"] = 1000 + 777
+
+    assert peak_jax(fn, device) == Peak(777, "jax memory_stats")
+    cpu = types.SimpleNamespace(memory_stats=lambda: None)
+    with pytest.raises(RuntimeError, match="memory_stats"):
+        peak_jax(fn, cpu)
+
+
+@pytest.mark.parametrize("engine, device, method", [
+    ("numpy", "cpu", "tracemalloc"),
+    ("torch", "cpu", "peak RSS (subprocess)"),
+    ("numba", "cpu", "peak RSS (subprocess)"),
+    ("torch", "cuda:0", "cuda max_memory_allocated"),
+    ("cupy", "cuda", "cupy pool"),
+    ("jax", "cuda", "jax memory_stats"),
+])
+def test_choose_method(engine, device, method):
+    assert choose_method(engine, device) == method and method in METHODS
+
+
+def test_choose_method_rejects_unknown_pairs():
+    with pytest.raises(ValueError, match="valid: numpy/cpu"):
+        choose_method("cupy", "cpu")
+
+
+# -- machine ----------------------------------------------------------------------
+
+
+def test_roofline_time_and_fraction():
+    # 2 GFLOP at 100 GFLOP/s = 20 ms; 1 GB at 10 GB/s = 100 ms: memory bound
+    kw = dict(bandwidth=10e9, rate=100e9)
+    assert machine.roofline_time(2e9, 1e9, **kw) == pytest.approx(0.1)
+    assert machine.roofline_fraction(0.4, 2e9, 1e9, **kw) == pytest.approx(0.25)
+    assert machine.roofline_time(2e10, 1e6, **kw) == pytest.approx(0.2)
+
+
+def test_measurements_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path))
+    assert machine.cache_dir() == tmp_path
+    first = machine.copy_bandwidth(2**20, repeats=2)
+    assert first > 0 and machine.copy_bandwidth(2**20, repeats=2) == first
+    rate = machine.matmul_rate(64, repeats=2)
+    data = json.loads((tmp_path / "machine.json").read_text())
+    (entry,) = data.values()
+    assert entry == {"copy_bandwidth:1048576": first, "matmul_rate:64": rate}
+    assert machine.copy_bandwidth(2**20, repeats=2, refresh=True) > 0
+
+
+def test_machine_info_imports_no_framework():
+    code = ("import sys, json; from einlocal.machine import machine_info; i = machine_info();"
+            "print(json.dumps([i['versions']['numpy'], i['cores'],"
+            " sorted(m for m in ('torch', 'jax', 'cupy', 'numba', 'triton') if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    numpy_version, cores, loaded = json.loads(out.stdout)
+    assert numpy_version == np.__version__ and cores >= 1 and loaded == []

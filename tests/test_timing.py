@@ -1,0 +1,219 @@
+"""einlocal.timing: call order, statistics, budget and cap, on fake clocks and devices."""
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from einlocal.timing import CudaEventClock, Timing, measure, no_sync, sync_for, thread_info
+
+
+class FakeClock:
+    """Returns the given durations in order and logs start/stop."""
+
+    def __init__(self, durations, log):
+        self.durations = list(durations)
+        self.log = log
+
+    def start(self):
+        self.log.append("start")
+        return None
+
+    def stop(self, token):
+        self.log.append("stop")
+        return self.durations.pop(0)
+
+
+def logged(log):
+    def fn(*args):
+        log.append("fn")
+        return args
+
+    def sync(result):
+        log.append("sync")
+
+    return fn, sync
+
+
+def test_sync_runs_before_the_end_time_every_call():
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([1.0] * 6, log), budget_s=0, warmup=1, min_reps=4)
+    assert t.n == 4
+    assert log == ["start", "fn", "sync", "stop"] * 6  # first + warm-up + 4 reps
+
+
+def test_setup_runs_outside_the_timed_region_and_feeds_fn():
+    log, seen = [], []
+
+    def setup():
+        log.append("setup")
+        return len(log)
+
+    def fn(arg):
+        seen.append(arg)
+        log.append("fn")
+
+    measure(fn, setup=setup, sync=no_sync, clock=FakeClock([1.0] * 4, log), budget_s=0,
+            warmup=0, min_reps=3)
+    assert log == ["setup", "start", "fn", "stop"] * 4
+    assert len(set(seen)) == 4  # a fresh setup result each call
+
+
+def test_median_and_iqr_of_known_durations():
+    log = []
+    fn, sync = logged(log)
+    clock = FakeClock([5.0, 9.0, 1.0, 2.0, 3.0, 4.0, 100.0], log)
+    t = measure(fn, sync=sync, clock=clock, budget_s=0, warmup=1, min_reps=5)
+    assert t.first_call_s == 5.0
+    assert t.times == (1.0, 2.0, 3.0, 4.0, 100.0)  # the warm-up (9.0) is not kept
+    assert (t.median_s, t.q1_s, t.q3_s, t.iqr_s, t.n) == (3.0, 2.0, 4.0, 2.0, 5)
+    assert t.spread == pytest.approx(2 / 3)
+    assert not t.capped
+
+
+def test_repeats_until_the_budget_is_spent():
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([0.1] * 20, log), budget_s=0.35, warmup=0,
+                min_reps=1)
+    assert t.n == 4
+
+
+def test_max_reps_bounds_repetitions():
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([0.0] * 20, log), budget_s=10, warmup=0,
+                max_reps=7)
+    assert t.n == 7
+
+
+def test_slow_first_call_is_capped_without_repeating():
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([10.0] * 10, log), cap_s=1.0, min_reps=5)
+    assert t.capped and t.n == 0 and t.first_call_s == 10.0
+    assert log.count("fn") == 1
+
+
+def test_cap_stops_repetitions_once_the_total_exceeds_it():
+    log = []
+    fn, sync = logged(log)
+    clock = FakeClock([0.1, 0.1] + [0.5] * 10, log)
+    t = measure(fn, sync=sync, clock=clock, cap_s=1.0, budget_s=100, warmup=1, min_reps=5)
+    assert t.capped and t.n == 2  # 0.1 + 0.1 + 0.5 + 0.5 > 1.0
+    assert log.count("fn") == 4
+
+
+def test_cap_reached_after_min_reps_is_not_capped():
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([0.1] * 20, log), cap_s=0.55, budget_s=100,
+                warmup=0, min_reps=3)
+    assert not t.capped and t.n == 5
+
+
+class FakeEvent:
+    def __init__(self, log, name, times):
+        self.log, self.name, self.times = log, name, times
+
+    def record(self):
+        self.log.append(f"{self.name}.record")
+
+    def synchronize(self):
+        self.log.append(f"{self.name}.synchronize")
+
+    def elapsed_time(self, end):
+        self.log.append(f"{self.name}.elapsed_time({end.name})")
+        return self.times.pop(0)
+
+
+def event_factory(log, times):
+    count = iter(range(1000))
+    return lambda: FakeEvent(log, f"e{next(count)}", times)
+
+
+def test_cuda_event_clock_synchronises_before_reading_elapsed_time():
+    log = []
+    fn, sync = logged(log)
+    clock = CudaEventClock(event_factory(log, [4.0, 2.0, 3.0, 1.0]))
+    t = measure(fn, sync=sync, clock=clock, budget_s=0, warmup=0, min_reps=3)
+    assert t.first_call_s == pytest.approx(4e-3)
+    assert t.times == pytest.approx((2e-3, 3e-3, 1e-3))
+    for i in range(4):  # each call: its own pair of events
+        b, e = f"e{2 * i}", f"e{2 * i + 1}"
+        assert log[6 * i: 6 * i + 6] == [f"{b}.record", "fn", "sync", f"{e}.record",
+                                         f"{e}.synchronize", f"{b}.elapsed_time({e})"]
+    # every elapsed_time read follows its end event's synchronize
+    for i, entry in enumerate(log):
+        if ".elapsed_time(" in entry:
+            end = entry.split("(")[1].rstrip(")")
+            assert log[i - 1] == f"{end}.synchronize"
+            assert log[i - 2] == f"{end}.record" and log[i - 3] == "sync"
+
+
+class FakeCudaTensor:
+    __module__ = "torch"
+    is_cuda = True
+
+    def __init__(self, device):
+        self.device = device
+
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    log = []
+    cuda = types.SimpleNamespace(
+        synchronize=lambda device=None: log.append(("synchronize", device)),
+        Event=lambda enable_timing: FakeEvent(log, "ev", [1.0] * 100),
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    return log
+
+
+def test_sync_for_cuda_tensors_synchronises_each_device(fake_torch):
+    tree = {"y": FakeCudaTensor("cuda:0"), "grads": [FakeCudaTensor("cuda:1"),
+                                                      FakeCudaTensor("cuda:0")]}
+    sync_for(tree)(tree)
+    assert fake_torch == [("synchronize", "cuda:0"), ("synchronize", "cuda:1")]
+
+
+def test_cuda_result_is_timed_with_events_by_default(fake_torch):
+    t = measure(lambda: FakeCudaTensor("cuda:0"), budget_s=0, warmup=0, min_reps=2)
+    assert t.times == (1e-3, 1e-3)  # the fake events' 1 ms, not wall-clock
+    assert ("synchronize", "cuda:0") in fake_torch
+
+
+def test_sync_for_host_arrays_is_a_no_op():
+    assert sync_for(np.ones(3)) is no_sync
+    assert sync_for((np.ones(3), [np.zeros(2)], {"a": None})) is no_sync
+
+
+def test_sync_for_jax_blocks_until_ready():
+    jax = pytest.importorskip("jax")
+    x = jax.numpy.ones(3)
+    assert sync_for((x, x)) is jax.block_until_ready
+
+
+def test_measure_real_function_returns_timing():
+    t = measure(lambda: np.ones(100).sum(), budget_s=0.01)
+    assert isinstance(t, Timing) and t.n >= 3 and t.q1_s <= t.median_s <= t.q3_s
+
+
+def test_set_threads_reaches_env_and_blas():
+    code = ("import numpy, json; from einlocal.timing import set_threads, thread_info;"
+            "set_threads(1); print(json.dumps(thread_info()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    import json
+
+    info = json.loads(out.stdout)
+    assert info["env"]["OMP_NUM_THREADS"] == "1"
+    assert "--xla_cpu_multi_thread_eigen=false" in info["env"]["XLA_FLAGS"]
+    assert all(pool["num_threads"] == 1 for pool in info["threadpools"])
+
+
+def test_thread_info_lists_environment(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert thread_info()["env"]["OMP_NUM_THREADS"] == "3"

@@ -294,16 +294,21 @@ def _size(rec: dict, x_key: str) -> float | None:
 
 
 def plot(records: list[dict], path_png: str | Path, x_key: str = "size") -> Path | None:
-    """Log-log time against `x_key` per backend, a subplot per pass; None if nothing to plot.
+    """Log-log time against `x_key`, a line per backend (and workload), a subplot per pass.
+
+    Returns the path, or None (no file) when no ok record has an x value.
 
     `x_key` is a record key; "size" falls back to the element count of the
     first shape in `shape`.
     """
     points: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    several = len({r.get("workload") for r in records}) > 1
     for rec in records:
         x = _size(rec, x_key)
         if _ok(rec) and x is not None:
             label = rec["backend"] + (f" [{rec['grad_mode']}]" if rec.get("grad_mode") else "")
+            if several:
+                label = f"{rec.get('workload')} {label}"
             points.setdefault(rec["pass"], {}).setdefault(label, []).append((x, rec["median_s"]))
     if not points:
         return None

@@ -200,7 +200,6 @@ def measure(
     `clock`: `WallClock()`, `CudaEventClock()`, or None (CUDA events when the
     first result is a CUDA torch tensor, else wall-clock).
     """
-
     if max_reps < 1 or min_reps < 0 or warmup < 0:
         raise ValueError(f"measure: need max_reps >= 1, min_reps >= 0, warmup >= 0; "
                          f"got {max_reps}, {min_reps}, {warmup}")
@@ -233,10 +232,12 @@ def measure(
             return Timing(first, 0.0, first, first, 0, first, True, ())
 
     times: list[float] = []
+    spent = 0.0
     capped = False
-    while len(times) < max_reps and (sum(times) < budget_s or len(times) < min_reps):
+    while len(times) < max_reps and (spent < budget_s or len(times) < min_reps):
         dt = call(clock)
         times.append(dt)
+        spent += dt
         total += dt
         if cap_s is not None and total > cap_s:
             capped = dt > cap_s or len(times) < min_reps

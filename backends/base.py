@@ -1,0 +1,126 @@
+"""What a backend is: a strategy bound to an array library, able to run one
+bound statement (forward and backward statements alike)."""
+from __future__ import annotations
+
+import importlib.util
+
+from .lowering import execute, largest_intermediate
+from .namespaces import namespace
+
+__all__ = ["Backend", "ArrayBackend", "missing_modules"]
+
+# The libraries with automatic differentiation, where grad="autodiff" exists.
+AUTODIFF = frozenset({"torch", "jax"})
+
+
+def missing_modules(*mods) -> str | None:
+    """The reason a backend is unavailable, or None: checks that modules are
+    installed without importing them."""
+    for m in mods:
+        if importlib.util.find_spec(m) is None:
+            return f"{m} is not installed (pip install {m})"
+    return None
+
+
+class Backend:
+    """Base class.  ``takes`` are the array libraries it accepts."""
+
+    strategy = "?"
+    engine = "?"
+    takes: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    # whether execute() runs arbitrary statements (False: only catalogue ops)
+    general = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}:{self.engine}"
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run on this machine, or None."""
+        return missing_modules(*self.requires)
+
+    def cannot(self, plan, *, library: str, device: str, call=None) -> str | None:
+        """Why it cannot run this plan on these arrays, or None."""
+        if library not in self.takes:
+            return f"{self.name} takes {' or '.join(self.takes)} arrays, not {library}"
+        return None
+
+    def grad_modes(self, library: str) -> tuple[str, ...]:
+        return ("vjp", "autodiff") if library in AUTODIFF else ("vjp",)
+
+    def workspace(self, plan) -> tuple[int, str]:
+        """(elements, description) of the largest intermediate."""
+        return largest_intermediate(plan, 0, "none")
+
+    def execute(self, plan, operands: dict, out=None):
+        """Run one bound statement; ``out`` (if given) is overwritten."""
+        raise NotImplementedError
+
+    def forward(self, call, operands: dict, out=None):
+        """The op's forward statement (natives override this)."""
+        return self.execute(call.plan, operands, out)
+
+    def vjp(self, call, dy, operands: dict, wrt, outs: dict) -> dict:
+        """Gradients of the operands in ``wrt``: each derived backward
+        statement run by this same backend."""
+        grads = {}
+        for name in wrt:
+            plan = call.plan.backward[name]
+            ops = {plan.stmt.operands[0].name: dy}
+            ops.update({a.name: operands[a.name] for a in plan.stmt.operands[1:]})
+            grads[name] = self.execute(plan, ops, outs.get(name))
+        return grads
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"
+
+
+class ArrayBackend(Backend):
+    """A strategy written once over an array namespace (numpy, torch, jax,
+    cupy).  Subclasses define ``strategy`` and ``contract``."""
+
+    def __init__(self, engine: str):
+        self.engine = engine
+        self.takes = (engine,)
+        self.requires = {"jax": ("jax",), "cupy": ("cupy",), "torch": ("torch",)}.get(engine, ())
+
+    def unavailable(self) -> str | None:
+        reason = missing_modules(*self.requires)
+        if reason is None and self.engine == "cupy":
+            import cupy
+            if not cupy.is_available():
+                return "cupy is installed but no CUDA device is available (cupy.is_available() is False)"
+        return reason
+
+    @property
+    def xp(self):
+        return namespace(self.engine)
+
+    def contract(self, xp, views, out_names, ranges, out=None):
+        raise NotImplementedError
+
+    def contraction_elements(self, plan) -> tuple[int, str]:
+        return 0, "none"
+
+    def workspace(self, plan) -> tuple[int, str]:
+        return largest_intermediate(plan, *self.contraction_elements(plan))
+
+    def execute(self, plan, operands: dict, out=None):
+        if self.engine == "jax":
+            return _jitted(self, plan)(operands)
+        return execute(self, self.xp, plan, operands, out)
+
+
+_JIT_CACHE: dict = {}
+
+
+def _jitted(backend, plan):
+    """jax lowerings are traced once per (backend, plan) and cached."""
+    key = (backend.name, plan)
+    fn = _JIT_CACHE.get(key)
+    if fn is None:
+        import jax
+        fn = jax.jit(lambda ops: execute(backend, backend.xp, plan, ops, None))
+        _JIT_CACHE[key] = fn
+    return fn

@@ -1,0 +1,142 @@
+"""The steps every array strategy shares: window views of the operands, a
+contraction (the strategy's own step), and a fold for affine-indexed outputs.
+
+    views = [window(xp, x, plan.windows["x"]), ...]     # zero-copy when in bounds
+    T = strategy.contract(xp, views, out_names, ranges) # one axis per output index
+    y = T, or fold(xp, T, plan, out)                    # col2im: slice-adds per tap
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+
+__all__ = ["window", "fold", "execute", "tap_slices"]
+
+
+def main_indices(win):
+    """Per array axis, the index with the largest range moves along a slice
+    (the axis's 'main' index); the window's other indices are taps."""
+    size = dict(zip(win.names, win.view_shape))
+    by_axis: dict[int, list[str]] = {}
+    for n, k, _ in win.steps:
+        by_axis.setdefault(k, []).append(n)
+    mains = {k: max(ns, key=lambda n: size[n]) for k, ns in by_axis.items()}
+    taps = tuple(n for n in win.names if n not in mains.values())
+    return mains, taps
+
+
+def window_by_slices(xp, a, win):
+    """The window materialised from strided slices, one per tap, stacked:
+    for libraries that cannot view arbitrary strides (jax), or negative ones."""
+    mains, taps = main_indices(win)
+    size = dict(zip(win.names, win.view_shape))
+    pieces = []
+    for tap in itertools.product(*(range(size[t]) for t in taps)):
+        idx, flips = tap_slices(win, dict(zip(taps, tap)))
+        piece = a[idx]
+        pieces.append(xp.flip(piece, flips) if flips else piece)
+    main_names = [mains[k] for k in sorted(mains)]
+    stacked = xp.reshape(xp.stack(pieces, 0), tuple(size[n] for n in (*taps, *main_names)))
+    have = [*taps, *main_names]
+    return xp.permute(stacked, [have.index(n) for n in win.names])
+
+
+def window(xp, a, win):
+    """The operand viewed with one axis per index name (``win.names``).
+
+    Zero-copy strides when every read is in bounds and the library can view
+    arbitrary strides; with padding, a view of one padded copy."""
+    if win.padded:
+        a = xp.pad(a, win.pads)
+    if xp.has_strided and all(c > 0 for _, _, c in win.steps):
+        strides, _ = win.strides(xp.strides(a))
+        return xp.as_strided(a, win.view_shape, strides, win.offsets)
+    return window_by_slices(xp, a, win)
+
+
+def tap_slices(win, tap: dict):
+    """Index into a (padded) array for one tap assignment: a strided slice
+    along each axis's main index, an integer where no index moves; and which
+    result axes run backwards (negative coefficients)."""
+    mains, _ = main_indices(win)
+    size = dict(zip(win.names, win.view_shape))
+    coef = {n: (k, c) for n, k, c in win.steps}
+    starts = list(win.offsets)
+    for t, v in tap.items():
+        k, c = coef[t]
+        starts[k] += c * v
+    idx, flips = [], []
+    for k, start in enumerate(starts):
+        m = mains.get(k)
+        if m is None:
+            idx.append(start)
+            continue
+        c, r = coef[m][1], size[m]
+        if c > 0:
+            idx.append(slice(start, start + c * (r - 1) + 1, c))
+        else:
+            flips.append(sum(isinstance(i, slice) for i in idx))
+            idx.append(slice(start + c * (r - 1), start + 1, -c))
+    return tuple(idx), tuple(flips)
+
+
+def fold(xp, T, plan, out=None):
+    """Write ``T`` (one axis per output index) into the output through its
+    affine indices: one strided slice-add per tap (col2im).  Writes outside
+    the output are dropped (a padded buffer, cropped)."""
+    win = plan.out_window
+    mains, taps = main_indices(win)
+    size = dict(zip(win.names, win.view_shape))
+    main_names = [mains[k] for k in sorted(mains)]
+    T = xp.permute(T, [win.names.index(n) for n in (*taps, *main_names)])
+    if win.padded or out is None or xp.functional:
+        buf = xp.zeros(win.padded_shape, like=T)
+    else:
+        buf = out
+        buf[...] = 0
+    for tap in itertools.product(*(range(size[t]) for t in taps)):
+        idx, flips = tap_slices(win, dict(zip(taps, tap)))
+        piece = T[tap] if taps else T
+        buf = xp.add_slice(buf, idx, xp.flip(piece, flips) if flips else piece)
+    if win.padded:
+        buf = buf[tuple(slice(a, a + s) for s, (a, _) in zip(win.shape, win.pads))]
+    if out is not None and buf is not out:
+        return xp.assign(out, buf)
+    return buf
+
+
+def execute(strategy, xp, plan, operands: dict, out=None):
+    """Run one bound statement (forward or backward alike) with a strategy's
+    contraction over namespace ``xp``; ``out`` is overwritten if given."""
+    stmt = plan.stmt
+    views = [(window(xp, operands[a.name], plan.windows[a.name]), plan.windows[a.name].names)
+             for a in stmt.operands]
+    out_names = stmt.out.names
+    ranges = plan.range
+    present = [n for n in out_names if any(n in names for _, names in views)]
+    direct = stmt.out.plain and len(present) == len(out_names) and not xp.functional
+    T = strategy.contract(xp, views, tuple(present), ranges, out=out if direct else None)
+    if len(present) != len(out_names):   # an output index no operand reads: broadcast
+        shape = [ranges[n] if n in present else 1 for n in out_names]
+        T = xp.reshape(T, tuple(shape))
+        T = xp.broadcast_to(T, tuple(ranges[n] for n in out_names))
+    if not stmt.out.plain:
+        return fold(xp, T, plan, out)
+    if out is not None and T is not out:
+        return xp.assign(out, T)
+    return T
+
+
+def largest_intermediate(plan, strategy_elements: int, what: str):
+    """(elements, description) of the largest array a lowering creates:
+    the strategy's own, a padded operand copy, or the unfolded output."""
+    cands = [(strategy_elements, what)]
+    for w in plan.windows.values():
+        if w.padded:
+            cands.append((math.prod(w.padded_shape), f"padded copy of {w.name} {w.padded_shape}"))
+    if plan.scatter:
+        cands.append((math.prod(plan.unfolded_shape()), f"unfolded output {plan.unfolded_shape()}"))
+        if plan.out_window.padded:
+            cands.append((math.prod(plan.out_window.padded_shape), f"padded output {plan.out_window.padded_shape}"))
+    return max(cands, key=lambda c: c[0])

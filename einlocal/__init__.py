@@ -1,0 +1,34 @@
+"""einlocal: locally connected, depthwise and grouped convolutions, each
+written once as an index-notation statement and lowered to many backends.
+
+    import einlocal as el
+    y = el.locally_connected2d(x, weight, bias, stride=1, padding=1)
+    dx, dw, db = el.vjp(el.locally_connected2d, dy, x, weight, bias, padding=1)
+
+Importing einlocal imports no framework (numpy only).
+"""
+from .budget import memory_budget, set_memory_budget
+from .catalogue import conv2d, depthwise_conv2d, locally_connected1d, locally_connected2d, vjp
+from .errors import BackendError, EinlocalError, MemoryBudgetError, ShapeError, SpecError
+from .op import Op
+from .registry import available as _available, unavailable as _unavailable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d", "Op", "vjp",
+    "backends", "unavailable_backends", "memory_budget", "set_memory_budget",
+    "ShapeError", "SpecError", "BackendError", "MemoryBudgetError", "EinlocalError",
+]
+
+
+def backends(op=None, *, like=None) -> list[str]:
+    """Every available backend name; with ``op`` and ``like`` (an array, or
+    a dict of the op's arrays), those that can run that op on such arrays."""
+    from .backends_query import backends_for
+    return backends_for(op, like)
+
+
+def unavailable_backends() -> dict[str, str]:
+    """Backend name -> why it cannot run here (library missing, no device, ...)."""
+    return _unavailable()

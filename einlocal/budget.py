@@ -1,0 +1,61 @@
+"""The memory guard: a lowering's largest intermediate against a budget,
+checked before any work, so a huge broadcast product is an error, not an
+out-of-memory kill."""
+from __future__ import annotations
+
+import os
+
+from .errors import MemoryBudgetError
+
+__all__ = ["memory_budget", "set_memory_budget", "check_budget", "DEFAULT_FRACTION"]
+
+DEFAULT_FRACTION = 0.5
+_budget: int | None = None
+
+
+def _available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def memory_budget() -> int:
+    """Bytes one intermediate may take: ``set_memory_budget``, else the
+    environment's ``EINLOCAL_MEMORY_BUDGET`` (bytes), else half the memory
+    available now."""
+    if _budget is not None:
+        return _budget
+    env = os.environ.get("EINLOCAL_MEMORY_BUDGET")
+    if env:
+        return int(float(env))
+    return int(_available_bytes() * DEFAULT_FRACTION)
+
+
+def set_memory_budget(nbytes: int | None) -> None:
+    """Set the budget in bytes; None restores the default."""
+    global _budget
+    if nbytes is not None and nbytes <= 0:
+        raise ValueError(f"set_memory_budget: the budget must be positive bytes, got {nbytes}")
+    _budget = None if nbytes is None else int(nbytes)
+
+
+def check_budget(backend, plan, itemsize: int) -> None:
+    """Raise MemoryBudgetError if ``backend``'s lowering of ``plan`` would
+    create an intermediate larger than the budget."""
+    elements, what = backend.workspace(plan)
+    nbytes = elements * itemsize
+    budget = memory_budget()
+    if nbytes > budget:
+        raise MemoryBudgetError(
+            f"backend {backend.name}: its largest intermediate, the {what}, needs {nbytes:,} bytes "
+            f"({nbytes / 2**20:,.1f} MiB), over the memory budget of {budget:,} bytes "
+            f"({budget / 2**20:,.1f} MiB) for {plan.stmt}; choose another backend or raise the budget "
+            f"(el.set_memory_budget or EINLOCAL_MEMORY_BUDGET)")

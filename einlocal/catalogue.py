@@ -1,0 +1,286 @@
+"""The catalogue (API.md): locally connected 2d/1d, depthwise and grouped
+convolution, each one statement plus parameter handling.  Channel axes are
+reshaped for free so every statement stays plain."""
+from __future__ import annotations
+
+import functools
+
+from .arrays import shape_of
+from .call import Call, forward, vjp as _vjp
+from .errors import ShapeError
+from .plan import bind
+from .spec import parse
+
+__all__ = ["locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d", "CatalogueOp", "vjp"]
+
+
+def _tuple(v, n: int, what: str, *, minimum: int) -> tuple[int, ...]:
+    t = (v,) * n if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else None
+    if t is None or len(t) != n or not all(isinstance(e, int) and not isinstance(e, bool) for e in t):
+        raise ShapeError(f"{what} must be an int or {n} ints, got {v!r}")
+    for k, e in enumerate(t):
+        if e < minimum:
+            raise ShapeError(f"{what} must be >= {minimum} on every axis, got {e} on spatial axis {k}")
+    return t
+
+
+def _padding(padding, kernel, dilation, stride, what="padding") -> tuple[tuple[int, int], ...]:
+    """Every form API.md allows -> ((before, after), ...) per spatial axis."""
+    n = len(kernel)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * n
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ShapeError(f"padding='same' needs stride 1, got stride {stride}")
+            out = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                out.append((total // 2, total - total // 2))   # the extra zero goes after
+            return tuple(out)
+        raise ShapeError(f"{what} must be an int, a pair, a pair of pairs, 'valid' or 'same'; got {padding!r}")
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        pads = ((padding, padding),) * n
+    elif isinstance(padding, (tuple, list)) and len(padding) == n:
+        pads = []
+        for p in padding:
+            if isinstance(p, int) and not isinstance(p, bool):
+                pads.append((p, p))
+            elif isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(e, int) for e in p):
+                pads.append(tuple(p))
+            else:
+                raise ShapeError(f"{what} entries must be ints or (before, after) pairs, got {p!r}")
+        pads = tuple(pads)
+    else:
+        raise ShapeError(f"{what} must be an int, {n} ints, {n} (before, after) pairs, 'valid' or 'same'; got {padding!r}")
+    for k, (a, b) in enumerate(pads):
+        if a < 0 or b < 0:
+            raise ShapeError(f"{what} must be non-negative, got ({a}, {b}) on spatial axis {k}")
+    return pads
+
+
+def _out_size(size, pad, k, d, s, axis: str) -> int:
+    span = d * (k - 1) + 1
+    padded = size + pad[0] + pad[1]
+    if span > padded:
+        raise ShapeError(f"kernel extent {span} (kernel {k}, dilation {d}) on axis {axis} is larger than the "
+                         f"padded input {padded} (size {size} + padding {pad[0]} + {pad[1]})")
+    return (padded - span) // s + 1
+
+
+def _expr(out: str, tap: str, s: int, d: int, p: int) -> str:
+    e = out if s == 1 else f"{out}*{s}"
+    e += f"+{tap}" if d == 1 else f"+{tap}*{d}"
+    return e + (f"-{p}" if p else "")
+
+
+def _check_ndim(a, n: int, what: str, layout: str):
+    if a is None:
+        raise ShapeError(f"{what} is required")
+    if not hasattr(a, "shape"):
+        raise ShapeError(f"{what} must be an array, got {type(a).__name__}")
+    if len(a.shape) != n:
+        raise ShapeError(f"{what} must have {n} axes {layout}, got shape {shape_of(a)}")
+    return shape_of(a)
+
+
+def _spatial(params: dict, n: int):
+    stride = _tuple(params.get("stride", 1), n, "stride", minimum=1)
+    dilation = _tuple(params.get("dilation", 1), n, "dilation", minimum=1)
+    return stride, dilation
+
+
+@functools.lru_cache(maxsize=2048)
+def _bind_lc(ndim: int, x_shape, w_shape, b_shape, stride, padding, dilation) -> Call:
+    spatial = "hw"[:ndim] if ndim == 2 else "t"
+    taps = "ij"[:ndim] if ndim == 2 else "k"
+    N, Cin, *S = x_shape
+    Cout, Cin_w, *rest = w_shape
+    K, So = rest[:ndim], rest[ndim:]
+    if Cin_w != Cin:
+        raise ShapeError(f"weight axis 1 (Cin) is {Cin_w} but x axis 1 (Cin) is {Cin}")
+    for k in K:
+        if k < 1:
+            raise ShapeError(f"weight kernel size must be positive, got {tuple(K)}")
+    stride, dilation = stride, dilation
+    pads = _padding(padding, K, dilation, stride)
+    if padding == "same":
+        expect = tuple(S)
+    else:
+        expect = tuple(_out_size(S[a], pads[a], K[a], dilation[a], stride[a], f"{a + 2} of x") for a in range(ndim))
+    for a in range(ndim):
+        if expect[a] <= 0:
+            raise ShapeError(f"output size on spatial axis {a} is {expect[a]}: non-positive")
+        if So[a] != expect[a]:
+            raise ShapeError(
+                f"weight axis {2 + ndim + a} (output size) is {So[a]} but x of spatial size {tuple(S)} with kernel "
+                f"{tuple(K)}, stride {stride}, padding {pads}, dilation {dilation} gives {expect[a]}")
+    out_shape = (N, Cout, *So)
+    if b_shape is not None and tuple(b_shape) != (Cout, *So):
+        raise ShapeError(f"bias must have shape {(Cout, *So)} (Cout, *output size), got {tuple(b_shape)}")
+    reads = ", ".join(_expr(spatial[a], taps[a], stride[a], dilation[a], pads[a][0]) for a in range(ndim))
+    text = f"y[n,o,{','.join(spatial)}] += x[n,c,{reads}] * wt[o,c,{','.join(taps)},{','.join(spatial)}]"
+    pad = any(p for pr in pads for p in pr)
+    plan = bind(parse(text), (("wt", tuple(w_shape)), ("x", tuple(x_shape))), (), None, pad)
+    plan = bind(plan.stmt, plan.shapes, (), None, pad)
+    kind = "locally_connected2d" if ndim == 2 else "locally_connected1d"
+    params = (("stride", stride), ("padding", pads), ("dilation", dilation))
+    bias = None if b_shape is None else ("bias", (1, Cout, *So))
+    arg_shapes = (("x", tuple(x_shape)), ("weight", tuple(w_shape))) + ((("bias", tuple(b_shape)),) if b_shape else ())
+    return Call(kind, params, plan, ("x", "weight", "bias"),
+                (("x", "x", tuple(x_shape)), ("weight", "wt", tuple(w_shape))), out_shape, bias, arg_shapes)
+
+
+@functools.lru_cache(maxsize=2048)
+def _bind_grouped(x_shape, w_shape, b_shape, stride, padding, dilation, groups, depthwise: bool) -> Call:
+    N, Cin, H, W = x_shape
+    Cout, Cg_w, kh, kw = w_shape
+    if depthwise:
+        if Cg_w != 1:
+            raise ShapeError(f"depthwise weight axis 1 must be 1 (layout (C*m, 1, kh, kw)), got {Cg_w}")
+        if Cout % Cin:
+            raise ShapeError(f"depthwise weight axis 0 is {Cout}, not a multiple of x's {Cin} channels (C*m)")
+        groups = Cin
+    else:
+        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+            raise ShapeError(f"groups must be a positive int, got {groups!r}")
+        if Cin % groups:
+            raise ShapeError(f"groups={groups} does not divide x axis 1 (Cin) = {Cin}")
+        if Cout % groups:
+            raise ShapeError(f"groups={groups} does not divide weight axis 0 (Cout) = {Cout}")
+        if Cg_w != Cin // groups:
+            raise ShapeError(f"weight axis 1 is {Cg_w} but Cin // groups = {Cin} // {groups} = {Cin // groups}")
+    if kh < 1 or kw < 1:
+        raise ShapeError(f"weight kernel size must be positive, got ({kh}, {kw})")
+    K = (kh, kw)
+    pads = _padding(padding, K, dilation, stride)
+    Ho, Wo = (_out_size((H, W)[a], pads[a], K[a], dilation[a], stride[a], f"{a + 2} of x") for a in range(2))
+    if b_shape is not None and tuple(b_shape) != (Cout,):
+        raise ShapeError(f"bias must have shape ({Cout},) (Cout,), got {tuple(b_shape)}")
+    reads = ", ".join(_expr("hw"[a], "ij"[a], stride[a], dilation[a], pads[a][0]) for a in range(2))
+    pad = any(p for pr in pads for p in pr)
+    G, Og, Cg = groups, Cout // groups, Cin // groups
+    if depthwise:
+        text = f"y[n,c,m,h,w] += x[n,c,{reads}] * wt[c,m,i,j]"
+        xs, ws, ys = (N, Cin, H, W), (Cin, Og, kh, kw), (N, Cin, Og, Ho, Wo)
+        kind = "depthwise_conv2d"
+        params = (("stride", stride), ("padding", pads), ("dilation", dilation), ("multiplier", Og))
+    else:
+        text = f"y[n,g,o,h,w] += x[n,g,c,{reads}] * wt[g,o,c,i,j]"
+        xs, ws, ys = (N, G, Cg, H, W), (G, Og, Cg, kh, kw), (N, G, Og, Ho, Wo)
+        kind = "conv2d"
+        params = (("stride", stride), ("padding", pads), ("dilation", dilation), ("groups", groups))
+    plan = bind(parse(text), (("x", xs), ("wt", ws)), (("h", Ho), ("w", Wo)), None, pad)
+    bias = None if b_shape is None else ("bias", (1,) + ys[1:3] + (1, 1))
+    arg_shapes = (("x", tuple(x_shape)), ("weight", tuple(w_shape))) + ((("bias", tuple(b_shape)),) if b_shape else ())
+    return Call(kind, params, plan, ("x", "weight", "bias"), (("x", "x", xs), ("weight", "wt", ws)),
+                (N, Cout, Ho, Wo), bias, arg_shapes)
+
+
+class CatalogueOp:
+    """A catalogue op: call it like a function; ``bind`` gives its ``Call``
+    (plan, statement, shapes) without running anything."""
+
+    def __init__(self, name: str, binder, doc: str):
+        self.__name__ = self.name = name
+        self._binder = binder
+        self.__doc__ = doc
+
+    def bind(self, x, weight, bias=None, **params) -> Call:
+        return self._binder(x, weight, bias, **params)
+
+    def __call__(self, x, weight, bias=None, *, backend="auto", out=None, grad="vjp", **params):
+        call = self.bind(x, weight, bias, **params)
+        return forward(call, {"x": x, "weight": weight, "bias": bias}, backend=backend, out=out, grad=grad)
+
+    def vjp(self, dy, x, weight, bias=None, *, backend="auto", wrt=None, out=None, grad="vjp", **params):
+        call = self.bind(x, weight, bias, **params)
+        return _vjp(call, dy, {"x": x, "weight": weight, "bias": bias}, backend=backend, wrt=wrt, out=out, grad=grad)
+
+    def __repr__(self) -> str:
+        return f"<einlocal op {self.name}>"
+
+
+def _only(params: dict, allowed, name: str):
+    extra = set(params) - set(allowed)
+    if extra:
+        raise TypeError(f"{name}() got an unexpected keyword argument {sorted(extra)[0]!r}")
+
+
+def _lc_binder(ndim: int):
+    name = f"locally_connected{ndim}d"
+    layout_x = "(N, Cin, H, W)" if ndim == 2 else "(N, Cin, L)"
+    layout_w = "(Cout, Cin, kh, kw, Ho, Wo)" if ndim == 2 else "(Cout, Cin, k, Lo)"
+
+    def binder(x, weight, bias, *, stride=1, padding=0, dilation=1):
+        xs = _check_ndim(x, ndim + 2, "x", layout_x)
+        ws = _check_ndim(weight, 2 + 2 * ndim, "weight", layout_w)
+        bs = None if bias is None else _check_ndim(bias, 1 + ndim, "bias", "(Cout, *output size)")
+        st, dl = _spatial({"stride": stride, "dilation": dilation}, ndim)
+        pad = padding if isinstance(padding, str) else _padding(padding, ws[2:2 + ndim], dl, st)
+        return _bind_lc(ndim, xs, ws, bs, st, pad, dl)
+    binder.__name__ = name
+    return binder
+
+
+def _grouped_binder(depthwise: bool):
+    def binder(x, weight, bias, *, stride=1, padding=0, dilation=1, groups=1):
+        xs = _check_ndim(x, 4, "x", "(N, Cin, H, W)")
+        ws = _check_ndim(weight, 4, "weight", "(C*m, 1, kh, kw)" if depthwise else "(Cout, Cin // groups, kh, kw)")
+        bs = None if bias is None else _check_ndim(bias, 1, "bias", "(Cout,)")
+        st, dl = _spatial({"stride": stride, "dilation": dilation}, 2)
+        pad = padding if isinstance(padding, str) else _padding(padding, ws[2:], dl, st)
+        return _bind_grouped(xs, ws, bs, st, pad, dl, groups, depthwise)
+    return binder
+
+
+def _depthwise_binder(x, weight, bias, *, stride=1, padding=0, dilation=1):
+    return _grouped_binder(True)(x, weight, bias, stride=stride, padding=padding, dilation=dilation)
+
+
+locally_connected2d = CatalogueOp("locally_connected2d", _lc_binder(2), """\
+Locally connected 2d layer: a convolution with one kernel per output position.
+
+    x (N, Cin, H, W), weight (Cout, Cin, kh, kw, Ho, Wo), bias (Cout, Ho, Wo) or None
+    -> y (N, Cout, Ho, Wo)
+
+Statement: y[n,o,h,w] += x[n,c,h*sh+i*dh-pt, w*sw+j*dw-pl] * wt[o,c,i,j,h,w].
+stride, dilation: int or pair; padding: int, pair, pair of pairs, 'valid' or
+'same'; backend: a name from el.backends() or 'auto'; out: overwritten.""")
+
+locally_connected1d = CatalogueOp("locally_connected1d", _lc_binder(1), """\
+Locally connected 1d layer.
+
+    x (N, Cin, L), weight (Cout, Cin, k, Lo), bias (Cout, Lo) or None -> y (N, Cout, Lo)
+
+Statement: y[n,o,t] += x[n,c,t*s+k*d-p] * wt[o,c,k,t].""")
+
+depthwise_conv2d = CatalogueOp("depthwise_conv2d", _depthwise_binder, """\
+Depthwise 2d convolution with channel multiplier m.
+
+    x (N, C, H, W), weight (C*m, 1, kh, kw) (PyTorch's groups=C layout), bias (C*m,) or None
+    -> y (N, C*m, Ho, Wo); output channel c*m + k reads input channel c.
+
+Statement: y[n,c,m,h,w] += x[n,c,h*sh+i*dh-pt, w*sw+j*dw-pl] * wt[c,m,i,j].""")
+
+conv2d = CatalogueOp("conv2d", _grouped_binder(False), """\
+2d convolution with shared weights (the control), grouped with groups > 1.
+
+    x (N, Cin, H, W), weight (Cout, Cin // groups, kh, kw), bias (Cout,) or None
+    -> y (N, Cout, Ho, Wo)
+
+Statement: y[n,g,o,h,w] += x[n,g,c,h*sh+i*dh-pt, w*sw+j*dw-pl] * wt[g,o,c,i,j].""")
+
+CATALOGUE = {op.name: op for op in (locally_connected2d, locally_connected1d, depthwise_conv2d, conv2d)}
+
+
+def vjp(fn, dy, *args, backend="auto", wrt=None, out=None, grad="vjp", **kwargs):
+    """Gradients of a catalogue op or an ``el.Op`` (API.md, "Gradients")."""
+    if isinstance(fn, CatalogueOp):
+        return fn.vjp(dy, *args, backend=backend, wrt=wrt, out=out, grad=grad, **kwargs)
+    from .op import Op
+    if isinstance(fn, Op):
+        if args:
+            raise TypeError("el.vjp(op, dy, ...): pass an Op's arrays by name, e.g. el.vjp(op, dy, x=x, wt=wt)")
+        return fn.vjp(dy, backend=backend, wrt=wrt, out=out, grad=grad, **kwargs)
+    raise TypeError(f"el.vjp takes a catalogue op or an el.Op, got {fn!r}")

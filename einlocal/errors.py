@@ -1,0 +1,27 @@
+"""The error classes of einlocal's public contract (API.md, "Errors")."""
+
+__all__ = ["EinlocalError", "SpecError", "ShapeError", "BackendError", "MemoryBudgetError"]
+
+
+class EinlocalError(ValueError):
+    """Base of every einlocal error; a ValueError, as API.md promises."""
+
+
+class SpecError(EinlocalError):
+    """A statement that does not parse, uses a reserved name, or repeats an
+    index within one operand."""
+
+
+class ShapeError(EinlocalError):
+    """A shape, size, stride, padding, dilation or group count that does not
+    fit; an out-of-bounds read without ``pad=0``; a missing range; mismatched
+    dtypes or devices; a bad ``out=``."""
+
+
+class BackendError(EinlocalError):
+    """An unknown backend, or one that cannot take these arrays, this device,
+    this op or this statement."""
+
+
+class MemoryBudgetError(EinlocalError, MemoryError):
+    """A lowering whose largest intermediate exceeds the memory budget."""

@@ -1,0 +1,86 @@
+"""``el.Op``: a custom op from one index-notation statement (API.md)."""
+from __future__ import annotations
+
+from .arrays import shape_of
+from .call import Call, forward, vjp as _vjp
+from .derive import backward, einsum_spec, write_conflicts
+from .errors import ShapeError, SpecError
+from .plan import bind
+from .spec import RESERVED, parse
+
+__all__ = ["Op"]
+
+
+class Op:
+    """An op written as one statement, e.g.
+
+        op = el.Op("y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]")
+        y = op(x=x, wt=wt)                  # ranges inferred
+        grads = op.vjp(dy, x=x, wt=wt)      # {"x": dx, "wt": dwt}
+
+    ``pad=0`` makes reads outside an array zero (and drops such writes)."""
+
+    def __init__(self, statement: str, pad=None):
+        if pad not in (None, 0):
+            raise SpecError(f"pad must be 0 (zeros outside the arrays) or None (an error), got {pad!r}")
+        self.statement = parse(statement)
+        self.pad = pad == 0
+
+    @property
+    def einsum(self) -> str:
+        """The einsum over window views, index names mapped to letters."""
+        return einsum_spec(self.statement)
+
+    @property
+    def backward(self):
+        """The derived backward statements, one per input, in input order."""
+        return backward(self.statement)
+
+    @property
+    def conflicts(self):
+        """The write-conflict analysis of each backward statement (unbound,
+        so conservative); ``bind(...).backward`` gives the exact one."""
+        return tuple(write_conflicts(s) for s in self.backward)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.statement.inputs
+
+    def bind(self, *, sizes=None, out_shape=None, **shapes):
+        """The plan for these operand shapes (no arrays needed)."""
+        return bind(self.statement, tuple((k, tuple(v)) for k, v in shapes.items()),
+                    tuple(sorted((sizes or {}).items())), None if out_shape is None else tuple(out_shape), self.pad)
+
+    def _call(self, arrays: dict, sizes, out) -> Call:
+        names = self.statement.inputs
+        missing = [n for n in names if arrays.get(n) is None]
+        extra = [n for n in arrays if n not in names]
+        if extra:
+            raise ShapeError(f"{self.statement} has no operand {extra[0]!r} (operands: {', '.join(names)}; "
+                             f"reserved keywords: {', '.join(sorted(RESERVED))})")
+        if missing:
+            raise ShapeError(f"operand {missing[0]!r} of {self.statement} is missing")
+        for n in names:
+            if not hasattr(arrays[n], "shape"):
+                raise ShapeError(f"operand {n!r} must be an array, got {type(arrays[n]).__name__}")
+        shapes = {n: shape_of(arrays[n]) for n in names}
+        plan = self.bind(sizes=sizes, out_shape=None if out is None else shape_of(out), **shapes)
+        return Call("op", (), plan, names, tuple((n, n, shapes[n]) for n in names), plan.out_shape, None,
+                    tuple(shapes.items()))
+
+    def __call__(self, *, backend="auto", sizes=None, out=None, grad="vjp", **arrays):
+        call = self._call(arrays, sizes, out)
+        return forward(call, arrays, backend=backend, out=out, grad=grad)
+
+    def vjp(self, dy, *, backend="auto", wrt=None, out=None, sizes=None, grad="vjp", **arrays) -> dict:
+        """Gradients as a dict name -> array (None where not in ``wrt``);
+        ``out`` may be a dict of preallocated gradients, overwritten."""
+        call = self._call(arrays, sizes, None)
+        if shape_of(dy) != call.out_shape and sizes is None:
+            call = self._call(arrays, None, dy)
+        outs = None if out is None else tuple(out.get(n) for n in call.args) if isinstance(out, dict) else out
+        grads = _vjp(call, dy, arrays, backend=backend, wrt=wrt, out=outs, grad=grad)
+        return dict(zip(call.args, grads))
+
+    def __repr__(self) -> str:
+        return f"Op({str(self.statement)!r}{', pad=0' if self.pad else ''})"

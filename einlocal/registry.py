@@ -1,0 +1,68 @@
+"""The backend registry: names -> lazily imported backend modules, with the
+reason a backend is unavailable.  Importing einlocal imports no framework;
+a backend's module is imported the first time it is asked for."""
+from __future__ import annotations
+
+import functools
+import importlib
+
+from .errors import BackendError
+
+__all__ = ["NAMES", "get", "available", "unavailable", "ENGINES", "ARRAY_STRATEGIES"]
+
+ARRAY_STRATEGIES = ("broadcast", "bmm", "einsum", "opt_einsum")
+ENGINES = ("numpy", "torch", "jax", "cupy")
+
+# name -> (module in einlocal.backends, engine)
+_ENTRIES: dict[str, tuple[str, str]] = {}
+for _engine in ENGINES:
+    for _strategy in ARRAY_STRATEGIES:
+        _ENTRIES[f"{_strategy}:{_engine}"] = (_strategy, _engine)
+_ENTRIES.update({
+    "loops:python": ("loops_python", "python"),
+    "loops:numba": ("loops_numba", "numba"),
+    "loops:triton": ("loops_triton", "triton"),
+    "loops:cupy": ("loops_cupy", "cupy"),
+    "native:torch": ("native_torch", "torch"),
+    "native:jax": ("native_jax", "jax"),
+})
+NAMES = tuple(_ENTRIES)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str):
+    """The backend object, or the reason it cannot be built (a str)."""
+    module, engine = _ENTRIES[name]
+    try:
+        mod = importlib.import_module(f"einlocal.backends.{module}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("einlocal.backends"):
+            return f"{name} is not part of this build"
+        return f"{e.name} is not installed"
+    backend = mod.make(engine)
+    reason = backend.unavailable()
+    return reason if reason else backend
+
+
+def unavailable() -> dict[str, str]:
+    """Every registered backend that cannot run here -> the reason."""
+    out = {}
+    for name in NAMES:
+        b = _load(name)
+        if isinstance(b, str):
+            out[name] = b
+    return out
+
+
+def available() -> tuple[str, ...]:
+    return tuple(n for n in NAMES if not isinstance(_load(n), str))
+
+
+def get(name: str):
+    """The backend called ``name``; BackendError if unknown or unavailable."""
+    if name not in _ENTRIES:
+        raise BackendError(f"unknown backend {name!r}; valid names: {', '.join(NAMES)}")
+    b = _load(name)
+    if isinstance(b, str):
+        raise BackendError(f"backend {name!r} is unavailable: {b}")
+    return b

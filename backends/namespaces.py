@@ -10,7 +10,7 @@ __all__ = ["namespace", "NUMPY_CALLS", "Namespace"]
 # Every module-level call NumpyLike makes on its module; a test asserts cupy
 # has them all, so the cupy lowerings are checked without a GPU.
 NUMPY_CALLS = ("einsum", "matmul", "pad", "zeros", "empty", "flip", "broadcast_to",
-               "ascontiguousarray", "multiply", "stack", "float64", "abs")
+               "ascontiguousarray", "multiply", "stack", "float64", "abs", "array", "lib")
 
 
 class Namespace:
@@ -22,6 +22,14 @@ class Namespace:
 
     def __init__(self, mod):
         self.mod = mod
+
+    def from_numpy(self, a, device: str = "cpu"):
+        """A new array of this library holding numpy array ``a`` (used by the
+        harness to create inputs; never called on user data)."""
+        raise NotImplementedError
+
+    def to_numpy(self, a):
+        return a
 
     def permute(self, a, perm):
         perm = tuple(perm)
@@ -35,6 +43,12 @@ class NumpyLike(Namespace):
         super().__init__(mod)
         self.name = name
         self._strided = (mod.lib.stride_tricks.as_strided)
+
+    def from_numpy(self, a, device: str = "cpu"):
+        return self.mod.array(a)
+
+    def to_numpy(self, a):
+        return a.get() if self.name == "cupy" else a
 
     def strides(self, a):
         return tuple(s // a.itemsize for s in a.strides)
@@ -99,6 +113,12 @@ class NumpyLike(Namespace):
 
 class Torch(Namespace):
     name = "torch"
+
+    def from_numpy(self, a, device: str = "cpu"):
+        return self.mod.from_numpy(a.copy()).to(device)
+
+    def to_numpy(self, a):
+        return a.detach().cpu().numpy()
 
     def strides(self, a):
         return tuple(a.stride())
@@ -168,6 +188,13 @@ class Jax(Namespace):
     name = "jax"
     has_strided = False
     functional = True
+
+    def from_numpy(self, a, device: str = "cpu"):
+        return self.mod.asarray(a)
+
+    def to_numpy(self, a):
+        import numpy
+        return numpy.asarray(a)
 
     def pad(self, a, pads):
         return self.mod.pad(a, pads)

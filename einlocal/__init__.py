@@ -8,6 +8,7 @@ written once as an index-notation statement and lowered to many backends.
 Importing einlocal imports no framework (numpy only).
 """
 from .budget import memory_budget, set_memory_budget
+from .check import check
 from .catalogue import conv2d, depthwise_conv2d, locally_connected1d, locally_connected2d, vjp
 from .errors import BackendError, EinlocalError, MemoryBudgetError, ShapeError, SpecError
 from .op import Op
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d", "Op", "vjp",
-    "backends", "unavailable_backends", "memory_budget", "set_memory_budget",
+    "backends", "unavailable_backends", "check", "memory_budget", "set_memory_budget",
     "ShapeError", "SpecError", "BackendError", "MemoryBudgetError", "EinlocalError",
 ]
 

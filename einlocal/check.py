@@ -1,0 +1,287 @@
+"""The check harness (``el.check``, ``einlocal check``): every backend against
+the float64 reference, forward and every gradient, on fresh random inputs.
+
+- inputs: uniform in ±[0.5, 1.5], a new seed per call (printed on failure);
+- ``out=`` poisoned with NaN for every backend that takes one, so a backend
+  that skips an element or accumulates into ``out`` fails;
+- tolerance: |got - ref| <= (K + 2) * eps(dtype) * scale + tiny, where
+  ``scale`` is the statement run on |operands| (the sum of |terms|) and K the
+  number of terms per element: the rounding bound of a K-term sum, so long
+  reductions and values near zero are judged fairly;
+- the reference's own VJP is checked against a directional finite difference
+  <dy, (f(p + h t) - f(p - h t)) / 2h> = <vjp(dy), t>, exact for a
+  multilinear op up to rounding.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import registry
+from .errors import EinlocalError, MemoryBudgetError
+
+__all__ = ["check", "CheckReport", "CheckRow", "random_inputs", "tolerance", "reference_outputs"]
+
+_EPS = {"float64": np.finfo(np.float64).eps, "float32": np.finfo(np.float32).eps,
+        "float16": np.finfo(np.float16).eps, "bfloat16": 2.0 ** -7}
+
+
+@dataclass
+class CheckRow:
+    backend: str
+    status: str                      # "pass", "fail", "skipped"
+    errors: dict = field(default_factory=dict)   # "y", "dx[vjp]", ... -> error / tolerance
+    reason: str = ""
+
+    @property
+    def worst(self) -> float:
+        return max(self.errors.values(), default=0.0)
+
+
+@dataclass
+class CheckReport:
+    op: str
+    shapes: dict
+    params: dict
+    dtype: str
+    seed: int
+    rows: list
+    reference_vjp_error: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != "fail" for r in self.rows) and self.reference_vjp_error <= 1.0
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.rows if r.status == "fail"]
+
+    def __str__(self) -> str:
+        shapes = ", ".join(f"{k}={v}" for k, v in self.shapes.items())
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        lines = [f"check {self.op}({shapes}{', ' + params if params else ''}) {self.dtype}, seed={self.seed}",
+                 f"reference VJP vs finite difference: {self.reference_vjp_error:.2g} of tolerance",
+                 f"{'backend':<20} {'status':<8} {'worst err/tol':>13}  detail"]
+        for r in self.rows:
+            detail = r.reason or ", ".join(f"{k} {v:.2g}" for k, v in r.errors.items())
+            worst = f"{r.worst:.3g}" if r.errors else "-"
+            lines.append(f"{r.backend:<20} {r.status:<8} {worst:>13}  {detail}")
+        if not self.ok:
+            lines.append(f"FAILED: rerun with seed={self.seed} to reproduce")
+        return "\n".join(lines)
+
+
+def random_inputs(shapes: dict, dtype: str, seed: int) -> dict:
+    """Values uniform in ±[0.5, 1.5]: no term is near zero, signs mix."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes.items():
+        if shape is None:
+            out[name] = None
+            continue
+        mag = rng.uniform(0.5, 1.5, size=shape)
+        sign = rng.choice([-1.0, 1.0], size=shape)
+        out[name] = (mag * sign).astype(np.float64 if dtype == "bfloat16" else dtype)
+    return out
+
+
+def tolerance(scale: np.ndarray, terms: int, dtype: str) -> np.ndarray:
+    """The rounding bound of a sum of ``terms`` products of magnitude sum
+    ``scale``, computed in ``dtype`` (plus a tiny floor)."""
+    eps = _EPS[dtype]
+    return (terms + 2) * eps * scale + np.finfo(np.float64).tiny
+
+
+def _op_parts(op, arrays: dict, params: dict):
+    """(call, bound function to run a backend forward, vjp function)."""
+    from .catalogue import CatalogueOp
+    from .op import Op
+    if isinstance(op, CatalogueOp):
+        call = op.bind(arrays["x"], arrays["weight"], arrays.get("bias"), **params)
+
+        def fwd(arr, **kw):
+            return op(arr["x"], arr["weight"], arr.get("bias"), **params, **kw)
+
+        def bwd(dy, arr, **kw):
+            return op.vjp(dy, arr["x"], arr["weight"], arr.get("bias"), **params, **kw)
+        return call, fwd, bwd
+    if isinstance(op, Op):
+        sizes = params.get("sizes")
+        call = op._call(arrays, sizes, None)
+
+        def fwd(arr, **kw):
+            return op(**arr, sizes=sizes, **kw)
+
+        def bwd(dy, arr, **kw):
+            g = op.vjp(dy, **arr, sizes=sizes, **{k: (tuple(v) if k == "out" and v is not None else v)
+                                                  for k, v in kw.items()})
+            return tuple(g[n] for n in call.args)
+        return call, fwd, bwd
+    raise TypeError(f"el.check takes a catalogue op or an el.Op, got {op!r}")
+
+
+def _terms(plan) -> int:
+    """At most how many terms add into one output element: the summed
+    ranges, times the taps that can overlap for an affine-indexed output."""
+    r = plan.range
+    summed = math.prod(r[n] for n in plan.stmt.summed)
+    return summed * (_overlap(plan) if plan.scatter else 1)
+
+
+def _overlap(plan) -> int:
+    """How many taps can land on one output element (the product of tap ranges)."""
+    from .backends.lowering import main_indices
+    _, taps = main_indices(plan.out_window)
+    r = plan.range
+    return math.prod(r[t] for t in taps) if taps else 1
+
+
+def reference_outputs(call, arrays: dict, dy) -> dict:
+    """The float64 reference forward and gradients with their scale and
+    term counts: name -> (value, scale, terms)."""
+    from .backends.loops_python import reference
+    ops = {op: np.asarray(arrays[arg], np.float64).reshape(shape) for arg, op, shape in call.operands}
+    out = {}
+    y = reference(call.plan, ops)
+    ys = reference(call.plan, ops, absolute=True)
+    terms = _terms(call.plan)
+    if call.bias is not None and arrays.get(call.bias[0]) is not None:
+        b = np.asarray(arrays[call.bias[0]], np.float64).reshape(call.bias[1])
+        y = y + b
+        ys = ys + np.abs(b)
+        terms += 1
+    out["y"] = (y.reshape(call.out_shape), ys.reshape(call.out_shape), terms)
+    dy_s = np.asarray(dy, np.float64).reshape(call.plan.out_shape)
+    shapes = dict(call.arg_shapes)
+    for arg, op, _ in call.operands:
+        bplan = call.plan.backward[op]
+        bops = {bplan.stmt.operands[0].name: dy_s, **{a.name: ops[a.name] for a in bplan.stmt.operands[1:]}}
+        g = reference(bplan, bops)
+        gs = reference(bplan, bops, absolute=True)
+        out["d" + arg] = (g.reshape(shapes[arg]), gs.reshape(shapes[arg]), _terms(bplan))
+    if call.bias is not None and arrays.get(call.bias[0]) is not None:
+        axes = tuple(k for k, s in enumerate(call.bias[1]) if s == 1)
+        bshape = shapes[call.bias[0]]
+        out["d" + call.bias[0]] = (dy_s.sum(axis=axes).reshape(bshape), np.abs(dy_s).sum(axis=axes).reshape(bshape),
+                                   math.prod(call.plan.out_shape) // math.prod(bshape))
+    return out
+
+
+def _reference_vjp_error(call, fwd, bwd, arrays: dict, dy, seed: int) -> float:
+    """|<dy, directional derivative> - <vjp(dy), t>| / tolerance, by central
+    differences on the float64 reference."""
+    rng = np.random.default_rng(seed + 1)
+    names = [n for n in call.args if arrays.get(n) is not None]
+    t = {n: rng.uniform(-1, 1, size=np.shape(arrays[n])) for n in names}
+    h = 1e-3
+    plus = {n: arrays[n] + h * t[n] for n in names}
+    minus = {n: arrays[n] - h * t[n] for n in names}
+    fd = np.sum(dy * (fwd(plus, backend="loops:python") - fwd(minus, backend="loops:python"))) / (2 * h)
+    grads = bwd(dy, arrays, backend="loops:python")
+    an = sum(np.sum(g * t[n]) for n, g in zip(call.args, grads) if g is not None)
+    scale = sum(np.sum(np.abs(g * t[n])) for n, g in zip(call.args, grads) if g is not None)
+    tol = 1e-9 * max(scale, 1.0)   # central differences are exact for a quadratic; allow rounding
+    return float(abs(fd - an) / tol)
+
+
+def _compare(got, ref, scale, terms, dtype) -> float:
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != ref.shape:
+        raise AssertionError(f"shape {got.shape}, expected {ref.shape}")
+    if not np.all(np.isfinite(got)):
+        return math.inf
+    return float(np.max(np.abs(got - ref) / tolerance(scale, terms, dtype)))
+
+
+def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None, grad_modes=None,
+          device: str = "cpu", reference: dict | None = None, **shapes_and_params) -> CheckReport:
+    """Check backends on one op and shape against the float64 reference.
+
+    ``op``: a catalogue op or an ``el.Op``; array arguments are given as
+    shapes by name (``x=(2, 3, 8, 8), weight=(...)``), other keywords are
+    the op's parameters.  ``backends``: names (default: every available
+    one); unavailable ones and those that cannot take the op are rows
+    marked skipped with the reason.  Returns a ``CheckReport``; ``.ok``.
+    """
+    from .arrays import shape_of
+    from .backends.namespaces import namespace
+    from .catalogue import CatalogueOp
+    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    arg_names = ("x", "weight", "bias") if isinstance(op, CatalogueOp) else op.inputs
+    shapes = {k: v for k, v in shapes_and_params.items() if k in arg_names}
+    params = {k: v for k, v in shapes_and_params.items() if k not in arg_names}
+    arrays = random_inputs(shapes, "float64", seed)
+    call, fwd, bwd = _op_parts(op, arrays, params)
+    dy = random_inputs({"dy": call.out_shape}, "float64", seed + 2)["dy"]
+    ref = reference or reference_outputs(call, arrays, dy)
+    vjp_err = _reference_vjp_error(call, fwd, bwd, arrays, dy, seed) if reference is None else 0.0
+    names = list(backends) if backends is not None else [n for n in registry.NAMES if n != "loops:python"]
+    unavailable = registry.unavailable()
+    rows = []
+    for name in names:
+        if name in unavailable:
+            rows.append(CheckRow(name, "skipped", reason=unavailable[name]))
+            continue
+        b = registry.get(name)
+        library = b.takes[0]
+        xp = namespace(library)
+        if library == "numpy" and dtype == "bfloat16":
+            rows.append(CheckRow(name, "skipped", reason="numpy has no bfloat16"))
+            continue
+        conv = {n: (None if a is None else xp.from_numpy(_cast(a, dtype, library), device)) for n, a in arrays.items()}
+        dy_l = xp.from_numpy(_cast(dy, dtype, library), device)
+        reason = b.cannot(call.plan, library=library, device=device, call=call)
+        if reason:
+            rows.append(CheckRow(name, "skipped", reason=reason))
+            continue
+        row = CheckRow(name, "pass")
+        try:
+            poison = None if library == "jax" else xp.from_numpy(np.full(call.out_shape, np.nan, dtype=_np_dtype(dtype)), device)
+            y = fwd(conv, backend=name, out=poison)
+            _expect_kind(y, conv["x"] if "x" in conv else next(iter(conv.values())), call.out_shape, name)
+            if poison is not None and y is not poison:
+                raise AssertionError("out= was given but a different array was returned")
+            row.errors["y"] = _compare(xp.to_numpy(y), *ref["y"], dtype)
+            for mode in (grad_modes or b.grad_modes(library)):
+                if mode not in b.grad_modes(library):
+                    continue
+                outs = None
+                if library != "jax" and mode == "vjp":
+                    outs = tuple(None if conv.get(n) is None else
+                                 xp.from_numpy(np.full(shape_of(conv[n]), np.nan, dtype=_np_dtype(dtype)), device)
+                                 for n in call.args)
+                grads = bwd(dy_l, conv, backend=name, grad=mode, out=outs)
+                for n, g in zip(call.args, grads):
+                    if conv.get(n) is None:
+                        continue
+                    row.errors[f"d{n}[{mode}]"] = _compare(xp.to_numpy(g), *ref["d" + n], dtype)
+        except MemoryBudgetError as e:
+            rows.append(CheckRow(name, "skipped", reason=f"memory guard: {e}"))
+            continue
+        except (EinlocalError, AssertionError, RuntimeError, TypeError, ValueError) as e:
+            row.status, row.reason = "fail", f"{type(e).__name__}: {e}"
+        if row.status == "pass" and row.worst > 1.0:
+            row.status = "fail"
+        rows.append(row)
+    return CheckReport(getattr(op, "name", str(op)), shapes, params, dtype, seed, rows, vjp_err)
+
+
+def _np_dtype(dtype: str):
+    return np.float32 if dtype == "bfloat16" else np.dtype(dtype)
+
+
+def _cast(a, dtype, library):
+    if dtype == "bfloat16" and library != "numpy":
+        return a.astype(np.float32)
+    return a.astype(dtype)
+
+
+def _expect_kind(y, like, shape, name):
+    from .arrays import device_of, dtype_name, library_of, shape_of
+    for what, got, want in (("library", library_of(y), library_of(like)), ("dtype", dtype_name(y), dtype_name(like)),
+                            ("device", device_of(y), device_of(like)), ("shape", shape_of(y), tuple(shape))):
+        if got != want:
+            raise AssertionError(f"{name} returned {what} {got}, expected {want}")

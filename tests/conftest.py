@@ -1,0 +1,51 @@
+"""Test configuration: every backend test is one body parametrized from the
+registry (adding a backend adds it everywhere), with readable ids, a
+``--backends`` filter, and a skip with the reason for what is unavailable."""
+import os
+
+# Before any framework or kernel module is imported:
+os.environ.setdefault("TRITON_INTERPRET", "1")          # Triton kernels run on CPU tensors
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")  # two CPU devices
+os.environ.setdefault("JAX_ENABLE_X64", "1")              # float64 references for jax too
+os.environ.setdefault("EINLOCAL_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "einlocal"))
+
+import pytest  # noqa: E402
+
+import einlocal as el  # noqa: E402
+from einlocal import registry  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backends", default="", help="comma-separated backend names (or prefixes) to test")
+    parser.addoption("--hypothesis-examples", type=int, default=300,
+                     help="examples for the differential test over random statements")
+
+
+def _selected(config):
+    wanted = [w for w in config.getoption("--backends").split(",") if w]
+    names = [n for n in registry.NAMES if n != "loops:python"]
+    if wanted:
+        names = [n for n in names if any(n == w or n.startswith(w) for w in wanted)]
+    return names
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", _selected(metafunc.config), ids=str, indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """A backend name; skipped, with the reason, where it cannot run here."""
+    name = request.param
+    reason = registry.unavailable().get(name)
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _fresh_budget():
+    el.set_memory_budget(None)
+    yield
+    el.set_memory_budget(None)

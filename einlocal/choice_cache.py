@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -36,7 +37,9 @@ class ChoiceCache:
     """`get(key) -> dict | None`, `put(key, value)`; at most `max_entries`, least recently used evicted.
 
     A key is a JSON-able tuple (statement, shapes, dtype, device name, library
-    versions). The file (`cache_dir()/choices.json` by default) holds
+    versions). `get` reads a snapshot kept in memory until the file changes
+    (no write per lookup); the recency of hits is written lazily, with the
+    next `put`, `clear`, `flush()` or at exit. The file (`cache_dir()/choices.json` by default) holds
     `{"format": 1, "entries": {key: {"value": {...}, "used": stamp}}}`; each
     write reloads it under a lock (`<file>.lock`), applies one change, evicts
     and replaces the file atomically, so processes writing different keys keep
@@ -55,21 +58,30 @@ class ChoiceCache:
         self.max_entries = max_entries
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._last_stamp = 0
+        self._snapshot: tuple[Any, dict] | None = None  # (file signature, entries)
+        self._touched: dict[str, int] = {}  # key -> stamp of hits not yet written
+        atexit.register(self._flush_quietly)
 
     # -- public ---------------------------------------------------------------
 
     def get(self, key: Any) -> dict | None:
-        """The value stored for `key`, or None; a hit marks the key as just used."""
+        """The value stored for `key`, or None; a hit marks the key as just used
+        (written lazily: see the class docstring)."""
         k = key_string(key)
-        if k not in self._read():
+        entry = self._read().get(k)
+        if entry is None:
             return None
+        self._touched[k] = self._stamp()
+        return dict(entry["value"])
+
+    def flush(self) -> None:
+        """Write the recency of hits since the last write (no-op if none)."""
+        if not self._touched:
+            return
         with self._locked():
-            entries = self._read()
-            if k not in entries:
-                return None
-            entries[k]["used"] = self._stamp()
-            self._write(entries)
-            return entries[k]["value"]
+            entries = self._read_copy()
+            if self._apply_touches(entries):
+                self._write(entries)
 
     def put(self, key: Any, value: dict) -> None:
         """Store `value` (a JSON-able dict) for `key`, evicting beyond `max_entries`."""
@@ -78,7 +90,8 @@ class ChoiceCache:
         k = key_string(key)
         value = json.loads(json.dumps(value, default=_jsonable))  # a JSON copy, checked
         with self._locked():
-            entries = self._read()
+            entries = self._read_copy()
+            self._apply_touches(entries)
             entries[k] = {"value": value, "used": self._stamp()}
             by_use = sorted(entries, key=lambda name: entries[name]["used"])
             for old in by_use[: max(0, len(entries) - self.max_entries)]:
@@ -88,6 +101,7 @@ class ChoiceCache:
     def clear(self) -> None:
         """Remove every entry (the file stays, empty)."""
         with self._locked():
+            self._touched.clear()
             self._write({})
 
     def __len__(self) -> int:
@@ -102,6 +116,24 @@ class ChoiceCache:
         return sorted(entries, key=lambda name: entries[name]["used"])
 
     # -- file -----------------------------------------------------------------
+
+    def _apply_touches(self, entries: dict) -> bool:
+        """Move pending hit stamps into `entries`; True if any applied."""
+        touched, self._touched = self._touched, {}
+        applied = False
+        for k, stamp in touched.items():
+            if k in entries and entries[k]["used"] < stamp:
+                entries[k]["used"] = stamp
+                applied = True
+        return applied
+
+    def _flush_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.flush()
+
+    def _signature(self) -> Any:
+        st = os.stat(self.path)  # FileNotFoundError when there is no file
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _stamp(self) -> int:
         """Strictly increasing in this process, comparable across processes."""
@@ -125,8 +157,13 @@ class ChoiceCache:
     _holding = False
 
     def _read(self) -> dict:
-        """Entries on disk; a bad file warns once and is rebuilt empty."""
+        """Entries on disk; a bad file warns once and is rebuilt empty. The
+        parsed file is kept while its signature (inode, mtime, size) holds:
+        treat the result as read-only (writers use `_read_copy`)."""
         try:
+            sig = self._signature()
+            if self._snapshot is not None and self._snapshot[0] == sig:
+                return self._snapshot[1]
             entries = self._parse(self.path.read_text())
         except FileNotFoundError:
             return {}
@@ -142,9 +179,13 @@ class ChoiceCache:
                     except (ValueError, FileNotFoundError):
                         self._write({})
             return {}
+        self._snapshot = (sig, entries)
         stamps = [e["used"] for e in entries.values()]
         self._last_stamp = max([self._last_stamp, *stamps])
         return entries
+
+    def _read_copy(self) -> dict:
+        return {k: {"value": e["value"], "used": e["used"]} for k, e in self._read().items()}
 
     @staticmethod
     def _parse(text: str) -> dict:

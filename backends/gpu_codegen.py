@@ -1,0 +1,531 @@
+"""GPU kernels from one bound statement: the kernel plan (what each program
+computes, which writes conflict, block sizes) and its two emitters, Triton
+source for ``loops:triton`` and CUDA C source for ``loops:cupy``.
+
+    kp = kernel_plan(plan, "float32")          # plain data, printable
+    triton_source(kp)                          # one @triton.jit kernel
+    cuda_source(kp)                            # one extern "C" __global__ kernel
+
+Every statement, forward or backward, becomes one of two modes:
+
+- ``gather``: iterate over the output's elements.  A plain output (forward,
+  weight gradient) sums over the summed indices inside the program.  An
+  affine-indexed output (``plan.scatter``, the input gradient) is computed
+  through the inverse index map: per output axis ``v = a*m + sum(taps) + c``
+  the largest-range index ``m`` is solved, ``m = (v - c - taps) / a``, with a
+  divisibility and a bounds test per tap; the taps join the summed loop.
+  Every element is written exactly once, without atomics.
+- ``atomic``: iterate over the statement's output indices and add into the
+  zeroed output with atomics.  Chosen only for an affine-indexed output whose
+  windows overlap (``plan.conflicts.overlapping``) where the gather would
+  waste most of its loop on failed divisibility tests (strides >= 2x2), and
+  never with ``deterministic=True``.
+
+A program owns a tile of the output: rows x cols, where the rows are the
+output coordinates that the largest operand (the weight, for a locally
+connected layer) does not read, so each of its elements is loaded once per
+row (batch) tile.  Two-operand statements that are a matrix product per
+program (a shared-weight or grouped conv) use ``tl.dot`` over a vector of
+the summed indices (``form="dot"``).  Loads are all masked (padding is a
+masked load with ``other=0``); float16/bfloat16 accumulate in float32.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["KernelPlan", "Coord", "Solved", "kernel_plan", "triton_source", "cuda_source",
+           "ATOMIC_WASTE", "INT32_LIMIT"]
+
+# Use atomics instead of the inverse-map gather when the gather would test
+# at least this many candidate taps per valid one (the product of the solved
+# coefficients, i.e. of the strides).
+ATOMIC_WASTE = 4
+INT32_LIMIT = 2 ** 31 - 1
+
+_TL_DTYPE = {"float16": "tl.float16", "bfloat16": "tl.bfloat16", "float32": "tl.float32", "float64": "tl.float64"}
+_C_DTYPE = {"float32": "float", "float64": "double"}
+
+
+@dataclass(frozen=True)
+class Coord:
+    """One coordinate of the iteration over the output: ``var`` in
+    ``0..extent-1``; ``names`` are the index names it determines."""
+
+    var: str
+    extent: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Solved:
+    """An index solved from an output coordinate: ``name = (coord - const -
+    sum(coef*tap)) / coef_main``, valid where divisible and in range.
+    ``name`` is None for an output axis with no index (valid where
+    ``coord == const``)."""
+
+    name: str | None
+    coord: str
+    coef: int
+    taps: tuple[tuple[str, int], ...]
+    const: int
+    range: int
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Everything an emitter needs; plain data."""
+
+    plan: object                      # the bound Plan
+    dtype: str                        # of every operand and the output
+    mode: str                         # "gather" | "atomic"
+    form: str                         # "fma" | "dot"
+    coords: tuple[Coord, ...]         # the output iteration, in output order
+    rows: tuple[str, ...]             # coordinate vars of the tile's rows (first = slowest)
+    cols: tuple[str, ...]
+    batch: tuple[str, ...]            # one value per program (dot form only)
+    loop: tuple[tuple[str, int], ...] # summed indices (and taps), outermost first
+    solved: tuple[Solved, ...]
+    block: tuple[tuple[str, int], ...]  # BR, BC (fma); BM, BN, BK (dot)
+    num_warps: int
+    precision: str = "ieee"           # tl.dot input_precision for float32
+    reason: str = ""
+    name: str = field(default="", compare=False)
+
+    @property
+    def blocks(self) -> dict:
+        return dict(self.block)
+
+    @property
+    def acc_dtype(self) -> str:
+        return "float64" if self.dtype == "float64" else "float32"
+
+    @property
+    def extent(self) -> dict:
+        return {c.var: c.extent for c in self.coords}
+
+    def group_size(self, vars_) -> int:
+        return math.prod(self.extent[v] for v in vars_)
+
+    def grid(self) -> tuple[int, int, int]:
+        """Programs along (rows, cols, batch)."""
+        b = self.blocks
+        br, bc = (b["BR"], b["BC"]) if self.form == "fma" else (b["BM"], b["BN"])
+        return (_cdiv(self.group_size(self.rows), br), _cdiv(self.group_size(self.cols), bc),
+                self.group_size(self.batch))
+
+    def __str__(self) -> str:
+        lines = [f"kernel plan for {self.plan}",
+                 f"  mode {self.mode} ({self.reason}), form {self.form}, dtype {self.dtype} "
+                 f"(accumulate {self.acc_dtype})",
+                 f"  rows {', '.join(self.rows) or '-'}; cols {', '.join(self.cols) or '-'}; "
+                 f"batch {', '.join(self.batch) or '-'}",
+                 f"  loop {', '.join(f'{n}<{r}' for n, r in self.loop) or '-'}",
+                 f"  solved {', '.join(s.name or s.coord for s in self.solved) or '-'}",
+                 f"  blocks {dict(self.block)}, grid {self.grid()}, warps {self.num_warps}"]
+        return "\n".join(lines)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _np2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _strides(shape) -> tuple[int, ...]:
+    return tuple(math.prod(shape[k + 1:]) for k in range(len(shape)))
+
+
+def _main(axis, ranges) -> str:
+    """The index solved for on an affine output axis: the largest range."""
+    return max(axis.names, key=lambda n: ranges[n])
+
+
+def choose_mode(plan, deterministic: bool = False) -> tuple[str, str]:
+    """("gather" | "atomic", why), from the write-conflict analysis."""
+    if not plan.scatter:
+        return "gather", "plain output: each element summed in one program"
+    wc = plan.conflicts
+    if not wc.overlapping:
+        return "gather", "affine output without overlapping windows: inverse map, one write per element"
+    r = plan.range
+    waste = math.prod(abs(ax.coef(_main(ax, r))) for ax in plan.stmt.out.axes if ax.names)
+    if deterministic:
+        return "gather", "overlapping windows, deterministic=True: inverse map without atomics"
+    if waste >= ATOMIC_WASTE:
+        return "atomic", f"overlapping windows and strides {waste}x: the gather would test {waste} taps per hit"
+    return "gather", "overlapping windows, unit strides: inverse map without atomics"
+
+
+def kernel_plan(plan, dtype: str, *, deterministic: bool = False, precision: str = "ieee",
+                allow_dot: bool = True) -> KernelPlan:
+    """The kernel for one bound statement and dtype (see the module doc)."""
+    stmt, r = plan.stmt, plan.range
+    mode, reason = choose_mode(plan, deterministic)
+    coords, solved, taps = [], [], []
+    if mode == "gather":
+        for k, ax in enumerate(stmt.out.axes):
+            if ax.alone is not None:
+                coords.append(Coord(f"i_{ax.alone}", plan.out_shape[k], (ax.alone,)))
+                continue
+            var = f"v_{k}"
+            if not ax.names:
+                coords.append(Coord(var, plan.out_shape[k], ()))
+                solved.append(Solved(None, var, 1, (), ax.const, 1))
+                continue
+            m = _main(ax, r)
+            rest = tuple((n, a) for n, a in ax.terms if n != m)
+            coords.append(Coord(var, plan.out_shape[k], (m,)))
+            solved.append(Solved(m, var, ax.coef(m), rest, ax.const, r[m]))
+            taps.extend(n for n, _ in rest)
+        loop = tuple((n, r[n]) for n in (*stmt.summed, *taps))
+    else:
+        coords = [Coord(f"i_{n}", r[n], (n,)) for n in stmt.out.names]
+        loop = tuple((n, r[n]) for n in stmt.summed)
+    coords = tuple(coords)
+    sizes = {a.name: math.prod(plan.shape[a.name]) for a in stmt.operands}
+    reads = {a.name: set(a.names) for a in stmt.operands}
+
+    def read_by(c: Coord, op: str) -> bool:
+        return bool(set(c.names) & reads[op])
+
+    ktotal = math.prod(n for _, n in loop)
+    form, rows, cols, batch = "fma", (), (), ()
+    if allow_dot and len(stmt.operands) == 2 and dtype != "float64" and loop:
+        a_op, b_op = (x.name for x in stmt.operands)
+        only_a = tuple(c.var for c in coords if read_by(c, a_op) and not read_by(c, b_op))
+        only_b = tuple(c.var for c in coords if read_by(c, b_op) and not read_by(c, a_op))
+        both = tuple(c.var for c in coords if c.var not in only_a and c.var not in only_b)
+        ext = {c.var: c.extent for c in coords}
+        if (only_a and only_b and math.prod(ext[v] for v in both) <= 64 and ktotal >= 16
+                and math.prod(ext[v] for v in only_a) >= 16 and math.prod(ext[v] for v in only_b) >= 8):
+            form, rows, cols, batch = "dot", only_a, only_b, both
+    if form == "fma":
+        weight = max(stmt.operands, key=lambda a: (sizes[a.name], stmt.operands.index(a))).name
+        rows = tuple(c.var for c in coords if not read_by(c, weight))
+        cols = tuple(c.var for c in coords if read_by(c, weight))
+    ext = {c.var: c.extent for c in coords}
+    R, C = math.prod(ext[v] for v in rows), math.prod(ext[v] for v in cols)
+    if form == "fma":
+        bc = min(_np2(C), 128)
+        br = min(_np2(R), max(1, 2048 // bc), 32)
+        block = (("BR", br), ("BC", bc))
+        warps = 4 if br * bc >= 1024 else 2 if br * bc >= 256 else 1
+    else:
+        bm = 64 if R >= 64 else 32 if R >= 32 else 16
+        bn = 64 if C >= 64 else 32 if C >= 32 else 16
+        bk = 32 if ktotal >= 32 else 16
+        block = (("BM", bm), ("BN", bn), ("BK", bk))
+        warps = 4
+    kp = KernelPlan(plan, dtype, mode, form, coords, rows, cols, batch, loop, tuple(solved), block, warps,
+                    precision, reason)
+    digest = hashlib.sha1(repr((str(plan), plan.out_shape, dtype, mode, form, block, precision)).encode()).hexdigest()
+    object.__setattr__(kp, "name", f"einlocal_{mode}_{form}_{digest[:12]}")
+    return kp
+
+
+# -- shared pieces ------------------------------------------------------------------
+
+
+def _affine(ax, var) -> str:
+    """An affine axis as code, ``var(name)`` giving each index's identifier."""
+    parts = [f"{a} * {var(n)}" if a != 1 else var(n) for n, a in ax.terms]
+    if ax.const or not parts:
+        parts.append(str(ax.const))
+    return "(" + " + ".join(parts) + ")"
+
+
+def _bounds_needed(ax, size: int, ranges) -> bool:
+    lo, hi = ax.bounds(ranges)
+    return lo < 0 or hi >= size
+
+
+def _decode(vars_, ext, offs: str, prefix: str = "") -> list[str]:
+    """Lines that decode a flat offset into coordinates, the last fastest."""
+    lines = []
+    stride = 1
+    for v in reversed(vars_):
+        e = ext[v]
+        expr = f"({offs} // {stride}) % {e}" if stride > 1 else f"{offs} % {e}"
+        lines.append(f"{prefix}{v} = {expr}")
+        stride *= e
+    return list(reversed(lines))
+
+
+# -- Triton -------------------------------------------------------------------------
+
+
+def _triton_header(kp: KernelPlan) -> list[str]:
+    ops = [a.name for a in kp.plan.stmt.operands]
+    args = ", ".join([f"p_{n}" for n in ops] + ["p_out"])
+    return ["import triton", "import triton.language as tl", "", "",
+            "@triton.jit", f"def {kp.name}({args}):",
+            f'    """{kp.plan.stmt}   mode={kp.mode} form={kp.form} dtype={kp.dtype}"""']
+
+
+def triton_source(kp: KernelPlan) -> str:
+    """The Triton source of one kernel: ``kernel(p_<operand>..., p_out)``,
+    launched on ``kp.grid()``."""
+    return (_triton_dot if kp.form == "dot" else _triton_fma)(kp)
+
+
+def _solved_lines(kp: KernelPlan, var, ind: str, suffix: str = "") -> list[str]:
+    """Solve each index from its coordinate; ``ok_<name>`` marks validity."""
+    lines = []
+    for s in kp.solved:
+        taps = "".join(f" - {a} * {var(n)}" for n, a in s.taps)
+        num = f"({s.coord} - {s.const}{taps})" if s.const else f"({s.coord}{taps})"
+        tag = (s.name or s.coord) + suffix
+        if s.name is None:
+            lines.append(f"{ind}ok_{tag} = {s.coord} == {s.const}")
+            continue
+        a = abs(s.coef)
+        if s.coef < 0:
+            num = f"(0 - {num})"
+        lines.append(f"{ind}num_{tag} = {num}")
+        cond = f"(num_{tag} >= 0) & (num_{tag} < {a * s.range})"
+        if a != 1:
+            cond += f" & (num_{tag} % {a} == 0)"
+            lines.append(f"{ind}s_{tag} = num_{tag} // {a}")
+        else:
+            lines.append(f"{ind}s_{tag} = num_{tag}")
+        lines.append(f"{ind}ok_{tag} = {cond}")
+    return lines
+
+
+def _operand_load(kp: KernelPlan, acc, var, ind: str, group_mask, suffix: str = "", zero: str = "",
+                  dtype_cast: bool = True) -> list[str]:
+    """``val_<name> = tl.load(...)`` for one operand, masked by the tile
+    groups it depends on, its solved validity and its bounds."""
+    plan = kp.plan
+    r = plan.range
+    shape = plan.shape[acc.name]
+    strides = _strides(shape)
+    solved_names = {s.name: s for s in kp.solved if s.name}
+    addr = " + ".join(f"{st} * {_affine(ax, var)}" for ax, st in zip(acc.axes, strides) if st or True)
+    masks = list(group_mask(acc))
+    for n in acc.names:
+        if n in solved_names:
+            masks.append(f"ok_{n}{suffix}")
+    for ax, size in zip(acc.axes, shape):
+        if plan.pad and _bounds_needed(ax, size, r):
+            e = _affine(ax, var)
+            masks.append(f"({e} >= 0) & ({e} < {size})")
+    mask = " & ".join(dict.fromkeys(masks)) or "True"
+    cast = f".to({_TL_DTYPE[kp.acc_dtype]})" if dtype_cast else ""
+    return [f"{ind}val_{acc.name} = tl.load(p_{acc.name} + {addr}{zero}, mask={mask}, other=0.0){cast}"]
+
+
+def _unsolved_masks(kp: KernelPlan, suffix: str = "") -> list[str]:
+    """Validity of solved indices (or constant axes) that no operand reads."""
+    read = {n for a in kp.plan.stmt.operands for n in a.names}
+    return [f"ok_{s.name or s.coord}{suffix}" for s in kp.solved if s.name is None or s.name not in read]
+
+
+def _store_lines(kp: KernelPlan, ind: str, mask: str) -> list[str]:
+    plan = kp.plan
+    out = plan.stmt.out
+    strides = _strides(plan.out_shape)
+    if kp.mode == "gather":
+        addr = " + ".join(f"{st} * {c.var}" for c, st in zip(kp.coords, strides))
+        return [f"{ind}tl.store(p_out + {addr}, acc.to(p_out.dtype.element_ty), mask={mask})"]
+    var = lambda n: f"i_{n}"   # noqa: E731
+    masks = [mask]
+    for ax, size in zip(out.axes, plan.out_shape):
+        if _bounds_needed(ax, size, plan.range):
+            e = _affine(ax, var)
+            masks.append(f"({e} >= 0) & ({e} < {size})")
+    addr = " + ".join(f"{st} * {_affine(ax, var)}" for ax, st in zip(out.axes, strides))
+    return [f"{ind}tl.atomic_add(p_out + {addr}, acc, mask={' & '.join(masks)}, sem=\"relaxed\")"]
+
+
+def _triton_fma(kp: KernelPlan) -> str:
+    b = kp.blocks
+    ext = kp.extent
+    R, C = kp.group_size(kp.rows), kp.group_size(kp.cols)
+    lines = _triton_header(kp)
+    ind = "    "
+    lines += [f"{ind}BR: tl.constexpr = {b['BR']}", f"{ind}BC: tl.constexpr = {b['BC']}",
+              f"{ind}offs_r = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]",
+              f"{ind}offs_c = tl.program_id(1) * BC + tl.arange(0, BC)[None, :]",
+              f"{ind}rmask = offs_r < {R}", f"{ind}cmask = offs_c < {C}"]
+    lines += _decode(kp.rows, ext, "offs_r", ind) + _decode(kp.cols, ext, "offs_c", ind)
+    coord_of = {}
+    for c in kp.coords:
+        for n in c.names:
+            coord_of[n] = c.var
+    row_set, col_set = set(kp.rows), set(kp.cols)
+    solved_coord = {s.name: s.coord for s in kp.solved if s.name}
+    for c in kp.coords:   # plain coordinates are the index itself
+        pass
+
+    def var(n):
+        if n in solved_coord:
+            return f"s_{n}"
+        return f"i_{n}"
+
+    def group_mask(acc):
+        m = []
+        for n in acc.names:
+            cv = coord_of.get(n)
+            if cv in row_set:
+                m.append("rmask")
+            if cv in col_set:
+                m.append("cmask")
+        return sorted(set(m), key=["rmask", "cmask"].index)
+
+    lines.append(f"{ind}acc = tl.zeros([BR, BC], dtype={_TL_DTYPE[kp.acc_dtype]})")
+    for n, rng in kp.loop:
+        rng_fn = "tl.static_range" if rng <= 4 else "range"
+        lines.append(f"{ind}for i_{n} in {rng_fn}(0, {rng}):")
+        ind += "    "
+    lines += _solved_lines(kp, var, ind)
+    for acc_ in kp.plan.stmt.operands:
+        lines += _operand_load(kp, acc_, var, ind, group_mask)
+    term = " * ".join(f"val_{a.name}" for a in kp.plan.stmt.operands)
+    extra = _unsolved_masks(kp)
+    if extra:
+        term = f"tl.where({' & '.join(extra)}, {term}, 0.0)"
+    lines.append(f"{ind}acc += {term}")
+    ind = "    "
+    lines += _store_lines(kp, ind, "rmask & cmask")
+    return "\n".join(lines) + "\n"
+
+
+def _triton_dot(kp: KernelPlan) -> str:
+    b = kp.blocks
+    ext = kp.extent
+    R, C, K = kp.group_size(kp.rows), kp.group_size(kp.cols), math.prod(n for _, n in kp.loop)
+    a_op, b_op = kp.plan.stmt.operands
+    lines = _triton_header(kp)
+    ind = "    "
+    lines += [f"{ind}BM: tl.constexpr = {b['BM']}", f"{ind}BN: tl.constexpr = {b['BN']}",
+              f"{ind}BK: tl.constexpr = {b['BK']}",
+              f"{ind}offs_r = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]",
+              f"{ind}offs_c = tl.program_id(1) * BN + tl.arange(0, BN)[None, :]",
+              f"{ind}offs_b = tl.program_id(2)",
+              f"{ind}rmask = offs_r < {R}", f"{ind}cmask = offs_c < {C}",
+              f"{ind}zero_a = tl.zeros([BM, BK], dtype=tl.int32)",
+              f"{ind}zero_b = tl.zeros([BK, BN], dtype=tl.int32)"]
+    lines += _decode(kp.rows, ext, "offs_r", ind) + _decode(kp.cols, ext, "offs_c", ind)
+    lines += _decode(kp.batch, ext, "offs_b", ind)
+    loop_names = [n for n, _ in kp.loop]
+    solved_coord = {s.name: s.coord for s in kp.solved if s.name}
+
+    def var_for(side):
+        def var(n):
+            if n in loop_names:
+                return f"k{side}_{n}"
+            if n in solved_coord:
+                return f"s_{n}_{side}"
+            return f"i_{n}"
+        return var
+
+    lines.append(f"{ind}acc = tl.zeros([BM, BN], dtype=tl.float32)")
+    lines.append(f"{ind}for k0 in range(0, {K}, BK):")
+    ind2 = ind + "    "
+    lines += [f"{ind2}offs_ka = k0 + tl.arange(0, BK)[None, :]", f"{ind2}offs_kb = k0 + tl.arange(0, BK)[:, None]",
+              f"{ind2}kmask_a = offs_ka < {K}", f"{ind2}kmask_b = offs_kb < {K}"]
+    kext = dict(kp.loop)
+    lines += _decode(loop_names, kext, "offs_ka", ind2 + "ka_")
+    lines += _decode(loop_names, kext, "offs_kb", ind2 + "kb_")
+    for side, op, gm in (("a", a_op, ["rmask", "kmask_a"]), ("b", b_op, ["kmask_b", "cmask"])):
+        var = var_for(side)
+        lines += [ln.replace("ok_", "ok_").replace("num_", "num_") for ln in _solved_lines(kp, var, ind2, f"_{side}")]
+        lines += _operand_load(kp, op, var, ind2, lambda acc, gm=gm: gm, suffix=f"_{side}",
+                               zero=f" + zero_{side}", dtype_cast=False)
+    extra = _unsolved_masks(kp, "_a")
+    if extra:
+        lines.append(f"{ind2}val_{a_op.name} = tl.where({' & '.join(extra)}, val_{a_op.name}, 0.0)")
+    prec = f', input_precision="{kp.precision}"' if kp.dtype == "float32" else ""
+    lines.append(f"{ind2}acc = tl.dot(val_{a_op.name}, val_{b_op.name}, acc{prec})")
+    lines += _store_lines(kp, ind, "rmask & cmask")
+    return "\n".join(lines) + "\n"
+
+
+# -- CUDA C -------------------------------------------------------------------------
+
+
+def cuda_source(kp: KernelPlan) -> str:
+    """CUDA C for ``cupy.RawKernel``: one thread per output coordinate point
+    (all coordinates flattened, the last fastest), the summed loop inside.
+    ``kernel(p_<operand>..., p_out)`` on ``cdiv(total, 256)`` blocks of 256."""
+    if kp.dtype not in _C_DTYPE:
+        raise ValueError(f"CUDA C kernels are generated for {', '.join(_C_DTYPE)}, not {kp.dtype}")
+    T = _C_DTYPE[kp.dtype]
+    plan = kp.plan
+    stmt, r = plan.stmt, plan.range
+    ops = [a.name for a in stmt.operands]
+    args = ", ".join([f"const {T}* __restrict__ p_{n}" for n in ops] + [f"{T}* __restrict__ p_out"])
+    total = math.prod(c.extent for c in kp.coords)
+    ext = kp.extent
+    lines = [f"// {stmt}   mode={kp.mode} dtype={kp.dtype}",
+             f'extern "C" __global__ void {kp.name}({args}) {{',
+             "    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
+             f"    if (e >= {total}LL) return;"]
+    stride = 1
+    decode = []
+    for c in reversed(kp.coords):
+        decode.append(f"    const long long {c.var} = (e / {stride}LL) % {c.extent}LL;")
+        stride *= c.extent
+    lines += list(reversed(decode))
+    solved_coord = {s.name: s for s in kp.solved if s.name}
+    var = lambda n: f"s_{n}" if n in solved_coord else f"i_{n}"   # noqa: E731
+    lines.append(f"    {T} acc = 0;")
+    ind = "    "
+    for n, rng in kp.loop:
+        lines.append(f"{ind}for (long long i_{n} = 0; i_{n} < {rng}; ++i_{n}) {{")
+        ind += "    "
+    for s in kp.solved:
+        taps = "".join(f" - {a} * {var(n)}" for n, a in s.taps)
+        num = f"({s.coord} - ({s.const}){taps})"
+        if s.name is None:
+            lines.append(f"{ind}if ({s.coord} != {s.const}) continue;")
+            continue
+        a = abs(s.coef)
+        if s.coef < 0:
+            num = f"(-{num})"
+        lines.append(f"{ind}const long long num_{s.name} = {num};")
+        test = f"num_{s.name} < 0 || num_{s.name} >= {a * s.range}"
+        if a != 1:
+            test += f" || num_{s.name} % {a} != 0"
+        lines.append(f"{ind}if ({test}) continue;")
+        lines.append(f"{ind}const long long s_{s.name} = num_{s.name} / {a};")
+    factors = []
+    for acc_ in stmt.operands:
+        shape = plan.shape[acc_.name]
+        addr = " + ".join(f"{st}LL * {_affine(ax, var)}" for ax, st in zip(acc_.axes, _strides(shape)))
+        conds = []
+        for ax, size in zip(acc_.axes, shape):
+            if plan.pad and _bounds_needed(ax, size, r):
+                ex = _affine(ax, var)
+                conds.append(f"{ex} >= 0 && {ex} < {size}")
+        if conds:
+            lines.append(f"{ind}const {T} val_{acc_.name} = ({' && '.join(conds)}) ? p_{acc_.name}[{addr}] : ({T})0;")
+        else:
+            lines.append(f"{ind}const {T} val_{acc_.name} = p_{acc_.name}[{addr}];")
+        factors.append(f"val_{acc_.name}")
+    lines.append(f"{ind}acc += {' * '.join(factors)};")
+    for _ in kp.loop:
+        ind = ind[:-4]
+        lines.append(f"{ind}}}")
+    strides = _strides(plan.out_shape)
+    if kp.mode == "gather":
+        addr = " + ".join(f"{st}LL * {c.var}" for c, st in zip(kp.coords, strides))
+        lines.append(f"    p_out[{addr}] = acc;")
+    else:
+        ivar = lambda n: f"i_{n}"   # noqa: E731
+        conds = []
+        for ax, size in zip(stmt.out.axes, plan.out_shape):
+            if _bounds_needed(ax, size, r):
+                ex = _affine(ax, ivar)
+                conds.append(f"{ex} >= 0 && {ex} < {size}")
+        addr = " + ".join(f"{st}LL * {_affine(ax, ivar)}" for ax, st in zip(stmt.out.axes, strides))
+        guard = f"if ({' && '.join(conds)}) " if conds else ""
+        lines.append(f"    {guard}atomicAdd(&p_out[{addr}], acc);")
+    lines.append("}")
+    _ = ext
+    return "\n".join(lines) + "\n"

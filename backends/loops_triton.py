@@ -1,0 +1,167 @@
+"""``loops:triton``: Triton kernels generated from the bound statement (see
+``gpu_codegen``), forward and every backward statement, for CUDA torch
+tensors (CPU tensors only under the Triton interpreter, TRITON_INTERPRET=1).
+
+Options, read at each call:
+
+- ``deterministic``: the atomic-free path (the inverse-map gather) for the
+  statements that would use atomics.  On when the backend's attribute
+  ``deterministic`` is True, or when it is None (the default) and either
+  ``EINLOCAL_DETERMINISTIC=1`` is set or
+  ``torch.use_deterministic_algorithms(True)`` is in force.
+- ``tl.dot`` precision for float32: "tf32" when
+  ``torch.backends.cuda.matmul.allow_tf32`` is True, else "ieee" (torch's
+  default), unless the attribute ``precision`` says otherwise.
+
+``backend.source(plan, dtype)`` prints the generated kernel; a kernel that
+fails to compile or launch raises ``el.BackendError`` with its source.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+
+from ..errors import BackendError
+from .base import Backend, missing_modules
+from .gpu_codegen import INT32_LIMIT, kernel_plan, triton_source
+
+__all__ = ["TritonLoops", "make"]
+
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class TritonLoops(Backend):
+    strategy = "loops"
+    engine = "triton"
+    takes = ("torch",)
+    requires = ("triton", "torch")
+
+    def __init__(self):
+        self.deterministic: bool | None = None
+        self.precision: str | None = None
+        self._kernels: dict = {}
+
+    # -- options ----------------------------------------------------------------
+
+    def is_deterministic(self) -> bool:
+        if self.deterministic is not None:
+            return bool(self.deterministic)
+        if os.environ.get("EINLOCAL_DETERMINISTIC", "0") not in ("", "0"):
+            return True
+        import torch
+        return torch.are_deterministic_algorithms_enabled()
+
+    def dot_precision(self) -> str:
+        if self.precision is not None:
+            return self.precision
+        import torch
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+    # -- capability -------------------------------------------------------------
+
+    def unavailable(self) -> str | None:
+        return missing_modules(*self.requires)
+
+    def cannot(self, plan, *, library: str, device: str, call=None) -> str | None:
+        reason = super().cannot(plan, library=library, device=device, call=call)
+        if reason:
+            return reason
+        if not device.startswith("cuda") and not (device == "cpu" and interpreting()):
+            return (f"loops:triton runs on CUDA tensors (CPU tensors only under the Triton interpreter, "
+                    f"TRITON_INTERPRET=1); got device {device}")
+        sizes = [math.prod(s) for _, s in plan.shapes] + [math.prod(plan.out_shape), plan.iterations]
+        if max(sizes) > INT32_LIMIT:
+            return f"loops:triton indexes with int32; {max(sizes)} elements exceed {INT32_LIMIT}"
+        return None
+
+    def grad_modes(self, library: str) -> tuple[str, ...]:
+        return ("vjp",)
+
+    def workspace(self, plan) -> tuple[int, str]:
+        kp = kernel_plan(plan, "float16", deterministic=self.is_deterministic())
+        if kp.mode == "atomic":
+            return math.prod(plan.out_shape), f"float32 accumulation buffer {plan.out_shape}"
+        return 0, "none"
+
+    # -- kernels ----------------------------------------------------------------
+
+    def kernel_plan(self, plan, dtype: str = "float32"):
+        return kernel_plan(plan, dtype, deterministic=self.is_deterministic(), precision=self.dot_precision())
+
+    def source(self, plan, dtype: str = "float32") -> str:
+        """The generated Triton source for ``plan`` and ``dtype``."""
+        return triton_source(self.kernel_plan(plan, dtype))
+
+    def _kernel(self, kp):
+        fn = self._kernels.get(kp)
+        if fn is None:
+            src = triton_source(kp)
+            fn = load_kernel(kp.name, src)
+            self._kernels[kp] = fn
+        return fn
+
+    def execute(self, plan, operands: dict, out=None):
+        import torch
+        first = next(iter(operands.values()))
+        dtype = str(first.dtype).rsplit(".", 1)[-1]
+        if dtype not in _DTYPES:
+            raise BackendError(f"loops:triton computes in {', '.join(_DTYPES)}, got {dtype}")
+        kp = self.kernel_plan(plan, dtype)
+        src = triton_source(kp)
+        try:
+            kernel = self._kernel(kp)
+        except Exception as e:   # a syntax or import error in generated code
+            raise BackendError(f"loops:triton: kernel for {plan} failed to load: {e}\n--- generated source ---\n{src}") from e
+        ops = [operands[a.name].contiguous() for a in plan.stmt.operands]
+        if out is None:
+            out = torch.empty(plan.out_shape, dtype=first.dtype, device=first.device)
+        direct = out.is_contiguous() and (kp.mode == "gather" or dtype in ("float32", "float64"))
+        if kp.mode == "atomic":
+            buf = out.zero_() if direct else torch.zeros(plan.out_shape, dtype=torch.float32 if dtype != "float64"
+                                                         else torch.float64, device=first.device)
+        else:
+            buf = out if direct else torch.empty(plan.out_shape, dtype=first.dtype, device=first.device)
+        try:
+            kernel[kp.grid()](*ops, buf, num_warps=kp.num_warps)
+        except Exception as e:
+            raise BackendError(f"loops:triton: kernel {kp.name} for {plan} failed: {type(e).__name__}: {e}\n"
+                               f"--- generated source ---\n{src}") from e
+        if buf is not out:
+            out.copy_(buf)
+        return out
+
+
+def kernel_dir() -> str:
+    """Where generated kernel sources are written (Triton reads a kernel's
+    source from its file)."""
+    base = os.environ.get("EINLOCAL_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "einlocal")
+    path = os.path.join(base, "triton_kernels")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def load_kernel(name: str, src: str):
+    """Write ``src`` to ``<kernel_dir>/<name>.py`` and import its ``name``."""
+    path = os.path.join(kernel_dir(), f"{name}.py")
+    if not os.path.exists(path) or open(path).read() != src:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(src)
+        os.replace(tmp, path)
+    modname = f"einlocal_kernels.{name}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod
+    spec.loader.exec_module(mod)
+    return getattr(mod, name)
+
+
+def make(engine="triton"):
+    return TritonLoops()

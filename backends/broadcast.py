@@ -11,6 +11,20 @@ __all__ = ["BroadcastBackend"]
 class BroadcastBackend(ArrayBackend):
     strategy = "broadcast"
 
+    def grad_modes(self, library: str) -> tuple[str, ...]:
+        # jax: no grad="autodiff".  XLA:CPU (jaxlib 0.10) segfaults running the
+        # transpose of this multiply-sum for float32: it emits two YNNPACK
+        # reduce fusions ("__ynn_fusion") that read one broadcast cotangent
+        # and broadcast an operand parameter inside the fusion; float64, the
+        # eager vjp, and XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=
+        # are all fine.  Per-jit compiler_options would avoid it, but jax
+        # refuses them on a jit nested in a vjp or in the user's jit, and no
+        # rewriting of the forward changed the transposed program.  The
+        # derived backward (grad="vjp") runs one statement per jit and works.
+        if library == "jax":
+            return ("vjp",)
+        return super().grad_modes(library)
+
     def contract(self, xp, views, out_names, ranges, out=None):
         every = list(out_names)
         for _, ns in views:

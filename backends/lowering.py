@@ -106,6 +106,13 @@ def fold(xp, T, plan, out=None):
     return buf
 
 
+def contracted_names(plan) -> tuple[str, ...]:
+    """The output indices the contraction produces: those some operand
+    reads (an output index no operand reads is broadcast afterwards)."""
+    read = {n for w in plan.windows.values() for n in w.names}
+    return tuple(n for n in plan.stmt.out.names if n in read)
+
+
 def execute(strategy, xp, plan, operands: dict, out=None):
     """Run one bound statement (forward or backward alike) with a strategy's
     contraction over namespace ``xp``; ``out`` is overwritten if given."""
@@ -114,7 +121,7 @@ def execute(strategy, xp, plan, operands: dict, out=None):
              for a in stmt.operands]
     out_names = stmt.out.names
     ranges = plan.range
-    present = [n for n in out_names if any(n in names for _, names in views)]
+    present = contracted_names(plan)
     direct = stmt.out.plain and len(present) == len(out_names) and not xp.functional
     T = strategy.contract(xp, views, tuple(present), ranges, out=out if direct else None)
     if len(present) != len(out_names):   # an output index no operand reads: broadcast

@@ -7,6 +7,7 @@ import math
 
 from .base import ArrayBackend, missing_modules
 from .einsum import einsum_of_views
+from .lowering import contracted_names
 
 __all__ = ["OptEinsumBackend"]
 
@@ -33,9 +34,11 @@ class OptEinsumBackend(ArrayBackend):
         return xp.assign(out, result) if out is not None else result
 
     def contraction_elements(self, plan):
-        shapes = tuple(plan.windows[a.name].view_shape for a in plan.stmt.operands)
+        wins = [plan.windows[a.name] for a in plan.stmt.operands]
+        shapes = tuple(w.view_shape for w in wins)
+        spec = einsum_of_views([(None, w.names) for w in wins], contracted_names(plan))
         widest = max(shapes, key=math.prod)
-        return max((_largest(plan.einsum, shapes), "largest opt_einsum intermediate"),
+        return max((_largest(spec, shapes), "largest opt_einsum intermediate"),
                    (math.prod(widest), f"a window copied for tensordot {widest}"))
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "peak_cupy",
     "peak_jax",
     "peak_rss_subprocess",
+    "peak_rss_in_process",
     "choose_method",
 ]
 
@@ -24,7 +25,8 @@ TORCH_CUDA = "cuda max_memory_allocated"
 CUPY_POOL = "cupy pool"
 JAX_STATS = "jax memory_stats"
 RSS = "peak RSS (subprocess)"
-METHODS = (TRACEMALLOC, TORCH_CUDA, CUPY_POOL, JAX_STATS, RSS)
+RSS_IN_PROCESS = "peak RSS (in the measuring process)"
+METHODS = (TRACEMALLOC, TORCH_CUDA, CUPY_POOL, JAX_STATS, RSS, RSS_IN_PROCESS)
 
 
 class Peak(NamedTuple):
@@ -147,6 +149,39 @@ def peak_rss_subprocess(setup_code: str, call_code: str, *, timeout_s: float = 6
     base_key = "VmRSS" if report["reset"] else "VmHWM"
     peak = report["after"]["VmHWM"] - report["before"][base_key]
     return Peak(max(0, peak), RSS)
+
+
+def _proc_status() -> dict:
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmHWM", "VmRSS")}
+
+
+def peak_rss_in_process(fn: Callable[[], Any]) -> Peak:
+    """Peak resident memory of `fn()` above the RSS just before it (Linux only).
+
+    For a process that runs one library's calls (einlocal's benchmark
+    children): freed heap is returned first (`malloc_trim`), the high-water
+    mark is reset (`/proc/self/clear_refs`), then `fn()` runs. Memory a
+    library keeps cached from earlier calls is not counted again.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_status()
+    except OSError as err:
+        raise RuntimeError(f"peak_rss_in_process: needs Linux /proc ({err}); use peak_rss_subprocess") from err
+    fn()
+    after = _proc_status()
+    return Peak(max(0, after["VmHWM"] - before["VmRSS"]), RSS_IN_PROCESS)
 
 
 _CHOICES = {

@@ -1,0 +1,795 @@
+"""`el.benchmark`: time forward / backward / both per backend, check first, measure memory and roofline.
+
+Each array library runs in its own process (`python -m einlocal.bench`), so
+thread pools (OpenMP in torch and numba, XLA, OpenBLAS) never fight, and each
+step (one check or one measurement) has a deadline: a step that runs past it
+is killed and recorded as ``>cap``, and the process restarts for the rest.
+
+A job = one backend (or peer) on one op and shape. Its steps, in order:
+``check reduced`` (against the float64 loops at the workload's reduced
+shapes), ``check forward`` / ``check backward[mode]`` (full size, against a
+reference computed once by a trusted float64 lowering), then per regime the
+timed passes. A backend that fails a check or the memory guard is recorded
+with the reason and never timed. The child prints one line per step start
+(``EINLOCAL_STEP``) and per record (``EINLOCAL_RECORD``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .table import PASSES, REGIMES, make_record
+
+__all__ = ["benchmark", "run_jobs", "make_job", "reference_file", "pass_cost", "ISOLATION_NOTE", "JAX_STEADY_NOTE"]
+
+ISOLATION_NOTE = ("each array library measured in its own process (thread pools never share cores "
+                  "with another library's); each step killed past its deadline (>cap)")
+IN_PROCESS_NOTE = "all libraries measured in one process (not isolated)"
+JAX_STEADY_NOTE = ("jax has no out= (immutable arrays): its steady regime is repeated calls "
+                   "whose buffers come from XLA's allocator")
+_STEP = "EINLOCAL_STEP "
+_RECORD = "EINLOCAL_RECORD "
+_START_TIMEOUT_S = 180.0   # imports of a framework on a busy machine
+
+
+# -- the public entry point ------------------------------------------------------------
+
+
+def benchmark(op, *, backends=None, passes=("forward", "backward"), regimes=("fresh", "steady"),
+              grad_modes=None, budget_s: float = 0.3, cap_s: float = 20.0, dtype: str = "float32",
+              memory: bool = True, isolate: bool = True, threads: int | None = None,
+              check_shapes: dict | None = None, reference: str | None = None, workload: str | None = None,
+              seed: int = 0, progress: Callable[[str, dict], None] | None = None,
+              **shapes_and_params) -> list[dict]:
+    """Measure backends on one op and shape; returns records (see `einlocal.table.RECORD_KEYS`).
+
+    `op`: a catalogue op (or its name) or an `el.Op`; arrays are given as
+    shapes by name (``x=(N, C, H, W), weight=(...)``), other keywords are the
+    op's parameters. `backends`: names (default: every available one that can
+    run the op, `loops:python` never). `passes`: "forward", "backward" (el.vjp),
+    "forward+backward"; backward in each of `grad_modes` the backend has
+    (default: all). `regimes`: "fresh" (new outputs each call) and "steady"
+    (outputs reused through ``out=``; jax: see `JAX_STEADY_NOTE`).
+    `budget_s`: timed seconds per measurement; `cap_s`: a measurement whose
+    calls pass it stops (a single call past ~2x it is killed): ``>cap``.
+    `check_shapes`: reduced shapes to check each backend against the float64
+    loops before timing; `reference`: a trusted float64 backend (e.g.
+    "einsum:numpy") to check at full size first, or None. `isolate`: one
+    process per library with deadlines (True) or everything in this process.
+    `threads`: thread count for every library. Inputs rotate among copies
+    that together exceed the last-level cache (fresh inputs per repetition).
+    """
+    spec = op_spec(op)
+    shapes, params = split_shapes(spec, shapes_and_params)
+    names = list(backends) if backends is not None else default_backends(spec, shapes, params)
+    ref_path = None
+    tmp = None
+    if reference:
+        tmp = tempfile.TemporaryDirectory(prefix="einlocal-ref-")
+        ref_path = reference_file(spec, shapes, params, seed, reference, Path(tmp.name) / "ref.npz")
+    from .machine import copy_bandwidth, matmul_rate
+    roof = {"bandwidth": copy_bandwidth(), "rate": matmul_rate()}
+    jobs = [make_job(spec, shapes, params, name, passes=passes, regimes=regimes, grad_modes=grad_modes,
+                     budget_s=budget_s, cap_s=cap_s, dtype=dtype, memory=memory, seed=seed,
+                     check_shapes=check_shapes, reference=ref_path, workload=workload, roofline=roof)
+            for name in names]
+    try:
+        return run_jobs(jobs, isolate=isolate, threads=threads, progress=progress)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def op_spec(op) -> dict:
+    """A JSON description of `op` the child process can rebuild."""
+    from .catalogue import CATALOGUE, CatalogueOp
+    from .op import Op
+    if isinstance(op, str) and op in CATALOGUE:
+        return {"op": op}
+    if isinstance(op, CatalogueOp):
+        return {"op": op.name}
+    if isinstance(op, Op):
+        return {"statement": str(op.statement), "pad": op.pad}
+    raise TypeError(f"benchmark: op must be a catalogue op, its name ({', '.join(CATALOGUE)}) or an el.Op; got {op!r}")
+
+
+def split_shapes(spec: dict, shapes_and_params: dict) -> tuple[dict, dict]:
+    """(array shapes, other parameters) from the keyword arguments."""
+    names = ("x", "weight", "bias") if "op" in spec else _build_op(spec).inputs
+    shapes = {k: tuple(v) for k, v in shapes_and_params.items() if k in names and v is not None}
+    params = {k: v for k, v in shapes_and_params.items() if k not in names}
+    return shapes, params
+
+
+def default_backends(spec: dict, shapes: dict, params: dict) -> list[str]:
+    """Every available backend that can run the op on such arrays (no framework imported
+    beyond what the backends' `cannot` needs), without loops:python."""
+    from . import registry
+    out = []
+    for name in registry.available():
+        if name == "loops:python":
+            continue
+        b = registry.get(name)
+        if not b.general and "op" not in spec:
+            continue
+        out.append(name)
+    return out
+
+
+def make_job(spec: dict, shapes: dict, params: dict, backend: str, **kw) -> dict:
+    """One backend's job (JSON-able). `backend` may be "peer:<name>" with kw["peer"] set."""
+    job = {"spec": spec, "shapes": {k: list(v) for k, v in shapes.items()}, "params": _jsonable(params),
+           "backend": backend}
+    for key, default in (("passes", ("forward", "backward")), ("regimes", ("fresh", "steady")),
+                         ("grad_modes", None), ("budget_s", 0.3), ("cap_s", 20.0), ("dtype", "float32"),
+                         ("memory", True), ("seed", 0), ("check_shapes", None), ("reference", None),
+                         ("workload", None), ("roofline", None), ("peer", None), ("note", None)):
+        value = kw.pop(key, default)
+        job[key] = list(value) if isinstance(value, tuple) else value
+    if kw:
+        raise TypeError(f"make_job: unexpected {sorted(kw)}")
+    for p in job["passes"]:
+        if p not in PASSES:
+            raise ValueError(f"benchmark: pass {p!r}, expected one of {PASSES}")
+    for r in job["regimes"]:
+        if r not in REGIMES:
+            raise ValueError(f"benchmark: regime {r!r}, expected one of {REGIMES}")
+    if job["check_shapes"]:
+        job["check_shapes"] = {k: list(v) for k, v in job["check_shapes"].items() if v is not None}
+    return job
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _tuples(v):
+    if isinstance(v, dict):
+        return {k: _tuples(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return tuple(_tuples(x) for x in v)
+    return v
+
+
+def _build_op(spec: dict):
+    from .catalogue import CATALOGUE
+    from .op import Op
+    if "op" in spec:
+        return CATALOGUE[spec["op"]]
+    return Op(spec["statement"], pad=0 if spec.get("pad") else None)
+
+
+# -- the reference, computed once per op and shape -------------------------------------------
+
+
+def reference_file(spec: dict, shapes: dict, params: dict, seed: int, backend: str, path: Path) -> str:
+    """Float64 forward and gradients with `backend` on `el.check`'s inputs for `seed`,
+    with their scale (the statement on |operands|) and term counts, saved as .npz.
+
+    `el.check(..., seed=seed, reference=load_reference(path))` then compares
+    against it: the inputs are the same (same seed, same generator).
+    """
+    import numpy as np
+
+    from . import registry
+    from .call import run_forward, run_vjp
+    from .check import _terms, random_inputs
+    op = _build_op(spec)
+    arrays = random_inputs(shapes, "float64", seed)
+    call = _bind(op, arrays, params)
+    dy = random_inputs({"dy": call.out_shape}, "float64", seed + 2)["dy"]
+    b = registry.get(backend)
+    absolute = {k: (None if a is None else np.abs(a)) for k, a in arrays.items()}
+    out: dict[str, Any] = {}
+
+    def forward_of(arrs):
+        ops_only = {k: a for k, a in arrs.items() if call.bias is None or k != call.bias[0]}
+        y = np.asarray(run_forward(call, b, {**ops_only, **({call.bias[0]: None} if call.bias else {})}))
+        return y
+
+    y, ys = forward_of(arrays), forward_of(absolute)
+    terms = _terms(call.plan)
+    if call.bias is not None and arrays.get(call.bias[0]) is not None:
+        bias = arrays[call.bias[0]].reshape(call.bias[1])
+        y = (y.reshape(call.plan.out_shape) + bias).reshape(call.out_shape)
+        ys = (ys.reshape(call.plan.out_shape) + np.abs(bias)).reshape(call.out_shape)
+        terms += 1
+    out["y"] = (y, ys, terms)
+    wrt = tuple(arg for arg, _, _ in call.operands)
+    grads = run_vjp(call, b, dy, arrays, wrt)
+    grads_abs = run_vjp(call, b, np.abs(dy), absolute, wrt)
+    for arg, op_name, _ in call.operands:
+        out["d" + arg] = (np.asarray(grads[arg]), np.asarray(grads_abs[arg]), _terms(call.plan.backward[op_name]))
+    if call.bias is not None and arrays.get(call.bias[0]) is not None:
+        dy_s = dy.reshape(call.plan.out_shape)
+        axes = tuple(k for k, s in enumerate(call.bias[1]) if s == 1)
+        bshape = dict(call.arg_shapes)[call.bias[0]]
+        out["d" + call.bias[0]] = (dy_s.sum(axis=axes).reshape(bshape), np.abs(dy_s).sum(axis=axes).reshape(bshape),
+                                   math.prod(call.plan.out_shape) // math.prod(bshape))
+    flat = {}
+    for name, (value, scale, n) in out.items():
+        flat[f"{name}__value"], flat[f"{name}__scale"], flat[f"{name}__terms"] = value, scale, np.array(n)
+    np.savez(path, **flat)
+    return str(path)
+
+
+def load_reference(path: str) -> dict:
+    """The dict `el.check(reference=...)` takes, from `reference_file`'s .npz."""
+    import numpy as np
+    data = np.load(path)
+    names = {k.split("__")[0] for k in data.files}
+    return {n: (data[f"{n}__value"], data[f"{n}__scale"], int(data[f"{n}__terms"])) for n in names}
+
+
+def _bind(op, arrays: dict, params: dict):
+    from .catalogue import CatalogueOp
+    if isinstance(op, CatalogueOp):
+        return op.bind(arrays["x"], arrays["weight"], arrays.get("bias"), **params)
+    return op._call(arrays, params.get("sizes"), None)
+
+
+# -- analytic costs ---------------------------------------------------------------------------
+
+
+def pass_cost(call, pass_: str, itemsize: int) -> tuple[int, int]:
+    """(flops, minimum bytes) of one pass: forward from the statement; backward the
+    derived statements of every array argument (dy and the inputs read once, the
+    gradients written once); forward+backward the sum."""
+    shapes = dict(call.arg_shapes)
+    out_el = math.prod(call.out_shape)
+    fwd = (call.flops(), call.min_bytes(itemsize))
+    bwd_flops = sum(call.plan.backward[op].flops() for _, op, _ in call.operands)
+    if call.bias is not None and call.bias[0] in shapes:
+        bwd_flops += out_el
+    operand_el = sum(math.prod(shapes[arg]) for arg, _, _ in call.operands)
+    grads_el = sum(math.prod(s) for s in shapes.values())
+    bwd = (bwd_flops, itemsize * (out_el + operand_el + grads_el))
+    if pass_ == "forward":
+        return fwd
+    if pass_ == "backward":
+        return bwd
+    return fwd[0] + bwd[0], fwd[1] + bwd[1]
+
+
+# -- running jobs: the parent side ----------------------------------------------------------------
+
+
+def _library_of_job(job: dict) -> str:
+    if job.get("peer"):
+        return job["peer"]["library"]
+    from . import registry
+    engine = registry._ENTRIES.get(job["backend"], (None, "numpy"))[1]
+    return {"python": "numpy", "triton": "torch"}.get(engine, engine)
+
+
+def step_key(step: dict) -> tuple:
+    return (step["kind"], step["pass"], step.get("regime"), step.get("grad_mode"))
+
+
+def run_jobs(jobs: list[dict], *, isolate: bool = True, threads: int | None = None,
+             progress: Callable[[str, dict], None] | None = None) -> list[dict]:
+    """Run jobs, one process per library (in job order within it) when `isolate`;
+    returns every record. `progress(event, info)`: "step" (info: the step and job)
+    and "job" (a job finished)."""
+    note = ISOLATION_NOTE if isolate else IN_PROCESS_NOTE
+    records: list[dict] = []
+    if not isolate:
+        if threads:
+            from .timing import set_threads
+            set_threads(threads)
+        for job in jobs:
+            def emit(kind, payload, job=job):
+                if kind == "record":
+                    payload[0].setdefault("isolation", note)
+                    records.append(payload[0])
+                elif progress:
+                    progress("step", {"job": job, "step": payload})
+            run_job(job, emit)
+            if progress:
+                progress("job", {"job": job})
+        return records
+    by_library: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_library.setdefault(_library_of_job(job), []).append(job)
+    for library, group in by_library.items():
+        for rec in _run_group(group, threads, progress):
+            rec.setdefault("isolation", note)
+            records.append(rec)
+    return records
+
+
+def _deadline_s(job: dict, step: dict) -> float:
+    if step["kind"] == "check" and step["pass"] == "reduced":
+        return 120.0
+    return 2.0 * float(job["cap_s"]) + 15.0
+
+
+def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
+    """Run one library's jobs in a child process; restart it after a kill or a crash."""
+    records: list[dict] = []
+    state = [{"done": [], "killed": []} for _ in jobs]   # per job: step keys emitted / killed
+    next_job = 0
+    while next_job < len(jobs):
+        payload = {"threads": threads,
+                   "jobs": [{**jobs[i], "done": state[i]["done"], "killed": state[i]["killed"]}
+                            for i in range(next_job, len(jobs))]}
+        proc = subprocess.Popen([sys.executable, "-m", "einlocal.bench", "--child"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        err_tail: list[str] = []
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        threading.Thread(target=_tail, args=(proc.stderr, err_tail), daemon=True).start()
+        proc.stdin.write(json.dumps(payload))
+        proc.stdin.close()
+        base = next_job
+        current = None            # (job index, step) running now
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        outcome = "exit"
+        while True:
+            try:
+                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                outcome = "timeout"
+                break
+            if line is None:
+                break
+            if line.startswith(_STEP):
+                msg = json.loads(line[len(_STEP):])
+                i = base + msg["job"]
+                if current is not None and current[0] != i and progress:
+                    progress("job", {"job": jobs[current[0]]})
+                current = (i, msg["step"])
+                deadline = time.monotonic() + _deadline_s(jobs[i], msg["step"])
+                if progress:
+                    progress("step", {"job": jobs[i], "step": msg["step"]})
+            elif line.startswith(_RECORD):
+                msg = json.loads(line[len(_RECORD):])
+                i = base + msg["job"]
+                records.append(msg["record"])
+                key = msg.get("step_key")
+                if key is not None and key not in state[i]["done"]:
+                    state[i]["done"].append(key)
+        if outcome == "timeout":
+            _kill(proc)
+        rc = proc.wait()
+        if outcome == "exit" and rc == 0:
+            if current is not None and progress:
+                progress("job", {"job": jobs[current[0]]})
+            break
+        # killed or crashed in the middle of `current`: record it and go on after it
+        if current is None:
+            raise RuntimeError(f"benchmark child failed before its first step (exit {rc}):\n"
+                               + "".join(err_tail)[-3000:])
+        i, step = current
+        why = "killed" if outcome == "timeout" else "crashed"
+        state[i]["killed"].append({"step": step, "why": why, "rc": rc, "stderr": "".join(err_tail)[-300:]})
+        state[i]["done"].append(list(step_key(step)))
+        next_job = i
+    return records
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def _tail(stream, keep: list) -> None:
+    for line in stream:
+        keep.append(line)
+        del keep[:-50]
+
+
+def _kill(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # the child's own session: itself and what it started
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+# -- running one job: the child side ------------------------------------------------------------------
+
+
+def _implied(killed: dict, step: dict) -> bool:
+    """Whether `step` cannot finish in time because `killed` did not: forward is part of
+    forward and forward+backward; backward[mode] of backward[mode] and forward+backward[mode]."""
+    k = killed
+    if k["kind"] == "check":
+        if k["pass"] in ("reduced", "forward"):
+            return True
+        return step["pass"] in ("backward", "forward+backward") and step.get("grad_mode") == k.get("grad_mode")
+    if k["pass"] == "forward":
+        return step["pass"] in ("forward", "forward+backward") or step["kind"] == "check"
+    if k["pass"] == "backward":
+        return step["pass"] in ("backward", "forward+backward") and step.get("grad_mode") == k.get("grad_mode")
+    return step["pass"] == "forward+backward" and step.get("grad_mode") == k.get("grad_mode")
+
+
+def run_job(job: dict, emit: Callable[[str, Any], None]) -> None:
+    """Run one job's steps in this process; `emit("step", step)` before each step,
+    `emit("record", record)` for each record."""
+    _JobRunner(job, emit).run()
+
+
+def _llc_bytes() -> int:
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+        return int(text[:-1]) * {"K": 2**10, "M": 2**20}.get(text[-1], 1) if text[-1] in "KM" else int(text)
+    except (OSError, ValueError):
+        return 32 * 2**20
+
+
+def _threads_text() -> str:
+    from .timing import thread_info
+    info = thread_info()
+    parts = [f"{k} {info[k]}" for k in ("torch", "numba") if k in info]
+    pools = {p.get("internal_api"): p.get("num_threads") for p in info.get("threadpools") or []}
+    parts += [f"{k} {v}" for k, v in pools.items() if k]
+    return ", ".join(parts)
+
+
+def load_peer(peer: dict):
+    """(forward, backward or None) of a peer from bench/peers.py (loaded by path).
+
+    Interface: the module's `PEERS` dict, name -> {"forward": f(x, weight, bias,
+    **params) -> y, "backward": g(dy, x, weight, bias, **params) -> (dx, dweight,
+    dbias)}; or, without `PEERS`, functions `<name>` and `<name>_backward` (or
+    `<name>_vjp`). Arrays in API.md's layouts.
+    """
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("einlocal_bench_peers", peer["path"])
+    mod = sys.modules.get("einlocal_bench_peers")
+    if mod is None:
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["einlocal_bench_peers"] = mod
+        spec.loader.exec_module(mod)
+    table = getattr(mod, "PEERS", None)
+    if isinstance(table, dict) and peer["name"] in table:
+        entry = table[peer["name"]]
+        if callable(entry):
+            return entry, None
+        return entry["forward"], entry.get("backward")
+    fwd = getattr(mod, peer["name"])
+    bwd = getattr(mod, peer["name"] + "_backward", None) or getattr(mod, peer["name"] + "_vjp", None)
+    return fwd, bwd
+
+
+class _JobRunner:
+    """The steps of one job, run in this process (see the module docstring)."""
+
+    def __init__(self, job: dict, emit):
+        self.job = job
+        self.emit = emit
+        self.params = _tuples(job["params"])
+        self.shapes = {k: tuple(v) for k, v in job["shapes"].items()}
+        self.name = job["backend"]
+        self.peer = job.get("peer")
+        self.fail_all: tuple[str, str] | None = None      # (status, reason) for every timed step
+        self.fail_mode: dict = {}                          # grad mode -> (status, reason)
+        self.errors: dict = {}                             # "forward" / mode -> worst err/tol
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        from .backends.namespaces import namespace
+        from .check import random_inputs
+        job = self.job
+        self.op = _build_op(job["spec"])
+        if self.peer:
+            self.library = self.peer["library"]
+            self.backend = None
+            self.modes = [None]
+            self.peer_fwd, self.peer_bwd = load_peer(self.peer)
+            if self.peer_bwd is None:
+                self.fail_mode[None] = ("skipped", "the peer has no backward")
+        else:
+            from . import registry
+            self.backend = registry.get(self.name)
+            self.library = self.backend.takes[0]
+            have = self.backend.grad_modes(self.library)
+            self.modes = [m for m in (job["grad_modes"] or have) if m in have]
+        self.xp = namespace(self.library)
+        arrays = random_inputs(self.shapes, job["dtype"], job["seed"])
+        self.call = _bind(self.op, arrays, self.params)
+        nbytes = sum(a.nbytes for a in arrays.values()) + math.prod(self.call.out_shape) * arrays["x"].itemsize
+        copies = max(1, min(4, math.ceil(2 * _llc_bytes() / max(nbytes, 1))))
+        self.sets = []
+        for k in range(copies):
+            arrs = random_inputs(self.shapes, job["dtype"], job["seed"] + 10 + k)
+            dy = random_inputs({"dy": self.call.out_shape}, job["dtype"], job["seed"] + 20 + k)["dy"]
+            conv = {n: self.xp.from_numpy(a, "cpu") for n, a in arrs.items()}
+            conv["dy"] = self.xp.from_numpy(dy, "cpu")
+            self.sets.append(conv)
+        self.itemsize = arrays["x"].itemsize
+        self._next = 0
+        if self.backend is not None:
+            self._guard()
+
+    def _guard(self) -> None:
+        from .budget import check_budget
+        from .errors import MemoryBudgetError
+        try:
+            check_budget(self.backend, self.call.plan, self.itemsize)
+        except MemoryBudgetError as e:
+            self.fail_all = ("skipped", f"memory guard: {e}")
+            return
+        for _, op, _ in self.call.operands:
+            try:
+                check_budget(self.backend, self.call.plan.backward[op], self.itemsize)
+            except MemoryBudgetError as e:
+                for m in self.modes:
+                    self.fail_mode[m] = ("skipped", f"memory guard (backward): {e}")
+
+    def steps(self) -> list[dict]:
+        job = self.job
+        out = []
+        if job["check_shapes"]:
+            out.append({"kind": "check", "pass": "reduced"})
+        if job["reference"]:
+            out.append({"kind": "check", "pass": "forward"})
+            if any(p != "forward" for p in job["passes"]):
+                out += [{"kind": "check", "pass": "backward", "grad_mode": m} for m in self.modes]
+        for regime in job["regimes"]:
+            for pass_ in job["passes"]:
+                for mode in ([None] if pass_ == "forward" else self.modes):
+                    out.append({"kind": "time", "pass": pass_, "regime": regime, "grad_mode": mode})
+        return out
+
+    # -- records ------------------------------------------------------------------------------
+
+    def record(self, step: dict, **fields) -> None:
+        job = self.job
+        flops, min_bytes = (pass_cost(self.call, step["pass"], self.itemsize) if hasattr(self, "call")
+                            else (None, None))
+        rec = make_record(workload=job["workload"], op=job["spec"].get("op", "op"),
+                          shape=" ".join(f"{dict(x='x', weight='w', bias='b').get(k, k)}({','.join(map(str, v))})"
+                                         for k, v in self.shapes.items()),
+                          backend=self.name, **{"pass": step["pass"]}, regime=step["regime"],
+                          grad_mode=step.get("grad_mode"), flops=flops, min_bytes=min_bytes,
+                          peer=bool(self.peer), size=flops, dtype=job["dtype"], threads=_threads_text(),
+                          **fields)
+        if rec.get("max_error") is None:
+            err = self.errors.get("forward") if step["pass"] == "forward" else self.errors.get(step.get("grad_mode"))
+            rec["max_error"] = err
+        if job.get("note"):
+            rec["note"] = job["note"]
+        self.emit("record", (rec, list(step_key(step))))
+
+    # -- run --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        job = self.job
+        done = {tuple(k) for k in job.get("done", [])}
+        killed = job.get("killed", [])
+        try:
+            self._setup()
+        except Exception as e:  # the backend cannot even start: every timed step fails
+            self.modes = self.modes if hasattr(self, "modes") else [None]
+            self.fail_all = ("failed", f"setup: {type(e).__name__}: {e}")
+        for step in self.steps():
+            key = step_key(step)
+            hit = next((k for k in killed if step_key(k["step"]) == key), None)
+            if hit is not None:
+                if step["kind"] == "time":
+                    self.record(step, **self._killed_fields(hit, hit))
+                continue
+            if key in done:
+                continue
+            cause = next((k for k in killed if _implied(k["step"], step)), None)
+            if cause is not None:
+                if step["kind"] == "time":
+                    self.record(step, **self._killed_fields(cause, None))
+                continue
+            self.emit("step", step)
+            if step["kind"] == "check":
+                self._check(step)
+            else:
+                self._time(step)
+
+    def _killed_fields(self, k: dict, this) -> dict:
+        what = f"{k['step']['kind']} {k['step']['pass']}" + (f"[{k['step']['grad_mode']}]"
+                                                            if k["step"].get("grad_mode") else "")
+        if k["why"] == "killed":
+            lim = 2 * float(self.job["cap_s"])
+            if this is not None:
+                return {"status": ">cap", "reason": f"killed: one call ran past ~{lim:.0f} s (cap {self.job['cap_s']} s)"}
+            return {"status": ">cap", "reason": f"not run: {what} ran past the cap"}
+        reason = f"the process crashed (exit {k['rc']}) during {what}"
+        return {"status": "failed", "reason": reason}
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _check(self, step: dict) -> None:
+        if self.fail_all:
+            return
+        job = self.job
+        if step["pass"] == "reduced":
+            shapes, ref, modes = {k: tuple(v) for k, v in job["check_shapes"].items()}, None, None
+        else:
+            shapes, ref = self.shapes, load_reference(job["reference"])
+            modes = ("none",) if step["pass"] == "forward" else (step["grad_mode"],)
+        try:
+            if self.peer:
+                errors = self._check_peer(shapes, ref, step)
+            else:
+                from .check import check
+                report = check(self.op, backends=[self.name], dtype=job["dtype"], seed=job["seed"],
+                               grad_modes=modes, reference=ref, **shapes, **self.params)
+                row = report.rows[0]
+                if row.status == "skipped":
+                    if "memory guard" in row.reason:
+                        self.fail_all = ("skipped", row.reason)
+                    else:
+                        self.fail_all = ("skipped", row.reason)
+                    return
+                if row.status == "fail":
+                    raise AssertionError(row.reason or ", ".join(f"{k} {v:.3g} x tol" for k, v in row.errors.items()
+                                                                 if v > 1))
+                errors = row.errors
+        except Exception as e:  # noqa: BLE001 — any failure means: never timed
+            where = {"reduced": "check at reduced size", "forward": "full-size forward check"}.get(
+                step["pass"], f"full-size backward[{step.get('grad_mode')}] check")
+            reason = f"{where} failed: {type(e).__name__}: {e}"[:400]
+            if step["pass"] == "backward":
+                self.fail_mode[step["grad_mode"]] = ("failed", reason)
+            else:
+                self.fail_all = ("failed", reason)
+            return
+        if step["pass"] == "reduced":
+            return
+        fwd = errors.get("y")
+        if fwd is not None:
+            self.errors["forward"] = fwd
+        grads = [v for k, v in errors.items() if k != "y"]
+        if grads:
+            self.errors[step.get("grad_mode")] = max(grads)
+
+    def _check_peer(self, shapes: dict, ref, step) -> dict:
+        import numpy as np
+
+        from .check import _compare, random_inputs, reference_outputs
+        job = self.job
+        arrays = random_inputs(shapes, "float64", job["seed"])
+        call = _bind(self.op, arrays, self.params)
+        dy = random_inputs({"dy": call.out_shape}, "float64", job["seed"] + 2)["dy"]
+        if ref is None:
+            ref = reference_outputs(call, arrays, dy)
+        conv = {n: (None if a is None else self.xp.from_numpy(a.astype(job["dtype"]), "cpu")) for n, a in arrays.items()}
+        errors = {}
+        if step["pass"] in ("reduced", "forward"):
+            y = self.peer_fwd(conv["x"], conv["weight"], conv.get("bias"), **self.params)
+            errors["y"] = _compare(self.xp.to_numpy(y), *ref["y"], job["dtype"])
+        if step["pass"] in ("reduced", "backward") and self.peer_bwd is not None:
+            grads = self.peer_bwd(self.xp.from_numpy(dy.astype(job["dtype"]), "cpu"), conv["x"], conv["weight"],
+                                  conv.get("bias"), **self.params)
+            for n, g in zip(("x", "weight", "bias"), grads):
+                if conv.get(n) is not None:
+                    errors["d" + n] = _compare(np.asarray(self.xp.to_numpy(g)), *ref["d" + n], job["dtype"])
+        bad = {k: v for k, v in errors.items() if not v <= 1.0}
+        if bad:
+            raise AssertionError(", ".join(f"{k} {v:.3g} x tolerance" for k, v in bad.items()))
+        return errors
+
+    # -- timing -------------------------------------------------------------------------------
+
+    def _next_set(self):
+        s = self.sets[self._next % len(self.sets)]
+        self._next += 1
+        return s
+
+    def _callable(self, pass_: str, regime: str, mode):
+        """fn(set) for one pass and regime."""
+        steady = regime == "steady" and self.library != "jax" and not self.peer
+        params = self.params
+        if self.peer:
+            fwd_p, bwd_p = self.peer_fwd, self.peer_bwd
+
+            def fwd(s):
+                return fwd_p(s["x"], s["weight"], s.get("bias"), **params)
+
+            def bwd(s):
+                return bwd_p(s["dy"], s["x"], s["weight"], s.get("bias"), **params)
+        else:
+            op, name, xp = self.op, self.name, self.xp
+            y_out = xp.from_numpy(_zeros(self.call.out_shape, self.job["dtype"]), "cpu") if steady else None
+            g_out = (tuple(None if self.sets[0].get(a) is None else
+                           xp.from_numpy(_zeros(dict(self.call.arg_shapes)[a], self.job["dtype"]), "cpu")
+                           for a in self.call.args) if steady else None)
+
+            def fwd(s):
+                return op(s["x"], s["weight"], s.get("bias"), backend=name, out=y_out, **params)
+
+            def bwd(s):
+                return op.vjp(s["dy"], s["x"], s["weight"], s.get("bias"), backend=name, grad=mode or "vjp",
+                              out=g_out, **params)
+        if pass_ == "forward":
+            return fwd
+        if pass_ == "backward":
+            return bwd
+        return lambda s: (fwd(s), bwd(s))
+
+    def _time(self, step: dict) -> None:
+        from .memory import choose_method, peak_rss_in_process, peak_tracemalloc
+        from .timing import measure
+        job = self.job
+        fail = self.fail_all or (self.fail_mode.get(step["grad_mode"]) if step["pass"] != "forward" else None)
+        if fail:
+            self.record(step, status=fail[0], reason=fail[1])
+            return
+        fn = self._callable(step["pass"], step["regime"], step.get("grad_mode"))
+        try:
+            t = measure(fn, setup=self._next_set, budget_s=float(job["budget_s"]), cap_s=float(job["cap_s"]))
+        except Exception as e:  # noqa: BLE001
+            self.record(step, status="failed", reason=f"{type(e).__name__}: {e}"[:400])
+            return
+        fields = {"first_call_s": t.first_call_s, "n": t.n}
+        if t.capped:
+            fields.update(status=">cap", reason=f"first call {t.first_call_s:.3g} s; cap {job['cap_s']} s")
+            self.record(step, **fields)
+            return
+        fields.update(median_s=t.median_s, iqr_s=t.iqr_s)
+        if job.get("roofline"):
+            from .machine import roofline_fraction
+            flops, min_bytes = pass_cost(self.call, step["pass"], self.itemsize)
+            fields["roofline_fraction"] = roofline_fraction(t.median_s, flops, min_bytes, **job["roofline"])
+        if job["memory"]:
+            engine = "numba" if self.name.endswith(":numba") else self.library
+            try:
+                method = choose_method(engine, "cpu")
+                peak = (peak_tracemalloc if method.startswith("tracemalloc") else peak_rss_in_process)(
+                    lambda: fn(self._next_set()))
+                fields.update(peak_bytes=peak.bytes, peak_method=peak.method)
+            except Exception:  # noqa: BLE001 — memory is a column, not a verdict
+                pass
+        if step["regime"] == "steady" and self.library == "jax":
+            fields["note"] = JAX_STEADY_NOTE
+        elif step["regime"] == "steady" and self.peer:
+            fields["note"] = "peers take no out=: steady is repeated calls"
+        self.record(step, **fields)
+
+
+def _zeros(shape, dtype):
+    import numpy as np
+    return np.zeros(shape, dtype=dtype)
+
+
+def _child_main() -> int:
+    payload = json.loads(sys.stdin.read())
+    if payload.get("threads"):
+        from .timing import set_threads
+        set_threads(int(payload["threads"]))
+    # keep library chatter away from the protocol
+    real_stdout = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    for j, job in enumerate(payload["jobs"]):
+        def emit(kind, obj, j=j):
+            if kind == "step":
+                real_stdout.write(_STEP + json.dumps({"job": j, "step": obj}) + "\n")
+            else:
+                rec, key = obj
+                real_stdout.write(_RECORD + json.dumps({"job": j, "record": rec, "step_key": key},
+                                                       default=str) + "\n")
+            real_stdout.flush()
+        run_job(job, emit)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--child"]:
+        sys.exit(_child_main())
+    sys.exit("usage: python -m einlocal.bench --child  (internal: run benchmark jobs read from stdin)")

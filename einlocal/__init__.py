@@ -9,6 +9,7 @@ Importing einlocal imports no framework (numpy only).
 """
 from .budget import memory_budget, set_memory_budget
 from .check import check
+from .choose import choose
 from .catalogue import conv2d, depthwise_conv2d, locally_connected1d, locally_connected2d, vjp
 from .errors import BackendError, EinlocalError, MemoryBudgetError, ShapeError, SpecError
 from .op import Op
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d", "Op", "vjp",
-    "backends", "unavailable_backends", "check", "memory_budget", "set_memory_budget",
+    "backends", "unavailable_backends", "check", "choose", "benchmark", "table", "memory_budget", "set_memory_budget",
     "ShapeError", "SpecError", "BackendError", "MemoryBudgetError", "EinlocalError",
 ]
 
@@ -28,6 +29,20 @@ def backends(op=None, *, like=None) -> list[str]:
     a dict of the op's arrays), those that can run that op on such arrays."""
     from .backends_query import backends_for
     return backends_for(op, like)
+
+
+def benchmark(op, **kw) -> list[dict]:
+    """Time, check and measure backends on one op and shape (see `einlocal.bench.benchmark`)."""
+    from .bench import benchmark as _benchmark
+    return _benchmark(op, **kw)
+
+
+def table(records, *, title=None) -> str:
+    """Markdown tables of benchmark records, or of a results/pytest-benchmark JSON file path."""
+    from .table import load_records, markdown
+    if isinstance(records, (str, bytes)) or hasattr(records, "__fspath__"):
+        records = load_records(records)
+    return markdown(list(records), title=title)
 
 
 def unavailable_backends() -> dict[str, str]:

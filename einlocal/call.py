@@ -75,16 +75,16 @@ def _view(xp_lib, a, shape, what: str, *, must_view: bool = False):
                      f"pass a contiguous array")
 
 
-def _auto(call: Call, library: str, device: str) -> str:
+def _auto(call: Call, library: str, device: str, dtype: str | None = None) -> str:
     from .choose import auto_backend
-    return auto_backend(call, library, device)
+    return auto_backend(call, library, device, dtype=dtype)
 
 
-def resolve_backend(name, call: Call, library: str, device: str):
+def resolve_backend(name, call: Call, library: str, device: str, dtype: str | None = None):
     """The backend object for ``name`` ("auto" included) that can run
     ``call`` on these arrays; BackendError saying why not."""
     if name is None or name == "auto":
-        name = _auto(call, library, device)
+        name = _auto(call, library, device, dtype)
     if not isinstance(name, str):
         raise BackendError(f"backend must be a str such as 'bmm:numpy' or 'auto', got {name!r}")
     backend = registry.get(name)
@@ -195,7 +195,7 @@ def _prepare(call: Call, arrays: dict, backend_name, what: str):
     if dtype not in ("float16", "bfloat16", "float32", "float64"):
         raise ShapeError(f"{what}arrays have dtype {dtype}; einlocal computes in floating point "
                          f"(float16, bfloat16, float32, float64)")
-    backend = resolve_backend(backend_name, call, library, device)
+    backend = resolve_backend(backend_name, call, library, device, dtype)
     return backend, library, dtype, device
 
 

@@ -62,7 +62,8 @@ def _register(name: str, op, out_shape):
     def forward_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
                    dilation: list[int], backend: str) -> Tensor:
         with torch.no_grad():      # autograd is this op's own formula below
-            return op(x, weight, bias, backend=backend, **_params(stride, padding, dilation))
+            y = op(x, weight, bias, backend=backend, **_params(stride, padding, dilation))
+        return y.contiguous()      # the layout the fake implementation promises, whatever the backend
 
     @forward_op.register_fake
     def _(x, weight, bias, stride, padding, dilation, backend):
@@ -74,7 +75,7 @@ def _register(name: str, op, out_shape):
         names = tuple(n for n, want in zip(("x", "weight", "bias"), wrt) if want)
         with torch.no_grad():
             grads = op.vjp(dy, x, weight, bias, backend=backend, wrt=names, **_params(stride, padding, dilation))
-        return [g for g, want in zip(grads, wrt) if want]
+        return [g.contiguous() for g, want in zip(grads, wrt) if want]
 
     @vjp_op.register_fake
     def _(dy, x, weight, bias, stride, padding, dilation, backend, wrt):

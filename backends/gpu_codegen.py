@@ -210,10 +210,12 @@ def kernel_plan(plan, dtype: str, *, deterministic: bool = False, precision: str
     ext = {c.var: c.extent for c in coords}
     R, C = math.prod(ext[v] for v in rows), math.prod(ext[v] for v in cols)
     if form == "fma":
-        bc = min(_np2(C), 128)
+        # a tile of at most 2048 accumulators, 8 per thread: registers stay
+        # below 255 with the taps unrolled; the batch (rows) tile up to 32
+        bc = min(_np2(C), 64)
         br = min(_np2(R), max(1, 2048 // bc), 32)
         block = (("BR", br), ("BC", bc))
-        warps = 4 if br * bc >= 1024 else 2 if br * bc >= 256 else 1
+        warps = max(1, min(8, br * bc // 256))
     else:
         bm = 64 if R >= 64 else 32 if R >= 32 else 16
         bn = 64 if C >= 64 else 32 if C >= 32 else 16
@@ -272,12 +274,21 @@ def triton_source(kp: KernelPlan) -> str:
     return (_triton_dot if kp.form == "dot" else _triton_fma)(kp)
 
 
-def _solved_lines(kp: KernelPlan, var, ind: str, suffix: str = "") -> list[str]:
-    """Solve each index from its coordinate; ``ok_<name>`` marks validity."""
+def _unread(kp: KernelPlan) -> list[str]:
+    read = {n for a in kp.plan.stmt.operands for n in a.names}
+    return [s.name for s in kp.solved if s.name and s.name not in read]
+
+
+def _solved_lines(kp: KernelPlan, var, ind: str, suffix: str = "", only=None) -> list[str]:
+    """Solve each index from its coordinate (those in ``only``, if given);
+    ``ok_<name>`` marks validity."""
     lines = []
     for s in kp.solved:
+        if only is not None and s.name not in only:
+            continue
         taps = "".join(f" - {a} * {var(n)}" for n, a in s.taps)
-        num = f"({s.coord} - {s.const}{taps})" if s.const else f"({s.coord}{taps})"
+        const = f" - {s.const}" if s.const > 0 else f" + {-s.const}" if s.const < 0 else ""
+        num = f"({s.coord}{const}{taps})"
         tag = (s.name or s.coord) + suffix
         if s.name is None:
             lines.append(f"{ind}ok_{tag} = {s.coord} == {s.const}")
@@ -434,7 +445,8 @@ def _triton_dot(kp: KernelPlan) -> str:
     lines += _decode(loop_names, kext, "offs_kb", ind2 + "kb_")
     for side, op, gm in (("a", a_op, ["rmask", "kmask_a"]), ("b", b_op, ["kmask_b", "cmask"])):
         var = var_for(side)
-        lines += [ln.replace("ok_", "ok_").replace("num_", "num_") for ln in _solved_lines(kp, var, ind2, f"_{side}")]
+        needed = set(op.names) if side == "b" else set(op.names) | {None} | set(_unread(kp))
+        lines += _solved_lines(kp, var, ind2, f"_{side}", only=needed)
         lines += _operand_load(kp, op, var, ind2, lambda acc, gm=gm: gm, suffix=f"_{side}",
                                zero=f" + zero_{side}", dtype_cast=False)
     extra = _unsolved_masks(kp, "_a")

@@ -28,7 +28,7 @@ from ..errors import BackendError
 from .base import Backend, missing_modules
 from .gpu_codegen import INT32_LIMIT, kernel_plan, triton_source
 
-__all__ = ["TritonLoops", "make"]
+__all__ = ["TritonLoops", "make", "compile_for", "compile_many", "resource_usage", "load_kernel"]
 
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
@@ -147,14 +147,18 @@ def kernel_dir() -> str:
     return path
 
 
-def load_kernel(name: str, src: str):
-    """Write ``src`` to ``<kernel_dir>/<name>.py`` and import its ``name``."""
+def write_kernel(name: str, src: str) -> str:
+    """Write ``src`` to ``<kernel_dir>/<name>.py`` (atomically); its path."""
     path = os.path.join(kernel_dir(), f"{name}.py")
     if not os.path.exists(path) or open(path).read() != src:
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             f.write(src)
         os.replace(tmp, path)
+    return path
+
+
+def _import_kernel(name: str, path: str):
     modname = f"einlocal_kernels.{name}"
     spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
@@ -163,5 +167,109 @@ def load_kernel(name: str, src: str):
     return getattr(mod, name)
 
 
+def load_kernel(name: str, src: str):
+    """The kernel ``name`` defined by ``src`` (Triton reads a kernel's source
+    from its file, so it is written first)."""
+    return _import_kernel(name, write_kernel(name, src))
+
+
+_TL_SIG = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32", "float64": "*fp64"}
+
+
+def compile_for(kp, capability: int) -> dict:
+    """Compile one kernel ahead of time for ``GPUTarget("cuda", capability,
+    32)`` (no GPU needed); see ``compile_many``."""
+    return compile_many([(kp, capability)])[0]
+
+
+def compile_many(items) -> list[dict]:
+    """Compile ``(kernel plan, capability)`` pairs ahead of time (no GPU
+    needed).  Each result: name, capability, shared (bytes, from the compile
+    metadata), registers / stack / local (``cuobjdump -res-usage`` on the
+    cubin), num_warps, cubin.  Under the interpreter the compiler runs in a
+    subprocess without it (the interpreter patches triton.language
+    process-wide).  A kernel that does not compile raises BackendError with
+    its source."""
+    import json
+    import subprocess
+    jobs, sources = [], []
+    for kp, cc in items:
+        src = triton_source(kp)
+        path = write_kernel(kp.name, src)
+        out_dtype = "float32" if kp.mode == "atomic" and kp.dtype in ("float16", "bfloat16") else kp.dtype
+        sig = {f"p_{a.name}": _TL_SIG[kp.dtype] for a in kp.plan.stmt.operands}
+        sig["p_out"] = _TL_SIG[out_dtype]
+        jobs.append({"name": kp.name, "path": path, "signature": sig, "capability": int(cc),
+                     "num_warps": kp.num_warps})
+        sources.append(src)
+    if interpreting():
+        env = {**os.environ, "TRITON_INTERPRET": "0"}
+        proc = subprocess.run([sys.executable, "-m", "einlocal.backends.loops_triton"], input=json.dumps(jobs),
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise BackendError(f"loops:triton: the compiler subprocess failed:\n{proc.stderr[-4000:]}")
+        results = json.loads(proc.stdout)
+    else:
+        results = _compile_jobs(jobs)
+    for res, src in zip(results, sources):
+        if "error" in res:
+            raise BackendError(f"loops:triton: {res['name']} does not compile for sm_{res['capability']}: "
+                               f"{res['error']}\n--- generated source ---\n{src}")
+        res["cubin"] = bytes.fromhex(res["cubin"])
+    return results
+
+
+def _compile_jobs(jobs: list) -> list:
+    """Compile in this process (not under the interpreter)."""
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    results = []
+    for job in jobs:
+        res = {"name": job["name"], "capability": job["capability"], "num_warps": job["num_warps"]}
+        try:
+            fn = _import_kernel(job["name"], job["path"])
+            compiled = triton_compile(ASTSource(fn, job["signature"]),
+                                      target=GPUTarget("cuda", job["capability"], 32),
+                                      options={"num_warps": job["num_warps"]})
+            cubin = compiled.asm["cubin"]
+            res.update(shared=int(compiled.metadata.shared), **resource_usage(cubin), cubin=cubin.hex())
+        except Exception as e:   # reported with the source by compile_many
+            res["error"] = f"{type(e).__name__}: {e}"
+        results.append(res)
+    return results
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """registers, stack and local bytes of the first kernel in a cubin, from
+    ``cuobjdump -res-usage`` (Triton's bundled copy, else one on PATH)."""
+    import re
+    import shutil
+    import subprocess
+    tool = None
+    try:
+        import triton.backends.nvidia as nvidia
+        cand = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+        tool = cand if os.path.exists(cand) else None
+    except ImportError:
+        pass
+    tool = tool or shutil.which("cuobjdump")
+    if tool is None:
+        raise BackendError("cuobjdump is not available to read register counts")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
+    if m is None:
+        raise BackendError(f"cannot read the resource usage from cuobjdump:\n{text}")
+    return {"registers": int(m.group(1)), "stack": int(m.group(2)), "local": int(m.group(4))}
+
+
 def make(engine="triton"):
     return TritonLoops()
+
+
+if __name__ == "__main__":   # the ahead-of-time compiler, for compile_many under the interpreter
+    import json
+    json.dump(_compile_jobs(json.load(sys.stdin)), sys.stdout)

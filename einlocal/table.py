@@ -244,9 +244,17 @@ def _markdown_table(records: list[dict]) -> str:
                  f"{max(errors):.1e}" if errors else "", "; ".join(notes)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     methods = sorted({r["peak_method"] for r in records if r.get("peak_method")})
+    foot = []
     if methods:
+        foot.append(f"Peak memory by {', '.join(methods)}; ×min = peak / the op's minimum bytes.")
+    if any(r.get("max_error") is not None for r in records):
+        foot.append("Max error: the worst |error| / tolerance against the float64 reference (≤ 1 passes).")
+    if any(str(r.get("backend", "")).startswith("peer:") for r in records):
+        foot.append("peer: = a recipe from the user reports or the library's own op, shown for comparison.")
+    foot += sorted({str(r["note"]) for r in records if r.get("note") and r["note"] != "peer"})
+    if foot:
         lines.append("")
-        lines.append(f"Peak memory by {', '.join(methods)}; ×min = peak / the op's minimum bytes.")
+        lines.extend(foot)
     return "\n".join(lines)
 
 
@@ -354,21 +362,24 @@ def _machine_text(machine: Any) -> str:
 
 
 def write_results(
-    records: list[dict], outdir: str | Path, *, command: str, machine: Any, name: str = "results"
+    records: list[dict], outdir: str | Path, *, command: str, machine: Any, name: str = "results",
+    notes: Iterable[str] = (), x_key: str = "size",
 ) -> dict[str, Path]:
     """Write `<name>.md`, `.csv`, `.json` and `.png` (if anything plots) into `outdir`.
 
-    The markdown starts with the command that regenerates it and the machine.
+    The markdown starts with the command that regenerates it, the machine and
+    `notes` (how the run was made); the plot's x axis is `x_key`.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {ext: outdir / f"{name}.{ext}" for ext in ("md", "csv", "json")}
     head = f"Regenerate with:\n\n    {command}\n\nMachine: {_machine_text(machine)}\n\n"
+    head += "".join(f"- {n}\n" for n in notes) + ("\n" if notes else "")
     paths["md"].write_text(head + markdown(records))
     paths["csv"].write_text(csv(records))
     run = {"command": command, "machine": machine, "records": list(records)}
     paths["json"].write_text(json.dumps(run, indent=1, default=str))
-    png = plot(records, outdir / f"{name}.png")
+    png = plot(records, outdir / f"{name}.png", x_key=x_key)
     if png is not None:
         paths["png"] = png
     return paths

@@ -1,0 +1,219 @@
+"""The `einlocal` command: compare, backends, check, bench, choose, table."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+
+
+def _param(text: str):
+    """'1' -> 1, '2,1' -> (2, 1), 'same' -> 'same'."""
+    if text in ("same", "valid"):
+        return text
+    values = _ints(text)
+    return values[0] if len(values) == 1 else values
+
+
+def _add_op_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("op", help="locally_connected2d, locally_connected1d, depthwise_conv2d or conv2d")
+    p.add_argument("--x", type=_ints, required=True, help="shape of x, e.g. 2,3,8,8")
+    p.add_argument("--weight", type=_ints, required=True, help="shape of the weight")
+    p.add_argument("--bias", type=_ints, default=None, help="shape of the bias (none by default)")
+    for name in ("stride", "padding", "dilation"):
+        p.add_argument(f"--{name}", type=_param, default=None, help=f"{name}: an int, a pair 'a,b'"
+                       + (", 'same' or 'valid'" if name == "padding" else ""))
+    p.add_argument("--groups", type=int, default=None, help="conv2d groups")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"))
+    p.add_argument("--backends", default="", help="comma-separated names or prefixes (default: all available)")
+
+
+def _op_kwargs(args) -> tuple:
+    from .catalogue import CATALOGUE
+    if args.op not in CATALOGUE:
+        raise SystemExit(f"einlocal: unknown op {args.op!r}; valid: {', '.join(CATALOGUE)}")
+    shapes = {"x": args.x, "weight": args.weight}
+    if args.bias:
+        shapes["bias"] = args.bias
+    params = {k: getattr(args, k) for k in ("stride", "padding", "dilation", "groups") if getattr(args, k) is not None}
+    return CATALOGUE[args.op], shapes, params
+
+
+def _backend_names(text: str, *, keep_python: bool = False) -> list[str] | None:
+    from . import registry
+    wanted = [w for w in text.split(",") if w]
+    if not wanted:
+        return None
+    names = [n for n in registry.NAMES if any(n == w or n.startswith(w) for w in wanted)]
+    return [n for n in names if keep_python or n != "loops:python"] or wanted
+
+
+# -- subcommands --------------------------------------------------------------------------------
+
+
+def cmd_backends(args) -> int:
+    from . import registry
+    print("available:")
+    for name in registry.available():
+        print(f"  {name:<18} takes {', '.join(registry.get(name).takes)}")
+    print("unavailable:")
+    for name, reason in registry.unavailable().items():
+        print(f"  {name:<18} {reason}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from .check import check
+    op, shapes, params = _op_kwargs(args)
+    report = check(op, backends=_backend_names(args.backends), dtype=args.dtype, seed=args.seed, **shapes, **params)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def cmd_bench(args) -> int:
+    from .bench import benchmark
+    from .table import markdown, write_results
+    op, shapes, params = _op_kwargs(args)
+    records = benchmark(op, backends=_backend_names(args.backends), passes=tuple(args.passes.split(",")),
+                        regimes=tuple(args.regimes.split(",")), budget_s=args.budget, cap_s=args.cap,
+                        dtype=args.dtype, memory=not args.no_memory, isolate=not args.in_process,
+                        threads=args.threads, reference=args.reference or None, workload=args.op,
+                        **shapes, **params)
+    print(markdown(records))
+    if args.out:
+        from .compare import command_line
+        from .machine import machine_info
+        paths = write_results(records, args.out, command=command_line(), machine=machine_info(), name=args.name)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_choose(args) -> int:
+    from .backends.namespaces import namespace
+    from .check import random_inputs
+    from .choose import choose
+    op, shapes, params = _op_kwargs(args)
+    xp = namespace(args.library)
+    arrays = {k: xp.from_numpy(a, "cpu") for k, a in random_inputs(shapes, args.dtype, 0).items()}
+    entry = choose(op, arrays["x"], arrays["weight"], arrays.get("bias"), backends=_backend_names(args.backends),
+                   passes=tuple(args.passes.split(",")), budget_s=args.budget, refresh=args.refresh,
+                   details=True, **params)
+    for name, seconds in sorted(entry["seconds"].items(), key=lambda kv: kv[1]):
+        print(f"  {name:<18} {seconds * 1e3:10.3f} ms")
+    for name, why in entry.get("dropped", {}).items():
+        print(f"  {name:<18} dropped: {why}")
+    print(entry["backend"])
+    return 0
+
+
+def cmd_table(args) -> int:
+    from .table import csv, load_run, markdown, plot
+    run = load_run(args.file)
+    if args.csv:
+        print(csv(run["records"]), end="")
+    else:
+        if run.get("command"):
+            print(f"Regenerate with: {run['command']}\n")
+        print(markdown(run["records"]))
+    if args.plot:
+        path = plot(run["records"], args.plot)
+        print(f"wrote {path}" if path else "nothing to plot", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from rich.console import Console
+
+    from .compare import command_line, compare
+    from .table import markdown
+    console = Console(stderr=True)
+    overrides = {k: v for k, v in (("budget_s", args.budget), ("cap_s", args.cap)) if v is not None}
+    records, paths = compare(args.workloads.split(",") if args.workloads else None, quick=args.quick,
+                             reduced=args.reduced, backends=_backend_names(args.backends), peers=not args.no_peers,
+                             threads=args.threads, outdir=None if args.no_write else args.out,
+                             command=command_line(args.argv), console=console, show_progress=not args.no_progress,
+                             **overrides)
+    print(markdown(records))
+    if paths:
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="einlocal", description="Locally connected, depthwise and grouped "
+                                "convolutions: which way of computing them is fastest here?")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compare", help="the report workloads, every available backend; tables under results/")
+    c.add_argument("--quick", action="store_true", help="within about a minute: small budgets, fresh regime only")
+    c.add_argument("--reduced", action="store_true", help="the workloads at their reduced (tiny) shapes")
+    c.add_argument("--workloads", default="", help="comma-separated ids (default: all)")
+    c.add_argument("--backends", default="", help="comma-separated names or prefixes ('peer' for peers)")
+    c.add_argument("--no-peers", action="store_true", help="leave out the peers of bench/peers.py")
+    c.add_argument("--threads", type=int, default=None, help="thread count for every library")
+    c.add_argument("--budget", type=float, default=None, help="timed seconds per measurement")
+    c.add_argument("--cap", type=float, default=None, help="cap in seconds per measurement")
+    c.add_argument("--out", default="results", help="folder for results.md/.csv/.json/.png")
+    c.add_argument("--no-write", action="store_true", help="print only, write nothing")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(run=cmd_compare)
+
+    b = sub.add_parser("backends", help="available backends and what they take; unavailable ones and why")
+    b.set_defaults(run=cmd_backends)
+
+    k = sub.add_parser("check", help="every backend against the float64 reference; exit 1 on a failure")
+    _add_op_arguments(k)
+    k.add_argument("--seed", type=int, default=None)
+    k.set_defaults(run=cmd_check)
+
+    t = sub.add_parser("bench", help="time forward/backward, memory, roofline for one op and shape")
+    _add_op_arguments(t)
+    t.add_argument("--passes", default="forward,backward", help="forward,backward,forward+backward")
+    t.add_argument("--regimes", default="fresh,steady")
+    t.add_argument("--budget", type=float, default=0.3)
+    t.add_argument("--cap", type=float, default=20.0)
+    t.add_argument("--threads", type=int, default=None, help="thread count for every library")
+    t.add_argument("--reference", default="", help="check at full size first against this float64 backend")
+    t.add_argument("--no-memory", action="store_true")
+    t.add_argument("--in-process", action="store_true", help="no subprocess per library (no kill at the cap)")
+    t.add_argument("--out", default="", help="also write <name>.md/.csv/.json/.png here")
+    t.add_argument("--name", default="bench")
+    t.set_defaults(run=cmd_bench)
+
+    h = sub.add_parser("choose", help="measure the candidates, cache and print the fastest")
+    _add_op_arguments(h)
+    h.add_argument("--library", default="numpy", choices=("numpy", "torch", "jax", "cupy"))
+    h.add_argument("--passes", default="forward")
+    h.add_argument("--budget", type=float, default=0.1)
+    h.add_argument("--refresh", action="store_true", help="measure again even if cached")
+    h.set_defaults(run=cmd_choose)
+
+    a = sub.add_parser("table", help="markdown (or CSV) from einlocal or pytest-benchmark JSON")
+    a.add_argument("file")
+    a.add_argument("--csv", action="store_true")
+    a.add_argument("--plot", default="", help="also write a PNG here")
+    a.set_defaults(run=cmd_table)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    args.argv = argv
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

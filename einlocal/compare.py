@@ -1,0 +1,299 @@
+"""`einlocal compare`: the report workloads, every available backend and peer, checked then timed; tables under results/."""
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .bench import ISOLATION_NOTE, make_job, op_spec, reference_file, run_jobs
+from .workloads import WORKLOADS, Workload, get, ragged_workload
+
+__all__ = ["compare", "Settings", "SETTINGS", "QUICK", "load_peers", "peers_path", "trusted_reference"]
+
+REFERENCE_CANDIDATES = ("einsum:numpy", "bmm:numpy")
+
+
+class Settings(dict):
+    """Run settings: passes, regimes, budget_s, cap_s, memory, full_check, prune_over_cap."""
+
+    __getattr__ = dict.__getitem__
+
+
+SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), budget_s=0.25, cap_s=8.0,
+                    memory=True, full_check=True, prune_over_cap=False)
+QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), budget_s=0.02, cap_s=1.5,
+                 memory=False, full_check=False, prune_over_cap=True)
+
+
+# -- peers --------------------------------------------------------------------------------------
+
+
+def peers_path() -> Path | None:
+    """bench/peers.py of this checkout (beside the package), or of the working directory."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        path = root / "bench" / "peers.py"
+        if path.exists():
+            return path
+    return None
+
+
+def _guess_library(name: str, entry: Any) -> str:
+    if isinstance(entry, dict) and entry.get("library"):
+        return entry["library"]
+    low = name.lower()
+    if any(w in low for w in ("jax", "lax", "patches", "general_dilated")):
+        return "jax"
+    if any(w in low for w in ("torch", "unfold", "groups", "f_conv")):
+        return "torch"
+    return "numpy"
+
+
+def load_peers() -> dict[str, dict]:
+    """Peer name -> {"library", "path", "name"} from bench/peers.py (empty when absent).
+
+    The module may hold `PEERS = {name: {"forward": f, "backward": g, "library": ...}}`;
+    otherwise its public functions (not ending in _backward/_vjp) are the peers.
+    """
+    path = peers_path()
+    if path is None:
+        return {}
+    spec = importlib.util.spec_from_file_location("einlocal_bench_peers_names", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)   # peers import frameworks lazily, inside their functions
+    except Exception:  # noqa: BLE001 — a broken peers file must not stop compare
+        return {}
+    table = getattr(mod, "PEERS", None)
+    if isinstance(table, dict):
+        items = table.items()
+    else:
+        items = [(n, f) for n, f in vars(mod).items()
+                 if callable(f) and not n.startswith("_") and getattr(f, "__module__", None) == mod.__name__
+                 and not n.endswith(("_backward", "_vjp")) and not isinstance(f, type)]
+    return {n: {"library": _guess_library(n, e), "path": str(path), "name": n} for n, e in items}
+
+
+def _peer_for(wanted: str, peers: dict) -> str | None:
+    """The peer in `peers` whose name contains the workload's peer word (e.g. "unfold_einsum")."""
+    if wanted in peers:
+        return wanted
+    key = wanted.lower().replace("_", "")
+    for name in peers:
+        if key in name.lower().replace("_", ""):
+            return name
+    return None
+
+
+# -- the reference --------------------------------------------------------------------------------
+
+
+def trusted_reference(w: Workload) -> tuple[str | None, str]:
+    """(backend, why): the float64 lowering with the smallest intermediates (forward and
+    backward) that passes the check against the loops at the reduced size."""
+    from . import registry
+    from .check import check
+    from .errors import EinlocalError
+    import numpy as np
+    call = w.op_fn().bind(*(np.empty(w.shapes[k], np.float64) if w.shapes.get(k) else None
+                            for k in ("x", "weight", "bias")), **w.params)
+    ranked = []
+    for name in REFERENCE_CANDIDATES:
+        if name not in registry.available():
+            continue
+        b = registry.get(name)
+        size = b.workspace(call.plan)[0] + sum(b.workspace(p)[0] for p in call.plan.backward.values())
+        ranked.append((size, name))
+    for _, name in sorted(ranked):
+        try:
+            report = check(w.op_fn(), backends=[name], dtype="float64", seed=1, **w.reduced, **w.params)
+        except EinlocalError:
+            continue
+        if report.ok:
+            return name, f"{name} in float64, checked against loops:python at {w.sized(True).shape}"
+    return None, "no float64 lowering passed the reduced check"
+
+
+# -- compare ------------------------------------------------------------------------------------------
+
+
+def _estimated_over(w: Workload, name: str, seconds: float) -> bool:
+    """Whether the cost model puts one forward call of `name` over `seconds`."""
+    import numpy as np
+
+    from . import registry
+    from .choose import estimate_seconds
+    if name.startswith("peer:"):
+        return False
+    b = registry.get(name)
+    call = w.op_fn().bind(*(np.empty(w.shapes[k], np.float32) if w.shapes.get(k) else None
+                            for k in ("x", "weight", "bias")), **w.params)
+    return estimate_seconds(call, name, b.takes[0], 4) > seconds
+
+
+def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backends=None, peers: bool = True,
+            threads: int | None = None, outdir: str | Path | None = "results", command: str | None = None,
+            show_progress: bool = True, console=None, **overrides) -> tuple[list[dict], dict]:
+    """Run the report workloads; returns (records, written paths).
+
+    `workloads`: ids (default: all, W4 when `einlocal.ragged` exists);
+    `quick`: smaller budgets, the fresh regime, checks at reduced size only,
+    backends the cost model puts far over the cap skipped (same workloads);
+    `reduced`: the workloads at their reduced shapes (for tests); `backends`:
+    names or prefixes (default: every available one); `overrides`: any
+    `Settings` key. Writes results.md/.csv/.json/.png into `outdir` (None: nothing).
+    """
+    from . import registry
+    from .machine import copy_bandwidth, machine_info, matmul_rate
+    settings = Settings({**(QUICK if quick else SETTINGS), **overrides})
+    ids = list(workloads) if workloads else list(WORKLOADS)
+    chosen = [get(i) for i in ids if str(i).upper() != "W4"]
+    want_ragged = not workloads or any(str(i).upper() == "W4" for i in ids)
+    names = [n for n in registry.available() if n != "loops:python"]
+    if backends:
+        names = [n for n in names if any(n == b or n.startswith(b) for b in backends)]
+    peer_table = load_peers() if peers else {}
+    roof = {"bandwidth": copy_bandwidth(), "rate": matmul_rate()}
+    tmp = tempfile.TemporaryDirectory(prefix="einlocal-compare-")
+    jobs, pre = [], []
+    notes = [ISOLATION_NOTE]
+    for w0 in chosen:
+        w = w0.sized(reduced)
+        spec = op_spec(w.op_fn())
+        common = dict(passes=settings.passes, regimes=settings.regimes, budget_s=settings.budget_s,
+                      cap_s=settings.cap_s, dtype=w.dtype, memory=settings.memory, seed=0,
+                      check_shapes=w.reduced, workload=w.id, roofline=roof)
+        ref_path = None
+        if settings.full_check:
+            ref_name, why = trusted_reference(w)
+            if ref_name is not None:
+                ref_path = reference_file(spec, w.shapes, w.params, 0, ref_name,
+                                          Path(tmp.name) / f"{w.id}.npz")
+                notes.append(f"{w.id}: full-size check against {why}")
+            else:
+                notes.append(f"{w.id}: {why}; checked at reduced size only")
+        for name in names:
+            b = registry.get(name)
+            call_ok = _can_run(w, b)
+            if call_ok is not None:
+                pre.append(_skip_records(w, name, settings, call_ok))
+                continue
+            if settings.prune_over_cap and _estimated_over(w, name, 3 * settings.cap_s):
+                pre.append(_skip_records(w, name, settings, "estimated far over the cap (--quick): not run"))
+                continue
+            jobs.append(make_job(spec, w.shapes, w.params, name, reference=ref_path, **common))
+        for wanted in w.peers:
+            peer = _peer_for(wanted, peer_table)
+            if peer is None:
+                continue
+            info = peer_table[peer]
+            if backends and not any(f"peer:{peer}".startswith(b) or b == "peer" for b in backends):
+                continue
+            jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
+                                 note="peer", **{**common, "regimes": ("fresh",)}))
+    if quick:
+        notes.append("--quick: fresh regime, small budgets, checked at reduced size only")
+    records = [r for group in pre for r in group]
+    records += _run_with_progress(jobs, threads, show_progress, console)
+    if want_ragged:
+        records += _ragged_records(settings, console)
+    tmp.cleanup()
+    paths = {}
+    if outdir is not None:
+        from .table import write_results
+        info = machine_info()
+        info["notes"] = notes
+        cmd = command or "einlocal compare" + (" --quick" if quick else "")
+        paths = write_results(records, outdir, command=cmd, machine=info, name="results", notes=notes,
+                              x_key="flops")
+    return records, paths
+
+
+def _can_run(w: Workload, b) -> str | None:
+    """Why backend `b` cannot run workload `w` on its own library's arrays, or None."""
+    import numpy as np
+    call = w.op_fn().bind(*(np.empty(w.shapes[k], np.float32) if w.shapes.get(k) else None
+                            for k in ("x", "weight", "bias")), **w.params)
+    library = b.takes[0]
+    device = "cpu"
+    return b.cannot(call.plan, library=library, device=device, call=call)
+
+
+def _skip_records(w: Workload, name: str, settings: Settings, reason: str) -> list[dict]:
+    from .table import make_record
+    return [make_record(workload=w.id, op=w.op, shape=w.shape, backend=name, **{"pass": p}, regime=r,
+                        status="skipped", reason=reason, dtype=w.dtype)
+            for r in settings.regimes for p in settings.passes]
+
+
+def _run_with_progress(jobs: list[dict], threads, show: bool, console) -> list[dict]:
+    if not show or not jobs:
+        return run_jobs(jobs, threads=threads)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task("starting", total=len(jobs))
+
+        def progress(event: str, info: dict) -> None:
+            job = info["job"]
+            if event == "job":
+                bar.advance(task)
+            else:
+                step = info["step"]
+                what = f"{step['kind']} {step['pass']}" + (f"[{step['grad_mode']}]" if step.get("grad_mode") else "")
+                if step.get("regime"):
+                    what += f" {step['regime']}"
+                bar.update(task, description=f"{job['workload']} {job['backend']}: {what}")
+        records = run_jobs(jobs, threads=threads, progress=progress)
+        bar.update(task, completed=len(jobs), description="done")
+    return records
+
+
+# -- W4: ragged sets, from einlocal.ragged --------------------------------------------------------------
+
+
+def _ragged_records(settings: Settings, console) -> list[dict]:
+    """Time `einlocal.ragged.workload()`'s callables (fresh regime), if that module exists.
+
+    Interface used: the workload is a dict or object with `callables` (or
+    `strategies`): {strategy: {pass: fn()}} where fn() runs one pass on the
+    workload's data and returns its result; optional `shape` / `description`.
+    """
+    from .table import make_record
+    from .timing import measure
+    try:
+        w = ragged_workload()
+    except Exception as e:  # noqa: BLE001
+        return [make_record(workload="W4", op="ragged", backend="ragged", status="failed",
+                            reason=f"einlocal.ragged.workload(): {type(e).__name__}: {e}")]
+    if w is None:
+        return []
+    get_ = (lambda k: w.get(k)) if isinstance(w, dict) else (lambda k: getattr(w, k, None))
+    table = get_("callables") or get_("strategies") or {}
+    shape = str(get_("shape") or get_("description") or "1000 sets of 20-40 (n_i, 1, 16, 16), conv2d 5x5 1->4")
+    out = []
+    for strategy, by_pass in table.items():
+        for pass_, fn in by_pass.items():
+            pass_ = {"fwd": "forward", "bwd": "backward", "fwd+bwd": "forward+backward"}.get(pass_, pass_)
+            base = dict(workload="W4", op="ragged", shape=shape, backend=f"ragged:{strategy}", **{"pass": pass_})
+            try:
+                t = measure(fn, budget_s=settings.budget_s, cap_s=settings.cap_s)
+            except Exception as e:  # noqa: BLE001
+                out.append(make_record(**base, status="failed", reason=f"{type(e).__name__}: {e}"[:300]))
+                continue
+            if t.capped:
+                out.append(make_record(**base, status=">cap", first_call_s=t.first_call_s))
+            else:
+                out.append(make_record(**base, median_s=t.median_s, iqr_s=t.iqr_s, n=t.n,
+                                       first_call_s=t.first_call_s,
+                                       isolation="measured in the compare process"))
+    return out
+
+
+def command_line(argv=None) -> str:
+    """The command that produced a run, for the results header."""
+    args = sys.argv[1:] if argv is None else argv
+    return "einlocal " + " ".join(shlex.quote(a) for a in args)

@@ -10,6 +10,7 @@ Importing einlocal imports no framework (numpy only).
 from .budget import memory_budget, set_memory_budget
 from .check import check
 from .choose import choose
+from . import table as _table_module  # loaded now so that `el.table` below stays the function
 from .catalogue import conv2d, depthwise_conv2d, locally_connected1d, locally_connected2d, vjp
 from .errors import BackendError, EinlocalError, MemoryBudgetError, ShapeError, SpecError
 from .op import Op
@@ -39,7 +40,7 @@ def benchmark(op, **kw) -> list[dict]:
 
 def table(records, *, title=None) -> str:
     """Markdown tables of benchmark records, or of a results/pytest-benchmark JSON file path."""
-    from .table import load_records, markdown
+    load_records, markdown = _table_module.load_records, _table_module.markdown
     if isinstance(records, (str, bytes)) or hasattr(records, "__fspath__"):
         records = load_records(records)
     return markdown(list(records), title=title)

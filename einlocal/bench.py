@@ -323,6 +323,7 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
     records: list[dict] = []
     state = [{"done": [], "killed": []} for _ in jobs]   # per job: step keys emitted / killed
     next_job = 0
+    stalls = 0
     while next_job < len(jobs):
         payload = {"threads": threads,
                    "jobs": [{**jobs[i], "done": state[i]["done"], "killed": state[i]["killed"]}
@@ -364,6 +365,8 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
                 key = msg.get("step_key")
                 if key is not None and key not in state[i]["done"]:
                     state[i]["done"].append(key)
+                if current is not None and current[1] is not None and key == list(step_key(current[1])):
+                    current = (i, None)   # finished: a stop now is between steps
         if outcome == "timeout":
             _kill(proc)
         rc = proc.wait()
@@ -371,14 +374,22 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
             if current is not None and progress:
                 progress("job", {"job": jobs[current[0]]})
             break
+        if current is not None and current[1] is None and outcome == "exit" and rc == 0:
+            break
         # killed or crashed in the middle of `current`: record it and go on after it
         if current is None:
             raise RuntimeError(f"benchmark child failed before its first step (exit {rc}):\n"
                                + "".join(err_tail)[-3000:])
         i, step = current
+        if step is None:          # stopped between steps: nothing to blame, go on
+            stalls += 1
+            if stalls > 3:
+                raise RuntimeError("benchmark child keeps stopping between steps:\n" + "".join(err_tail)[-3000:])
+            next_job = i
+            continue
+        stalls = 0
         why = "killed" if outcome == "timeout" else "crashed"
         state[i]["killed"].append({"step": step, "why": why, "rc": rc, "stderr": "".join(err_tail)[-300:]})
-        state[i]["done"].append(list(step_key(step)))
         next_job = i
     return records
 
@@ -583,12 +594,12 @@ class _JobRunner:
             self.fail_all = ("failed", f"setup: {type(e).__name__}: {e}")
         for step in self.steps():
             key = step_key(step)
+            if key in done:
+                continue
             hit = next((k for k in killed if step_key(k["step"]) == key), None)
             if hit is not None:
                 if step["kind"] == "time":
                     self.record(step, **self._killed_fields(hit, hit))
-                continue
-            if key in done:
                 continue
             cause = next((k for k in killed if _implied(k["step"], step)), None)
             if cause is not None:

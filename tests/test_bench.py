@@ -1,0 +1,114 @@
+"""el.benchmark: records per backend, pass and regime; checks before timing; deadlines; costs."""
+import csv
+import importlib
+import io
+
+import numpy as np
+import pytest
+
+import einlocal as el
+from einlocal import bench, registry
+from einlocal.table import markdown
+
+table_module = importlib.import_module("einlocal.table")
+
+SHAPES = dict(x=(2, 3, 6, 6), weight=(4, 3, 3, 3, 4, 4))
+
+
+def test_in_process_records_every_backend_pass_and_regime():
+    names = ["bmm:numpy", "einsum:numpy"]
+    passes = ("forward", "backward", "forward+backward")
+    recs = el.benchmark(el.locally_connected2d, backends=names, passes=passes, regimes=("fresh", "steady"),
+                        budget_s=0.005, isolate=False, **SHAPES)
+    assert sorted((r["backend"], r["pass"], r["regime"]) for r in recs) == sorted(
+        (b, p, g) for b in names for p in passes for g in ("fresh", "steady"))
+    for r in recs:
+        assert r["status"] == "ok", r
+        assert r["median_s"] > 0 and r["n"] >= 3 and r["first_call_s"] > 0
+        assert r["flops"] > 0 and r["min_bytes"] > 0 and r["roofline_fraction"] > 0
+        assert r["peak_method"] == "tracemalloc" and r["peak_bytes"] >= 0
+    text = markdown(recs)
+    assert all(n in text for n in names) and "steady" in text
+    assert el.table(recs) == text
+    rows = list(csv.DictReader(io.StringIO(table_module.csv(recs))))
+    assert len(rows) == len(recs)
+
+
+def test_pass_cost_adds_forward_and_backward():
+    x, w = np.zeros(SHAPES["x"], "f4"), np.zeros(SHAPES["weight"], "f4")
+    call = el.locally_connected2d.bind(x, w)
+    fwd, bwd, both = (bench.pass_cost(call, p, 4) for p in ("forward", "backward", "forward+backward"))
+    assert fwd == (call.flops(), call.min_bytes(4))
+    assert bwd[0] == sum(call.plan.backward[o].flops() for o in ("x", "wt"))
+    assert both == (fwd[0] + bwd[0], fwd[1] + bwd[1])
+
+
+def test_a_backend_that_fails_the_check_is_never_timed(monkeypatch):
+    good = registry.get("bmm:numpy")
+
+    class Wrong(type(good)):
+        def execute(self, plan, operands, out=None):
+            return 2 * super().execute(plan, operands, None)
+
+    wrong = Wrong("numpy")
+    real_get = registry.get
+    monkeypatch.setattr(registry, "get", lambda name: wrong if name == "bmm:numpy" else real_get(name))
+    calls = []
+    monkeypatch.setattr(bench, "measure", lambda *a, **k: calls.append(1), raising=False)
+    recs = el.benchmark(el.locally_connected2d, backends=["bmm:numpy"], regimes=("fresh",), budget_s=0.005,
+                        isolate=False, check_shapes=SHAPES, **SHAPES)
+    assert recs and all(r["status"] == "failed" and "check" in r["reason"] for r in recs)
+    assert all(r["median_s"] is None for r in recs)
+
+
+def test_full_size_check_against_a_float64_lowering_fills_max_error(tmp_path):
+    recs = el.benchmark(el.depthwise_conv2d, backends=["einsum:numpy"], regimes=("fresh",), budget_s=0.005,
+                        isolate=False, reference="bmm:numpy", x=(2, 3, 7, 7), weight=(6, 1, 3, 3), padding=1)
+    assert {r["pass"] for r in recs} == {"forward", "backward"}
+    assert all(r["status"] == "ok" and 0 <= r["max_error"] <= 1 for r in recs)
+
+
+def test_reference_file_agrees_with_the_loops(tmp_path):
+    from einlocal.check import random_inputs, reference_outputs
+    spec = bench.op_spec(el.locally_connected2d)
+    shapes = {**SHAPES, "bias": (4, 4, 4)}
+    path = bench.reference_file(spec, shapes, {"padding": 0}, 3, "bmm:numpy", tmp_path / "r.npz")
+    got = bench.load_reference(path)
+    arrays = random_inputs(shapes, "float64", 3)
+    call = el.locally_connected2d.bind(arrays["x"], arrays["weight"], arrays["bias"])
+    dy = random_inputs({"dy": call.out_shape}, "float64", 5)["dy"]
+    want = reference_outputs(call, arrays, dy)
+    assert set(got) == set(want) == {"y", "dx", "dweight", "dbias"}
+    for k in want:
+        np.testing.assert_allclose(got[k][0], want[k][0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got[k][1], want[k][1], rtol=1e-12)
+        assert got[k][2] == want[k][2]
+
+
+def test_isolated_run_streams_records_from_a_child_process():
+    recs = el.benchmark(el.conv2d, backends=["bmm:numpy"], regimes=("fresh",), passes=("forward",),
+                        budget_s=0.005, memory=False, x=(1, 2, 5, 5), weight=(3, 2, 3, 3))
+    assert len(recs) == 1 and recs[0]["status"] == "ok"
+    assert "own process" in recs[0]["isolation"]
+
+
+def test_a_step_past_its_deadline_is_killed_and_recorded_over_the_cap(monkeypatch):
+    monkeypatch.setattr(bench, "_deadline_s", lambda job, step: 0.0)
+    recs = el.benchmark(el.conv2d, backends=["bmm:numpy"], regimes=("fresh",), budget_s=0.005, memory=False,
+                        x=(1, 2, 5, 5), weight=(3, 2, 3, 3))
+    assert sorted(r["pass"] for r in recs) == ["backward", "forward"]
+    assert all(r["status"] == ">cap" and r["median_s"] is None for r in recs)
+
+
+@pytest.mark.parametrize("killed, step, implied", [
+    (("time", "forward", None), ("time", "forward+backward", "vjp"), True),
+    (("time", "forward", None), ("time", "backward", "vjp"), False),
+    (("time", "backward", "vjp"), ("time", "forward+backward", "vjp"), True),
+    (("time", "backward", "vjp"), ("time", "backward", "autodiff"), False),
+    (("check", "forward", None), ("time", "backward", "vjp"), True),
+    (("check", "backward", "autodiff"), ("time", "backward", "vjp"), False),
+])
+def test_what_a_killed_step_implies(killed, step, implied):
+    k = {"kind": killed[0], "pass": killed[1], "grad_mode": killed[2]}
+    s = {"kind": step[0], "pass": step[1], "grad_mode": step[2], "regime": "fresh"}
+    assert bench._implied(k, s) is implied

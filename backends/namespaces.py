@@ -10,7 +10,7 @@ __all__ = ["namespace", "NUMPY_CALLS", "Namespace"]
 # Every module-level call NumpyLike makes on its module; a test asserts cupy
 # has them all, so the cupy lowerings are checked without a GPU.
 NUMPY_CALLS = ("einsum", "matmul", "pad", "zeros", "empty", "flip", "broadcast_to",
-               "ascontiguousarray", "multiply", "stack", "float64", "abs", "array", "lib")
+               "ascontiguousarray", "multiply", "stack", "float64", "abs", "array", "lib", "reshape")
 
 
 class Namespace:

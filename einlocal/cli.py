@@ -92,7 +92,8 @@ def cmd_bench(args) -> int:
     if args.out:
         from .compare import command_line
         from .machine import machine_info
-        paths = write_results(records, args.out, command=command_line(), machine=machine_info(), name=args.name)
+        paths = write_results(records, args.out, command=command_line(args.argv), machine=machine_info(),
+                              name=args.name)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -1,0 +1,49 @@
+"""einlocal compare: workloads as data, checks before timing, results written with their command."""
+import json
+
+import pytest
+
+from einlocal import compare as compare_module
+from einlocal import workloads
+from einlocal.compare import compare
+
+
+def test_workloads_bind_at_full_and_reduced_size():
+    import numpy as np
+    for w in workloads.WORKLOADS.values():
+        for sized in (w, w.sized(True)):
+            arrays = [np.empty(sized.shapes[k], "f4") if sized.shapes.get(k) else None
+                      for k in ("x", "weight", "bias")]
+            call = w.op_fn().bind(*arrays, **w.params)
+            assert call.flops() > 0
+    assert workloads.get("w3b").shapes["x"] == (32, 32, 128, 128)
+    with pytest.raises(ValueError, match="W1"):
+        workloads.get("W9")
+
+
+def test_trusted_reference_passes_the_reduced_check():
+    name, why = compare_module.trusted_reference(workloads.get("W2"))
+    assert name in compare_module.REFERENCE_CANDIDATES and "loops:python" in why
+
+
+def test_compare_checks_at_full_size_then_times(tmp_path):
+    records, paths = compare(["W1", "W3b"], reduced=True, backends=["bmm:numpy", "einsum:numpy"], peers=False,
+                             outdir=tmp_path, show_progress=False, budget_s=0.003, regimes=("fresh", "steady"),
+                             memory=False)
+    keys = {(r["workload"], r["backend"], r["pass"], r["regime"]) for r in records}
+    assert len(keys) == 2 * 2 * 2 * 2
+    assert all(r["status"] == "ok" and r["max_error"] is not None and r["max_error"] <= 1 for r in records)
+    run = json.loads(paths["json"].read_text())
+    assert run["command"] == "einlocal compare" and run["machine"]["cores"]
+    assert "full-size check against" in paths["md"].read_text()
+
+
+def test_peers_are_matched_by_name(monkeypatch, tmp_path):
+    peers = tmp_path / "bench" / "peers.py"
+    peers.parent.mkdir()
+    peers.write_text("def torch_unfold_einsum(x, weight, bias=None, **p):\n    return None\n"
+                     "def torch_unfold_einsum_backward(dy, x, weight, bias=None, **p):\n    return None\n")
+    monkeypatch.setattr(compare_module, "peers_path", lambda: peers)
+    table = compare_module.load_peers()
+    assert list(table) == ["torch_unfold_einsum"] and table["torch_unfold_einsum"]["library"] == "torch"
+    assert compare_module._peer_for("unfold_einsum", table) == "torch_unfold_einsum"

@@ -26,6 +26,7 @@ _EFFICIENCY = {"bmm": 0.5, "opt_einsum": 0.5, "einsum": 0.4, "broadcast": 0.08, 
                "loops": 0.15}
 _EINSUM_NUMPY_EFFICIENCY = 0.03     # numpy's einsum without optimize: a C loop of products
 _OVERHEAD = {"numpy": 15e-6, "torch": 30e-6, "jax": 60e-6, "cupy": 40e-6}
+_THREADED_LAUNCH = 200e-6          # a parallel loop nest wakes its thread pool
 _DEFAULT_BANDWIDTH = 15e9          # bytes/s when the machine's figures were never measured
 _DEFAULT_RATE = 50e9               # flop/s
 
@@ -166,15 +167,17 @@ def estimate_seconds(call, backend_name: str, library: str, itemsize: int = 4) -
     elements, _ = b.workspace(plan)
     moved = call.min_bytes(itemsize) + 2 * elements * itemsize
     compute = call.flops() / (rate * max(_efficiency(b, library, plan), 1e-6))
-    return _OVERHEAD.get(library, 30e-6) + compute + moved / bandwidth
+    overhead = _OVERHEAD.get(library, 30e-6) + (_THREADED_LAUNCH if b.strategy == "loops" else 0.0)
+    return overhead + compute + moved / bandwidth
 
 
-def cost_model_choice(call, library: str, device: str, itemsize: int = 4) -> str | None:
-    """The candidate with the smallest `estimate_seconds` within the memory budget, or None."""
+def cost_model_choice(call, library: str, device: str, itemsize: int = 4, names=None) -> str | None:
+    """The candidate (of `names`, default all that can run it) with the smallest
+    `estimate_seconds` within the memory budget, or None."""
     from .budget import memory_budget
     budget = memory_budget()
     best = None
-    for name in _candidates(call, library, device):
+    for name in (names if names is not None else _candidates(call, library, device)):
         b = registry.get(name)
         if b.workspace(call.plan)[0] * itemsize > budget:
             continue

@@ -12,6 +12,10 @@ The nest for ``y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]``::
             y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]
 
 - Indices of range 1 are the constant 0 (no loop).
+- The dot form, where the output's contiguous axis is short (< 16) and a
+  reduction is long (a depthwise weight's gradient): output loops outside,
+  the reduction innermost into a local accumulator of the output's dtype
+  (``fastmath`` reassociation only, so numba vectorises the sum).
 - ``prange`` runs only over an index of ``plan.conflicts.parallel``.
 - An output written through affine indices (a scatter: the input gradient of
   a conv) is zeroed first and accumulated by loops over the statement's own
@@ -246,7 +250,7 @@ def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
     level = 1
     for d, n in enumerate(order):
         if d == fill_depth and block_fill:
-            _emit_fill(lines, ind * level, out, order[fill_depth:], live, inner, out_strides)
+            _emit_fill(lines, ind * level, out, order[fill_depth:], live)
         if d == fill_depth and dot:
             lines.append(ind * level + f"acc = {_arr(out.name)}.dtype.type(0)")
         lo_hi = clips.get(n, [])
@@ -270,7 +274,7 @@ def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
             product = [f"p_{d}"]
 
     if not order and block_fill:
-        _emit_fill(lines, ind * level, out, [], live, inner, out_strides)
+        _emit_fill(lines, ind * level, out, [], live)
     inline = [access(acc) for acc in stmt.operands if load_depth[acc.name] == last and last >= 0]
     term = " * ".join(product + inline) or "1.0"
     if dot:
@@ -284,7 +288,7 @@ def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
     return Kernel(header + src, tuple(a.name for a in stmt.operands), tuple(order), parallel, inner, prezero)
 
 
-def _emit_fill(lines, ind, out, block, live, inner, out_strides):
+def _emit_fill(lines, ind, out, block, live):
     """Zero the output block the loops ``block`` write (plain output: only
     the block's output indices move)."""
     idx = ", ".join(":" if any(n in block for n, _ in ax.terms if n in live) else _affine(ax, live)

@@ -11,7 +11,6 @@ reported apart from run time.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 import numpy as np

@@ -103,6 +103,11 @@ class ArrayBackend(Backend):
     def contraction_elements(self, plan) -> tuple[int, str]:
         return 0, "none"
 
+    def layouts(self, plan) -> dict:
+        """Operand -> the memory order of its axes this strategy's copies
+        read fastest (only where worth a copy of the operand)."""
+        return {}
+
     def workspace(self, plan) -> tuple[int, str]:
         return largest_intermediate(plan, *self.contraction_elements(plan))
 

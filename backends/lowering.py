@@ -42,13 +42,30 @@ def window_by_slices(xp, a, win):
     return xp.permute(stacked, [have.index(n) for n in win.names])
 
 
-def window(xp, a, win):
+def relayout(xp, a, order, key):
+    """``a`` with the same logical shape, its memory reordered so that axes
+    ``order`` run outermost to innermost: one copy, into a reused buffer."""
+    from .workspace import scratch
+    moved = xp.permute(a, order)
+    if getattr(a, "requires_grad", False):
+        buf = xp.contiguous(moved)
+    else:
+        buf = xp.assign(scratch(xp, key, tuple(moved.shape), a), moved)
+    inverse = sorted(range(len(order)), key=lambda k: order[k])
+    return xp.permute(buf, inverse)
+
+
+def window(xp, a, win, layout=None, key=None):
     """The operand viewed with one axis per index name (``win.names``).
 
     Zero-copy strides when every read is in bounds and the library can view
-    arbitrary strides; with padding, a view of one padded copy."""
+    arbitrary strides; with padding, a view of one padded copy.  ``layout``
+    (an axis order) first moves the array's memory into that order, for a
+    strategy whose copies then read longer contiguous runs."""
     if win.padded:
         a = xp.pad(a, win.pads)
+    if layout is not None and xp.has_strided:
+        a = relayout(xp, a, layout, key)
     if xp.has_strided and all(c > 0 for _, _, c in win.steps):
         strides, _ = win.strides(xp.strides(a))
         return xp.as_strided(a, win.view_shape, strides, win.offsets)
@@ -81,6 +98,19 @@ def tap_slices(win, tap: dict):
     return tuple(idx), tuple(flips)
 
 
+def _fold_order(xp, T, win, mains):
+    """The memory order for the fold's buffer that follows ``T``'s: output
+    axes sorted by the stride of their main index in ``T``, so each
+    slice-add writes contiguous runs (the result is reordered once at the
+    end, a copy the size of the output).  None where the output's own order
+    already follows, or the library has no strides."""
+    if not xp.has_strided or len(mains) != len(win.shape):
+        return None
+    stride = dict(zip(win.names, xp.strides(T)))
+    order = sorted(range(len(win.shape)), key=lambda k: -abs(stride[mains[k]]))
+    return None if order == list(range(len(win.shape))) else order
+
+
 def fold(xp, T, plan, out=None):
     """Write ``T`` (one axis per output index) into the output through its
     affine indices: one strided slice-add per tap (col2im).  Writes outside
@@ -89,8 +119,11 @@ def fold(xp, T, plan, out=None):
     mains, taps = main_indices(win)
     size = dict(zip(win.names, win.view_shape))
     main_names = [mains[k] for k in sorted(mains)]
+    order = _fold_order(xp, T, win, mains)
     T = xp.permute(T, [win.names.index(n) for n in (*taps, *main_names)])
-    if win.padded or out is None or xp.functional:
+    if order is not None:
+        buf = xp.zeros(tuple(win.padded_shape[k] for k in order), like=T)
+    elif win.padded or out is None or xp.functional:
         buf = xp.zeros(win.padded_shape, like=T)
     else:
         buf = out
@@ -98,12 +131,18 @@ def fold(xp, T, plan, out=None):
     for tap in itertools.product(*(range(size[t]) for t in taps)):
         idx, flips = tap_slices(win, dict(zip(taps, tap)))
         piece = T[tap] if taps else T
-        buf = xp.add_slice(buf, idx, xp.flip(piece, flips) if flips else piece)
+        if flips:
+            piece = xp.flip(piece, flips)
+        if order is not None:
+            idx, piece = tuple(idx[k] for k in order), xp.permute(piece, order)
+        buf = xp.add_slice(buf, idx, piece)
+    if order is not None:
+        buf = xp.permute(buf, sorted(range(len(order)), key=lambda k: order[k]))
     if win.padded:
         buf = buf[tuple(slice(a, a + s) for s, (a, _) in zip(win.shape, win.pads))]
     if out is not None and buf is not out:
         return xp.assign(out, buf)
-    return buf
+    return xp.contiguous(buf) if order is not None else buf
 
 
 def contracted_names(plan) -> tuple[str, ...]:
@@ -117,17 +156,23 @@ def execute(strategy, xp, plan, operands: dict, out=None):
     """Run one bound statement (forward or backward alike) with a strategy's
     contraction over namespace ``xp``; ``out`` is overwritten if given."""
     stmt = plan.stmt
-    views = [(window(xp, operands[a.name], plan.windows[a.name]), plan.windows[a.name].names)
-             for a in stmt.operands]
+    layouts = strategy.layouts(plan) if xp.has_strided else {}
+    views = [(window(xp, operands[a.name], plan.windows[a.name], layouts.get(a.name), (strategy.name, plan, a.name)),
+              plan.windows[a.name].names) for a in stmt.operands]
     out_names = stmt.out.names
     ranges = plan.range
     present = contracted_names(plan)
+    if not stmt.out.plain:    # ask for the fold's order: taps outermost
+        _, taps = main_indices(plan.out_window)
+        present = tuple(n for n in present if n in taps) + tuple(n for n in present if n not in taps)
     direct = stmt.out.plain and len(present) == len(out_names) and not xp.functional
     T = strategy.contract(xp, views, tuple(present), ranges, out=out if direct else None)
-    if len(present) != len(out_names):   # an output index no operand reads: broadcast
-        shape = [ranges[n] if n in present else 1 for n in out_names]
-        T = xp.reshape(T, tuple(shape))
-        T = xp.broadcast_to(T, tuple(ranges[n] for n in out_names))
+    if tuple(present) != tuple(out_names):
+        # back to the output's index order; an index no operand reads is broadcast
+        T = xp.permute(T, sorted(range(len(present)), key=lambda k: out_names.index(present[k])))
+        if len(present) != len(out_names):
+            T = xp.reshape(T, tuple(ranges[n] if n in present else 1 for n in out_names))
+            T = xp.broadcast_to(T, tuple(ranges[n] for n in out_names))
     if not stmt.out.plain:
         return fold(xp, T, plan, out)
     if out is not None and T is not out:

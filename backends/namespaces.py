@@ -69,6 +69,20 @@ class NumpyLike(Namespace):
     def reshape(self, a, shape):
         return a.reshape(shape)
 
+    def view_as(self, a, shape):
+        """``a`` reshaped without a copy, or None where that needs one."""
+        try:
+            return self.mod.reshape(a, shape, copy=False)
+        except ValueError:
+            return None
+        except TypeError:   # no copy= keyword (numpy < 2.1, cupy)
+            v = a.view()
+            try:
+                v.shape = shape
+            except AttributeError:
+                return None
+            return v
+
     def transpose(self, a, perm):
         return a.transpose(perm)
 
@@ -142,6 +156,12 @@ class Torch(Namespace):
     def reshape(self, a, shape):
         return a.reshape(shape)
 
+    def view_as(self, a, shape):
+        try:
+            return a.view(shape)
+        except RuntimeError:
+            return None
+
     def transpose(self, a, perm):
         return a.permute(*perm)
 
@@ -206,6 +226,9 @@ class Jax(Namespace):
         return self.mod.matmul(a, b, precision="highest")
 
     def reshape(self, a, shape):
+        return a.reshape(shape)
+
+    def view_as(self, a, shape):
         return a.reshape(shape)
 
     def transpose(self, a, perm):

@@ -65,12 +65,10 @@ def _view(xp_lib, a, shape, what: str, *, must_view: bool = False):
         except RuntimeError:
             pass
     elif xp_lib in ("numpy", "cupy"):
-        v = a.view()
-        try:
-            v.shape = shape
+        from .backends.namespaces import namespace
+        v = namespace(xp_lib).view_as(a, tuple(shape))
+        if v is not None:
             return v
-        except AttributeError:
-            pass
     raise ShapeError(f"{what} of shape {shape_of(a)} cannot be viewed as {tuple(shape)} without a copy; "
                      f"pass a contiguous array")
 

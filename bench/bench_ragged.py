@@ -19,7 +19,7 @@ from einlocal.timing import measure, set_threads
 TARGETS = {(20, 40): 1.5, (1, 1): 20.0}
 
 
-def run(library="torch", backend="auto", chunk=1000, n_sets=1000, budget_s=2.0, cap_s=60.0) -> list[dict]:
+def run(library="torch", backend=None, chunk=1000, n_sets=1000, budget_s=2.0, cap_s=60.0) -> list[dict]:
     rows = []
     for n_range, target in TARGETS.items():
         wl = ragged.workload(n_sets=n_sets, n_range=n_range, library=library, backend=backend, chunk=chunk)
@@ -37,7 +37,8 @@ def run(library="torch", backend="auto", chunk=1000, n_sets=1000, budget_s=2.0, 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--library", default="torch", choices=("torch", "jax", "numpy"))
-    ap.add_argument("--backend", default="auto", help="backend of the conv2d layer (default: auto)")
+    ap.add_argument("--backend", default=None,
+                    help="backend of the conv2d layer (default: native:torch / native:jax, auto for numpy)")
     ap.add_argument("--chunk", type=int, default=1000, help="items per packed layer call")
     ap.add_argument("--sets", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None, help="threads for every library (default: as set)")
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     if args.threads:
         set_threads(args.threads)
     rows = run(args.library, args.backend, args.chunk, args.sets, args.budget)
-    print(f"W4 ragged sets, {args.library}, backend {args.backend}, chunk {args.chunk}, {args.sets} sets")
+    print(f"W4 ragged sets, {args.library}, backend {args.backend or 'native'}, chunk {args.chunk}, {args.sets} sets")
     print("| n_i | items | pass | per_item ms | packed ms | speedup | target | spread |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:

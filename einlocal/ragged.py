@@ -26,7 +26,8 @@ batch statistics), since packing changes which items share a call.
 ``workload(n_sets=1000, n_range=(20, 40), seed=0, library="torch")`` builds
 report 4's benchmark (workload W4): a ``RaggedWorkload`` with ``sets``,
 ``weight`` (4, 1, 5, 5), ``layer`` (conv2d 5x5, 1 -> 4 on (n_i, 1, 16, 16)
-images), and ``calls``: {(strategy, pass): callable()} for strategy in
+images; by default on the library's own conv, ``native:torch``/``native:jax``,
+as report 4's loop), and ``calls``: {(strategy, pass): callable()} for strategy in
 ``STRATEGIES`` and pass in ``"forward"``, ``"forward+backward"`` (the latter
 for torch and jax: the gradient of the summed per-set means with respect to
 the weight).  Every call returns a fresh result.  ``n_range=(1, 1)`` is
@@ -206,10 +207,13 @@ class RaggedWorkload:
 
 
 def workload(n_sets: int = 1000, n_range=(20, 40), seed: int = 0, library: str = "torch", *,
-             reduce: str = "mean", chunk: int = 1000, backend: str = "auto", size: int = 16) -> RaggedWorkload:
+             reduce: str = "mean", chunk: int = 1000, backend: str | None = None,
+             size: int = 16) -> RaggedWorkload:
     """m = ``n_sets`` sets of n_i in ``n_range`` (inclusive) float32 images
     (n_i, 1, size, size), a conv2d 5x5 1 -> 4 weight, the layer
-    ``el.conv2d(x, weight, backend=backend)``, and its timed callables."""
+    ``el.conv2d(x, weight, backend=backend)``, and its timed callables.
+    ``backend`` None: the library's own conv (``native:torch``/``native:jax``,
+    as report 4's loop calls it), ``"auto"`` for numpy."""
     import numpy as np
 
     from .catalogue import conv2d
@@ -230,6 +234,8 @@ def workload(n_sets: int = 1000, n_range=(20, 40), seed: int = 0, library: str =
         sets, weight = sets_np, w_np
     else:
         raise ValueError(f"library must be 'torch', 'jax' or 'numpy', got {library!r}")
+    if backend is None:
+        backend = {"torch": "native:torch", "jax": "native:jax"}.get(library, "auto")
 
     def run(strategy, w):
         return apply(lambda x: conv2d(x, w, backend=backend), sets, reduce=reduce, strategy=strategy, chunk=chunk)

@@ -103,7 +103,10 @@ def auto_backend(call, library: str, device: str, dtype: str | None = None) -> s
             b = registry.get(entry["backend"])
             if not b.cannot(call.plan, library=library, device=device, call=call):
                 return entry["backend"]
-    name = cost_model_choice(call, library, device, itemsize=_itemsize(dtype))
+    # Unmeasured, auto stays with the array strategies (written once, checked on every
+    # library); natives and generated loops are picked by a measured el.choose.
+    names = _candidates(call, library, device, array_strategies_only=True)
+    name = cost_model_choice(call, library, device, itemsize=_itemsize(dtype), names=names)
     if name is not None:
         return name
     for name in RULE.get(library, ()):
@@ -120,12 +123,14 @@ def _itemsize(dtype: str | None) -> int:
     return {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}.get(dtype or "float32", 4)
 
 
-def _candidates(call, library: str, device: str) -> list[str]:
+def _candidates(call, library: str, device: str, *, array_strategies_only: bool = False) -> list[str]:
     out = []
     for name in registry.available():
         if name == "loops:python":
             continue
         b = registry.get(name)
+        if array_strategies_only and b.strategy not in registry.ARRAY_STRATEGIES:
+            continue
         if library in b.takes and not b.cannot(call.plan, library=library, device=device, call=call):
             out.append(name)
     return out

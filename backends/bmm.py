@@ -83,7 +83,7 @@ class BmmBackend(ArrayBackend):
             # a batch of their own, broadcast over A: the result then holds
             # each tap's block contiguously.
             lead = ()
-            if not rest and batch:
+            if not rest and batch and xp.name == "numpy":   # (torch materialises the broadcast: slower)
                 lead = tuple(n for n in out_names[:len(cols)] if n in cols)
                 lead = lead[:next((k for k, n in enumerate(lead) if n != out_names[k]), len(lead))]
                 cols = tuple(n for n in cols if n not in lead)

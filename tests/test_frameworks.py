@@ -1,4 +1,4 @@
-"""The framework side of the backends: every grad mode checked, torch autograd
+"""The framework side of the backends: torch autograd
 and jax.grad through einlocal ops against the reference, only the needed
 gradients computed, results in the input's library/device/dtype, wrong
 arrays and jax out= refused, the cupy namespace checked without a GPU, and
@@ -63,21 +63,6 @@ def _skip_if_cannot(name, call, lib, device="cpu"):
     reason = registry.get(name).cannot(call.plan, library=lib, device=device, call=call)
     if reason:
         pytest.skip(reason)
-
-
-# -- every grad mode a backend has is checked --------------------------------
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_check_covers_every_grad_mode(backend, case):
-    op, kw = CASES[case]
-    report = el.check(op, backends=[backend], dtype="float32", seed=SESSION_SEED, reference=_reference(case), **kw)
-    (row,) = report.rows
-    if row.status == "skipped":
-        pytest.skip(row.reason)
-    assert row.status == "pass", str(report)
-    b = registry.get(backend)
-    for mode in b.grad_modes(b.takes[0]):
-        assert any(k.endswith(f"[{mode}]") for k in row.errors), f"grad={mode!r} was not checked: {row.errors}"
 
 
 def test_natives_are_not_general_and_say_what_they_cannot_do():

@@ -70,8 +70,10 @@ def test_forward_and_grad_match_reference(name, jax_backend):
         _close(g, r)
 
 
+@pytest.mark.parametrize("jax_backend", ["einsum:jax", "native:jax"], indirect=True)
 @pytest.mark.parametrize("name", CASES)
 def test_jvp_is_the_op_applied_to_each_tangent(name, jax_backend):
+    """Forward mode is backend-independent (the same primitive); two backends suffice."""
     x, w, b, params = _case(name)
     dx, dw, db = (np.random.default_rng(k).standard_normal(a.shape) for k, a in enumerate((x, w, b), 7))
     fn = getattr(elj, name)

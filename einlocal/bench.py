@@ -457,9 +457,9 @@ def _threads_text() -> str:
 def load_peer(peer: dict):
     """(forward, backward or None) of a peer from bench/peers.py (loaded by path).
 
-    Interface: the module's `PEERS` dict, name -> {"forward": f(x, weight, bias,
-    **params) -> y, "backward": g(dy, x, weight, bias, **params) -> (dx, dweight,
-    dbias)}; or, without `PEERS`, functions `<name>` and `<name>_backward` (or
+    Interface: the module's `PEERS` dict, name -> (forward, backward, library, op)
+    or {"forward": f, "backward": g}, with f(x, weight, bias, **params) -> y and
+    g(dy, x, weight, bias, **params) -> (dx, dweight, dbias); or, without `PEERS`, functions `<name>` and `<name>_backward` (or
     `<name>_vjp`). Arrays in API.md's layouts.
     """
     import importlib.util
@@ -474,6 +474,8 @@ def load_peer(peer: dict):
         entry = table[peer["name"]]
         if callable(entry):
             return entry, None
+        if isinstance(entry, tuple):
+            return entry[0], entry[1] if len(entry) > 1 else None
         return entry["forward"], entry.get("backward")
     fwd = getattr(mod, peer["name"])
     bwd = getattr(mod, peer["name"] + "_backward", None) or getattr(mod, peer["name"] + "_vjp", None)
@@ -506,6 +508,7 @@ class _JobRunner:
             self.backend = None
             self.modes = [None]
             self.peer_fwd, self.peer_bwd = load_peer(self.peer)
+            self.peer_params = {**self.params, **_tuples(self.peer.get("params") or {})}
             if self.peer_bwd is None:
                 self.fail_mode[None] = ("skipped", "the peer has no backward")
         else:
@@ -683,11 +686,11 @@ class _JobRunner:
         conv = {n: (None if a is None else self.xp.from_numpy(a.astype(job["dtype"]), "cpu")) for n, a in arrays.items()}
         errors = {}
         if step["pass"] in ("reduced", "forward"):
-            y = self.peer_fwd(conv["x"], conv["weight"], conv.get("bias"), **self.params)
+            y = self.peer_fwd(conv["x"], conv["weight"], conv.get("bias"), **self.peer_params)
             errors["y"] = _compare(self.xp.to_numpy(y), *ref["y"], job["dtype"])
         if step["pass"] in ("reduced", "backward") and self.peer_bwd is not None:
             grads = self.peer_bwd(self.xp.from_numpy(dy.astype(job["dtype"]), "cpu"), conv["x"], conv["weight"],
-                                  conv.get("bias"), **self.params)
+                                  conv.get("bias"), **self.peer_params)
             for n, g in zip(("x", "weight", "bias"), grads):
                 if conv.get(n) is not None:
                     errors["d" + n] = _compare(np.asarray(self.xp.to_numpy(g)), *ref["d" + n], job["dtype"])
@@ -708,7 +711,7 @@ class _JobRunner:
         steady = regime == "steady" and self.library != "jax" and not self.peer
         params = self.params
         if self.peer:
-            fwd_p, bwd_p = self.peer_fwd, self.peer_bwd
+            fwd_p, bwd_p, params = self.peer_fwd, self.peer_bwd, self.peer_params
 
             def fwd(s):
                 return fwd_p(s["x"], s["weight"], s.get("bias"), **params)

@@ -54,7 +54,8 @@ def _backend_names(text: str, *, keep_python: bool = False) -> list[str] | None:
     if not wanted:
         return None
     names = [n for n in registry.NAMES if any(n == w or n.startswith(w) for w in wanted)]
-    return [n for n in names if keep_python or n != "loops:python"] or wanted
+    names = [n for n in names if keep_python or n != "loops:python"] + [w for w in wanted if w.startswith("peer")]
+    return names or wanted
 
 
 # -- subcommands --------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ def peers_path() -> Path | None:
 def _guess_library(name: str, entry: Any) -> str:
     if isinstance(entry, dict) and entry.get("library"):
         return entry["library"]
+    if isinstance(entry, tuple) and len(entry) > 2:
+        return entry[2]
     low = name.lower()
     if any(w in low for w in ("jax", "lax", "patches", "general_dilated")):
         return "jax"
@@ -55,8 +57,8 @@ def _guess_library(name: str, entry: Any) -> str:
 def load_peers() -> dict[str, dict]:
     """Peer name -> {"library", "path", "name"} from bench/peers.py (empty when absent).
 
-    The module may hold `PEERS = {name: {"forward": f, "backward": g, "library": ...}}`;
-    otherwise its public functions (not ending in _backward/_vjp) are the peers.
+    The module may hold `PEERS = {name: (forward, backward, library, op)}` (or dicts with
+    those keys); otherwise its public functions (not ending in _backward/_vjp) are the peers.
     """
     path = peers_path()
     if path is None:
@@ -74,7 +76,11 @@ def load_peers() -> dict[str, dict]:
         items = [(n, f) for n, f in vars(mod).items()
                  if callable(f) and not n.startswith("_") and getattr(f, "__module__", None) == mod.__name__
                  and not n.endswith(("_backward", "_vjp")) and not isinstance(f, type)]
-    return {n: {"library": _guess_library(n, e), "path": str(path), "name": n} for n, e in items}
+    out = {}
+    for n, e in items:
+        op = e[3] if isinstance(e, tuple) and len(e) > 3 else e.get("op") if isinstance(e, dict) else None
+        out[n] = {"library": _guess_library(n, e), "path": str(path), "name": n, "op": op}
+    return out
 
 
 def _peer_for(wanted: str, peers: dict) -> str | None:
@@ -189,7 +195,9 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
             peer = _peer_for(wanted, peer_table)
             if peer is None:
                 continue
-            info = peer_table[peer]
+            info = dict(peer_table[peer])
+            if w.op == "depthwise_conv2d" and info.get("op") == "conv2d":
+                info["params"] = {"groups": w.shapes["x"][1]}   # depthwise as a grouped conv
             if backends and not any(f"peer:{peer}".startswith(b) or b == "peer" for b in backends):
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
@@ -199,7 +207,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     records = [r for group in pre for r in group]
     records += _run_with_progress(jobs, threads, show_progress, console)
     if want_ragged:
-        records += _ragged_records(settings, console)
+        records += _ragged_records(settings, reduced)
     tmp.cleanup()
     paths = {}
     if outdir is not None:
@@ -255,30 +263,33 @@ def _run_with_progress(jobs: list[dict], threads, show: bool, console) -> list[d
 # -- W4: ragged sets, from einlocal.ragged --------------------------------------------------------------
 
 
-def _ragged_records(settings: Settings, console) -> list[dict]:
-    """Time `einlocal.ragged.workload()`'s callables (fresh regime), if that module exists.
+def _ragged_records(settings: Settings, reduced: bool) -> list[dict]:
+    """Time `einlocal.ragged.workload()`'s callables (fresh regime) if that module exists,
+    at n_i in 20..40 and at n_i = 1.
 
-    Interface used: the workload is a dict or object with `callables` (or
-    `strategies`): {strategy: {pass: fn()}} where fn() runs one pass on the
-    workload's data and returns its result; optional `shape` / `description`.
+    Interface used: the workload has `calls` = {(strategy, pass): fn()} (or a dict
+    {strategy: {pass: fn}} under `callables`); fn() runs one pass and returns its result.
     """
     from .table import make_record
     from .timing import measure
-    try:
-        w = ragged_workload()
-    except Exception as e:  # noqa: BLE001
-        return [make_record(workload="W4", op="ragged", backend="ragged", status="failed",
-                            reason=f"einlocal.ragged.workload(): {type(e).__name__}: {e}")]
-    if w is None:
-        return []
-    get_ = (lambda k: w.get(k)) if isinstance(w, dict) else (lambda k: getattr(w, k, None))
-    table = get_("callables") or get_("strategies") or {}
-    shape = str(get_("shape") or get_("description") or "1000 sets of 20-40 (n_i, 1, 16, 16), conv2d 5x5 1->4")
     out = []
-    for strategy, by_pass in table.items():
-        for pass_, fn in by_pass.items():
-            pass_ = {"fwd": "forward", "bwd": "backward", "fwd+bwd": "forward+backward"}.get(pass_, pass_)
-            base = dict(workload="W4", op="ragged", shape=shape, backend=f"ragged:{strategy}", **{"pass": pass_})
+    n_sets = 20 if reduced else 1000
+    for label, n_range in (("n_i 20-40", (20, 40)), ("n_i = 1", (1, 1))):
+        shape = f"{n_sets} sets, {label}, images (n_i,1,16,16), conv2d 5x5 1->4, per-set mean"
+        try:
+            w = ragged_workload(n_sets=n_sets, n_range=n_range)
+        except Exception as e:  # noqa: BLE001
+            return [make_record(workload="W4", op="ragged", shape=shape, backend="ragged", status="failed",
+                                reason=f"einlocal.ragged.workload(): {type(e).__name__}: {e}"[:300])]
+        if w is None:
+            return []
+        get_ = (lambda k: w.get(k)) if isinstance(w, dict) else (lambda k: getattr(w, k, None))
+        calls = get_("calls") or {}
+        if not calls:
+            calls = {(s, p): f for s, by_pass in (get_("callables") or {}).items() for p, f in by_pass.items()}
+        for (strategy, pass_), fn in calls.items():
+            base = dict(workload="W4", op="ragged", shape=shape, backend=f"ragged:{strategy}", **{"pass": pass_},
+                        isolation="measured in the compare process")
             try:
                 t = measure(fn, budget_s=settings.budget_s, cap_s=settings.cap_s)
             except Exception as e:  # noqa: BLE001
@@ -288,8 +299,7 @@ def _ragged_records(settings: Settings, console) -> list[dict]:
                 out.append(make_record(**base, status=">cap", first_call_s=t.first_call_s))
             else:
                 out.append(make_record(**base, median_s=t.median_s, iqr_s=t.iqr_s, n=t.n,
-                                       first_call_s=t.first_call_s,
-                                       isolation="measured in the compare process"))
+                                       first_call_s=t.first_call_s))
     return out
 
 

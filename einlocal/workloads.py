@@ -21,8 +21,8 @@ class Workload:
     `shapes`: array argument -> shape in API.md's layouts (x, weight, bias);
     `params`: the op's keyword parameters; `reduced`: shapes (same params)
     small enough for the float64 loops reference and for quick tests;
-    `peers`: names of peer functions in bench/peers.py shown beside the
-    backends (matched by `compare.load_peers`).
+    `peers`: names of the peers in bench/peers.py (its `PEERS` keys) shown
+    beside the backends.
     """
 
     id: str
@@ -65,27 +65,28 @@ def shape_text(shapes: dict) -> str:
 WORKLOADS: dict[str, Workload] = {w.id: w for w in (
     Workload("W1", 1, "locally_connected2d",
              {"x": (32, 4, 256, 256), "weight": (2, 4, 1, 1, 256, 256), "bias": (2, 256, 256)},
-             peers=("slices_concatenate", "unfold_einsum", "conv_general_dilated_local"),
+             peers=("slices+concatenate (numpy)", "unfold+einsum (torch)", "conv_general_dilated_local (jax)"),
              reduced={"x": (2, 4, 8, 8), "weight": (2, 4, 1, 1, 8, 8), "bias": (2, 8, 8)},
              title="locally connected 1x1 (report 1)"),
     Workload("W2", 2, "locally_connected2d",
              {"x": (100, 16, 28, 28), "weight": (16, 16, 3, 3, 26, 26)},
-             peers=("unfold_einsum", "patches_einsum", "conv_general_dilated_local"),
+             peers=("unfold+einsum (torch)", "im2col+matmul (numpy)", "patches+einsum (jax)",
+                    "conv_general_dilated_local (jax)"),
              reduced={"x": (2, 3, 8, 8), "weight": (4, 3, 3, 3, 6, 6)},
              title="locally connected 3x3 (report 2)"),
     Workload("W3a", 3, "depthwise_conv2d",
              {"x": (1, 1024, 28, 28), "weight": (1024, 1, 3, 3)}, {"padding": 1},
-             peers=("conv2d_groups", "conv_general_dilated"),
+             peers=("F.conv2d(groups) (torch)", "conv_general_dilated (jax)"),
              reduced={"x": (1, 8, 6, 6), "weight": (8, 1, 3, 3)},
              title="depthwise 3x3, same padding (report 3)"),
     Workload("W3b", 3, "depthwise_conv2d",
              {"x": (32, 32, 128, 128), "weight": (64, 1, 3, 3)},
-             peers=("conv2d_groups", "conv_general_dilated"),
+             peers=("F.conv2d(groups) (torch)", "conv_general_dilated (jax)"),
              reduced={"x": (2, 3, 8, 8), "weight": (6, 1, 3, 3)},
              title="depthwise 3x3, multiplier 2 (report 3)"),
     Workload("W5", 5, "conv2d",
              {"x": (16, 32, 32, 32), "weight": (64, 32, 3, 3)}, {"padding": 1},
-             peers=("conv2d_groups", "conv_general_dilated"),
+             peers=("F.conv2d(groups) (torch)", "conv_general_dilated (jax)"),
              reduced={"x": (2, 4, 6, 6), "weight": (8, 4, 3, 3)},
              title="shared-weight conv2d, im2col+GEMM vs native (report 5)"),
 )}

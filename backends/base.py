@@ -2,6 +2,7 @@
 bound statement (forward and backward statements alike)."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 from .lowering import execute, largest_intermediate
@@ -109,12 +110,22 @@ class ArrayBackend(Backend):
         return {}
 
     def workspace(self, plan) -> tuple[int, str]:
-        return largest_intermediate(plan, *self.contraction_elements(plan))
+        return _workspace(self, plan)
 
     def execute(self, plan, operands: dict, out=None):
         if self.engine == "jax":
             return _jitted(self, plan)(operands)
         return execute(self, self.xp, plan, operands, out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _workspace(backend, plan):
+    return largest_intermediate(plan, *backend.contraction_elements(plan))
+
+
+@functools.lru_cache(maxsize=4096)
+def _layouts(backend, plan):
+    return backend.layouts(plan)
 
 
 _JIT_CACHE: dict = {}

@@ -156,7 +156,8 @@ def execute(strategy, xp, plan, operands: dict, out=None):
     """Run one bound statement (forward or backward alike) with a strategy's
     contraction over namespace ``xp``; ``out`` is overwritten if given."""
     stmt = plan.stmt
-    layouts = strategy.layouts(plan) if xp.has_strided else {}
+    from .base import _layouts
+    layouts = _layouts(strategy, plan) if xp.has_strided else {}
     views = [(window(xp, operands[a.name], plan.windows[a.name], layouts.get(a.name), (strategy.name, plan, a.name)),
               plan.windows[a.name].names) for a in stmt.operands]
     out_names = stmt.out.names

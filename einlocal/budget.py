@@ -4,6 +4,7 @@ out-of-memory kill."""
 from __future__ import annotations
 
 import os
+import time
 
 from .errors import MemoryBudgetError
 
@@ -13,7 +14,19 @@ DEFAULT_FRACTION = 0.5
 _budget: int | None = None
 
 
+_AVAILABLE = (0.0, 0)   # (when read, bytes): /proc/meminfo is read at most once a second
+
+
 def _available_bytes() -> int:
+    global _AVAILABLE
+    now = time.monotonic()
+    if now - _AVAILABLE[0] < 1.0:
+        return _AVAILABLE[1]
+    _AVAILABLE = (now, _read_available())
+    return _AVAILABLE[1]
+
+
+def _read_available() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:

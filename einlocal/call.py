@@ -43,6 +43,16 @@ class Call:
     def param(self) -> dict:
         return dict(self.params)
 
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.kind, self.params, self.plan, self.args, self.operands, self.out_shape, self.bias))
+            self.__dict__["_hash"] = h
+        return h
+
+    def __getstate__(self):   # string hashes differ between processes: never pickle one
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     def flops(self) -> int:
         extra = math.prod(self.out_shape) if self.bias else 0
         return self.plan.flops() + extra

@@ -67,7 +67,10 @@ class ChoiceCache:
     def get(self, key: Any) -> dict | None:
         """The value stored for `key`, or None; a hit marks the key as just used
         (written lazily: see the class docstring)."""
-        k = key_string(key)
+        return self.get_string(key_string(key))
+
+    def get_string(self, k: str) -> dict | None:
+        """``get`` for a key already made into its string (``key_string``)."""
         entry = self._read().get(k)
         if entry is None:
             return None

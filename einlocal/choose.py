@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from . import registry
+from .budget import memory_budget
 
 __all__ = ["choose", "auto_backend", "choice_key", "estimate_seconds", "cost_model_choice", "choice_cache", "RULE"]
 
@@ -40,10 +41,15 @@ def choice_cache():
     """The process's `ChoiceCache` for `cache_dir()/choices.json` (made once per path)."""
     from .choice_cache import ChoiceCache
     from .machine import cache_dir
+    env = os.environ.get("EINLOCAL_CACHE_DIR")
+    cache = _cache_state.get(env)
+    if cache is not None:
+        return cache
     path = cache_dir() / "choices.json"
     cache = _cache_state.get(path)
     if cache is None:
         cache = _cache_state[path] = ChoiceCache(path)
+    _cache_state[env] = cache
     return cache
 
 
@@ -90,21 +96,33 @@ def choice_key(call, library: str, dtype: str, device: str) -> tuple:
 # -- auto -------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
+def _key_string(call, library: str, dtype: str, device: str) -> str:
+    from .choice_cache import key_string
+    return key_string(choice_key(call, library, dtype, device))
+
+
 def auto_backend(call, library: str, device: str, dtype: str | None = None) -> str:
     """The backend "auto" runs: the cached measured choice for this key, else the cost
     model's pick among the backends that take these arrays (never a measurement, so it is
     safe inside a trace or a backward pass)."""
     if dtype is not None:
         try:
-            entry = choice_cache().get(choice_key(call, library, dtype, device))
+            entry = choice_cache().get_string(_key_string(call, library, dtype, device))
         except (OSError, ValueError):
             entry = None
         if entry and entry.get("backend") in registry.available():
             b = registry.get(entry["backend"])
             if not b.cannot(call.plan, library=library, device=device, call=call):
                 return entry["backend"]
-    # Unmeasured, auto stays with the array strategies (written once, checked on every
-    # library); natives and generated loops are picked by a measured el.choose.
+    return _unmeasured_choice(call, library, device, dtype, memory_budget() >> 24)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unmeasured_choice(call, library: str, device: str, dtype, budget_16mib: int) -> str:
+    """Auto without a measurement, once per call key (and memory budget, in
+    16 MiB steps): the array strategies only (written once, checked on every
+    library); natives and generated loops are picked by a measured el.choose."""
     names = _candidates(call, library, device, array_strategies_only=True)
     name = cost_model_choice(call, library, device, itemsize=_itemsize(dtype), names=names)
     if name is not None:

@@ -122,6 +122,16 @@ class Plan:
             out[acc.name] = bind(st, _freeze(bshapes), self.ranges, shapes[acc.name], self.pad)
         return out
 
+    def __hash__(self) -> int:   # hash once: plans key every cache
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.stmt, self.ranges, self.shapes, self.out_shape, self.pad))
+            self.__dict__["_hash"] = h
+        return h
+
+    def __getstate__(self):   # string hashes differ between processes: never pickle one
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     def __str__(self) -> str:
         r = ", ".join(f"{n}={v}" for n, v in self.ranges)
         return f"{self.stmt}  with {r}" + ("  (pad=0)" if self.pad else "")

@@ -73,7 +73,7 @@ class Access:
     name: str
     axes: tuple[Affine, ...]
 
-    @property
+    @functools.cached_property
     def names(self) -> tuple[str, ...]:
         """Index names in order of first appearance (the window view's axes)."""
         seen: dict[str, None] = {}
@@ -82,7 +82,7 @@ class Access:
                 seen.setdefault(n)
         return tuple(seen)
 
-    @property
+    @functools.cached_property
     def plain(self) -> bool:
         """Every axis is one index name standing alone."""
         return all(ax.alone is not None for ax in self.axes)
@@ -105,7 +105,7 @@ class Statement:
     out: Access
     operands: tuple[Access, ...]
 
-    @property
+    @functools.cached_property
     def indices(self) -> tuple[str, ...]:
         """Every index name, output first, in order of first appearance."""
         seen: dict[str, None] = {}
@@ -131,6 +131,16 @@ class Statement:
 
     def __str__(self) -> str:
         return f"{self.out} += {' * '.join(map(str, self.operands))}"
+
+    def __hash__(self) -> int:   # plans are dict keys on every call: hash once
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.out, self.operands))
+            self.__dict__["_hash"] = h
+        return h
+
+    def __getstate__(self):   # string hashes differ between processes: never pickle one
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
 
 
 def _tokens(text: str):

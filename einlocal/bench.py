@@ -60,8 +60,9 @@ def benchmark(op, *, backends=None, passes=("forward", "backward"), regimes=("fr
     "forward+backward"; backward in each of `grad_modes` the backend has
     (default: all). `regimes`: "fresh" (new outputs each call) and "steady"
     (outputs reused through ``out=``; jax: see `JAX_STEADY_NOTE`).
-    `budget_s`: timed seconds per measurement; `cap_s`: a measurement whose
-    calls pass it stops (a single call past ~2x it is killed): ``>cap``.
+    `budget_s`: timed seconds per measurement; `cap_s`: a single call past it
+    is ``>cap`` (the step is killed once it runs past ~2-3x the cap); calls
+    under it that together pass it stop the repetitions (median of those taken).
     `check_shapes`: reduced shapes to check each backend against the float64
     loops before timing; `reference`: a trusted float64 backend (e.g.
     "einsum:numpy") to check at full size first, or None. `isolate`: one
@@ -313,9 +314,17 @@ def run_jobs(jobs: list[dict], *, isolate: bool = True, threads: int | None = No
 
 
 def _deadline_s(job: dict, step: dict) -> float:
+    """How long a step may run before it is killed (and recorded >cap).
+
+    A timed step whose every call stays under the cap takes at most ~2x the cap
+    (`measure` starts no call once first call + warm-up + repetitions pass the
+    cap, and that last call is itself under it), plus one more call for the
+    memory figure; past that, some single call must have exceeded the cap.
+    """
     if step["kind"] == "check" and step["pass"] == "reduced":
         return 120.0
-    return 2.0 * float(job["cap_s"]) + 15.0
+    calls = 3.0 if step["kind"] == "time" and job.get("memory") else 2.0
+    return calls * float(job["cap_s"]) + 15.0
 
 
 def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
@@ -454,6 +463,14 @@ def _threads_text() -> str:
     return ", ".join(parts)
 
 
+def peer_params(peer: dict, params: dict, x_shape) -> dict:
+    """A peer's keyword parameters for an x of `x_shape`: with ``groups_from="x_channels"``
+    (depthwise as a grouped conv) ``groups`` is x's channel count, whatever the size."""
+    if peer.get("groups_from") == "x_channels":
+        return {**params, "groups": int(x_shape[1])}
+    return params
+
+
 def load_peer(peer: dict):
     """(forward, backward or None) of a peer from bench/peers.py (loaded by path).
 
@@ -508,7 +525,8 @@ class _JobRunner:
             self.backend = None
             self.modes = [None]
             self.peer_fwd, self.peer_bwd = load_peer(self.peer)
-            self.peer_params = {**self.params, **_tuples(self.peer.get("params") or {})}
+            self.peer_params = peer_params(self.peer, {**self.params, **_tuples(self.peer.get("params") or {})},
+                                           self.shapes["x"])
             if self.peer_bwd is None:
                 self.fail_mode[None] = ("skipped", "the peer has no backward")
         else:
@@ -619,9 +637,10 @@ class _JobRunner:
         what = f"{k['step']['kind']} {k['step']['pass']}" + (f"[{k['step']['grad_mode']}]"
                                                             if k["step"].get("grad_mode") else "")
         if k["why"] == "killed":
-            lim = 2 * float(self.job["cap_s"])
+            lim = _deadline_s(self.job, k["step"])
             if this is not None:
-                return {"status": ">cap", "reason": f"killed: one call ran past ~{lim:.0f} s (cap {self.job['cap_s']} s)"}
+                return {"status": ">cap", "reason": f"killed after ~{lim:.0f} s: a single call ran past the cap "
+                                                    f"{self.job['cap_s']} s"}
             return {"status": ">cap", "reason": f"not run: {what} ran past the cap"}
         reason = f"the process crashed (exit {k['rc']}) during {what}"
         return {"status": "failed", "reason": reason}
@@ -684,13 +703,14 @@ class _JobRunner:
         if ref is None:
             ref = reference_outputs(call, arrays, dy)
         conv = {n: (None if a is None else self.xp.from_numpy(a.astype(job["dtype"]), "cpu")) for n, a in arrays.items()}
+        kw = peer_params(self.peer, self.peer_params, arrays["x"].shape)
         errors = {}
         if step["pass"] in ("reduced", "forward"):
-            y = self.peer_fwd(conv["x"], conv["weight"], conv.get("bias"), **self.peer_params)
+            y = self.peer_fwd(conv["x"], conv["weight"], conv.get("bias"), **kw)
             errors["y"] = _compare(self.xp.to_numpy(y), *ref["y"], job["dtype"])
         if step["pass"] in ("reduced", "backward") and self.peer_bwd is not None:
             grads = self.peer_bwd(self.xp.from_numpy(dy.astype(job["dtype"]), "cpu"), conv["x"], conv["weight"],
-                                  conv.get("bias"), **self.peer_params)
+                                  conv.get("bias"), **kw)
             for n, g in zip(("x", "weight", "bias"), grads):
                 if conv.get(n) is not None:
                     errors["d" + n] = _compare(np.asarray(self.xp.to_numpy(g)), *ref["d" + n], job["dtype"])
@@ -713,11 +733,13 @@ class _JobRunner:
         if self.peer:
             fwd_p, bwd_p, params = self.peer_fwd, self.peer_bwd, self.peer_params
 
+            peer = self.peer
+
             def fwd(s):
-                return fwd_p(s["x"], s["weight"], s.get("bias"), **params)
+                return fwd_p(s["x"], s["weight"], s.get("bias"), **peer_params(peer, params, s["x"].shape))
 
             def bwd(s):
-                return bwd_p(s["dy"], s["x"], s["weight"], s.get("bias"), **params)
+                return bwd_p(s["dy"], s["x"], s["weight"], s.get("bias"), **peer_params(peer, params, s["x"].shape))
         else:
             op, name, xp = self.op, self.name, self.xp
             y_out = xp.from_numpy(_zeros(self.call.out_shape, self.job["dtype"]), "cpu") if steady else None
@@ -752,8 +774,8 @@ class _JobRunner:
             self.record(step, status="failed", reason=f"{type(e).__name__}: {e}"[:400])
             return
         fields = {"first_call_s": t.first_call_s, "n": t.n}
-        if t.capped:
-            fields.update(status=">cap", reason=f"first call {t.first_call_s:.3g} s; cap {job['cap_s']} s")
+        if t.capped:   # a single call took longer than the cap
+            fields.update(status=">cap", reason=t.note or f"a call past the cap {job['cap_s']} s")
             self.record(step, **fields)
             return
         fields.update(median_s=t.median_s, iqr_s=t.iqr_s)
@@ -770,10 +792,13 @@ class _JobRunner:
                 fields.update(peak_bytes=peak.bytes, peak_method=peak.method)
             except Exception:  # noqa: BLE001 — memory is a column, not a verdict
                 pass
+        notes = [t.note] if t.note else []
         if step["regime"] == "steady" and self.library == "jax":
-            fields["note"] = JAX_STEADY_NOTE
+            notes.append(JAX_STEADY_NOTE)
         elif step["regime"] == "steady" and self.peer:
-            fields["note"] = "peers take no out=: steady is repeated calls"
+            notes.append("peers take no out=: steady is repeated calls")
+        if notes:
+            fields["note"] = "; ".join(notes)
         self.record(step, **fields)
 
 

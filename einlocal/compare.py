@@ -23,9 +23,11 @@ class Settings(dict):
     __getattr__ = dict.__getitem__
 
 
-SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), budget_s=0.25, cap_s=8.0,
-                    memory=True, full_check=True, prune_over_cap=False)
-QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), budget_s=0.02, cap_s=1.5,
+SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.25,
+                    cap_s=8.0, memory=True, full_check=True, prune_over_cap=False)
+# --quick: the same workloads and backends, forward and backward[vjp] only, fresh regime, checked at
+# the reduced size only, small budgets, and a cap of 1 s per call (see `einlocal.timing.measure`)
+QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=1.0,
                  memory=False, full_check=False, prune_over_cap=True)
 
 
@@ -81,6 +83,16 @@ def load_peers() -> dict[str, dict]:
         op = e[3] if isinstance(e, tuple) and len(e) > 3 else e.get("op") if isinstance(e, dict) else None
         out[n] = {"library": _guess_library(n, e), "path": str(path), "name": n, "op": op}
     return out
+
+
+def peer_info(w: Workload, info: dict) -> dict:
+    """The peer entry as a job takes it for workload `w`: a depthwise workload run by a
+    grouped-conv peer gets ``groups_from="x_channels"`` (groups = x.shape[1] of the arrays
+    each call gets, so the reduced check and the full size each have their own)."""
+    info = dict(info)
+    if w.op == "depthwise_conv2d" and info.get("op") == "conv2d":
+        info["groups_from"] = "x_channels"
+    return info
 
 
 def _peer_for(wanted: str, peers: dict) -> str | None:
@@ -169,7 +181,8 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     for w0 in chosen:
         w = w0.sized(reduced)
         spec = op_spec(w.op_fn())
-        common = dict(passes=settings.passes, regimes=settings.regimes, budget_s=settings.budget_s,
+        common = dict(passes=settings.passes, regimes=settings.regimes, grad_modes=settings.get("grad_modes"),
+                      budget_s=settings.budget_s,
                       cap_s=settings.cap_s, dtype=w.dtype, memory=settings.memory, seed=0,
                       check_shapes=w.reduced, workload=w.id, roofline=roof)
         ref_path = None
@@ -195,9 +208,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
             peer = _peer_for(wanted, peer_table)
             if peer is None:
                 continue
-            info = dict(peer_table[peer])
-            if w.op == "depthwise_conv2d" and info.get("op") == "conv2d":
-                info["params"] = {"groups": w.shapes["x"][1]}   # depthwise as a grouped conv
+            info = peer_info(w, peer_table[peer])
             if backends and not any(f"peer:{peer}".startswith(b) or b == "peer" for b in backends):
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
@@ -296,10 +307,10 @@ def _ragged_records(settings: Settings, reduced: bool) -> list[dict]:
                 out.append(make_record(**base, status="failed", reason=f"{type(e).__name__}: {e}"[:300]))
                 continue
             if t.capped:
-                out.append(make_record(**base, status=">cap", first_call_s=t.first_call_s))
+                out.append(make_record(**base, status=">cap", reason=t.note, first_call_s=t.first_call_s))
             else:
                 out.append(make_record(**base, median_s=t.median_s, iqr_s=t.iqr_s, n=t.n,
-                                       first_call_s=t.first_call_s))
+                                       first_call_s=t.first_call_s, **({"note": t.note} if t.note else {})))
     return out
 
 

@@ -25,8 +25,12 @@ __all__ = [
 class Timing:
     """Result of `measure`. Times in seconds; `times` are the timed repetitions.
 
-    `capped` is True when `cap_s` cut the measurement short; then `times` may be
-    empty and `median_s` is the first call's time (a lower bound).
+    `capped` is True when a single call (the first call, a warm-up call or a
+    repetition) took longer than `cap_s`; then `median_s` is a lower bound
+    (the first call's time when it was that call, `times` empty). When the
+    cap's total ran out before `min_reps` repetitions, the measurement is not
+    capped: `median_s` is the median of what was measured (`n` may be 1, or
+    the first call alone when no repetition fitted) and `note` says so.
     """
 
     median_s: float
@@ -37,6 +41,7 @@ class Timing:
     first_call_s: float
     capped: bool
     times: tuple[float, ...] = field(repr=False)
+    note: str = ""
 
     @property
     def spread(self) -> float:
@@ -194,9 +199,12 @@ def measure(
     the timed region; None picks `sync_for(first result)`. The first call is
     timed alone (`first_call_s`, compile time included), then `warmup` untimed
     calls, then repetitions until `budget_s` of timed work and `min_reps` reps
-    (at most `max_reps`). `cap_s`: no repetitions if the first call exceeds it,
-    and stop once first call + warm-up + reps exceed it; `capped=True` then if
-    fewer than `min_reps` were taken or a single call exceeded it.
+    (at most `max_reps`). `cap_s`: the longest a single call may take. A call past it ends the
+    measurement with `capped=True` (no repetitions after a first call past it).
+    First call + warm-up + repetitions together are also held to about `cap_s`:
+    once their total passes it, no further call starts, and the result is the
+    median of the repetitions taken so far (or the first call alone, n=1, when
+    none fitted), not capped, with a `note`.
     `clock`: `WallClock()`, `CudaEventClock()`, or None (CUDA events when the
     first result is a CUDA torch tensor, else wall-clock).
     """
@@ -223,27 +231,40 @@ def measure(
         clock = _default_clock(result)
     del result, arg
 
-    if cap_s is not None and first > cap_s:
-        return Timing(first, 0.0, first, first, 0, first, True, ())
+    def over(dt: float) -> bool:
+        return cap_s is not None and dt > cap_s
+
+    if over(first):
+        return Timing(first, 0.0, first, first, 0, first, True, (),
+                      f"first call {first:.3g} s > cap {cap_s:g} s")
     total = first
     for _ in range(warmup):
-        total += call(clock)
-        if cap_s is not None and total > cap_s:
-            return Timing(first, 0.0, first, first, 0, first, True, ())
+        dt = call(clock)
+        total += dt
+        if over(dt):
+            return Timing(dt, 0.0, dt, dt, 0, first, True, (), f"a warm-up call {dt:.3g} s > cap {cap_s:g} s")
+        if over(total):   # no time left for a repetition: the first call is the only sample
+            return Timing(first, 0.0, first, first, 1, first, False, (first,),
+                          f"n=1: the first call only (no repetition within the cap {cap_s:g} s)")
 
     times: list[float] = []
     spent = 0.0
-    capped = False
+    note = ""
     while len(times) < max_reps and (spent < budget_s or len(times) < min_reps):
         dt = call(clock)
         times.append(dt)
         spent += dt
         total += dt
-        if cap_s is not None and total > cap_s:
-            capped = dt > cap_s or len(times) < min_reps
+        if over(dt):
+            q1, median, q3 = _quartiles(times)
+            return Timing(median, q3 - q1, q1, q3, len(times), first, True, tuple(times),
+                          f"a repetition {dt:.3g} s > cap {cap_s:g} s")
+        if over(total):
+            if len(times) < min_reps:
+                note = f"n={len(times)}: repetitions stopped at the cap's total ({cap_s:g} s)"
             break
     q1, median, q3 = _quartiles(times)
-    return Timing(median, q3 - q1, q1, q3, len(times), first, capped, tuple(times))
+    return Timing(median, q3 - q1, q1, q3, len(times), first, False, tuple(times), note)
 
 
 # -- threads -------------------------------------------------------------------------

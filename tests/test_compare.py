@@ -47,3 +47,33 @@ def test_peers_are_matched_by_name(monkeypatch, tmp_path):
     table = compare_module.load_peers()
     assert list(table) == ["torch_unfold_einsum"] and table["torch_unfold_einsum"]["library"] == "torch"
     assert compare_module._peer_for("unfold_einsum", table) == "torch_unfold_einsum"
+
+
+
+def _peer_cases():
+    table = compare_module.load_peers()
+    return [(w, name, table[name]) for w in workloads.WORKLOADS.values() for wanted in w.peers
+            for name in [compare_module._peer_for(wanted, table)] if name is not None]
+
+
+@pytest.mark.parametrize("w, name, info", _peer_cases(),
+                         ids=[f"{w.id}-{name}" for w, name, _ in _peer_cases()])
+def test_every_peer_passes_its_reduced_check(w, name, info):
+    """Each peer, set up for the full-size workload as compare sets it up, passes the check at
+    the reduced size (a depthwise peer takes groups from the arrays it gets, not the full size's)."""
+    from einlocal.backends.namespaces import namespace
+    from einlocal.bench import _JobRunner, load_peer, make_job, op_spec, peer_params
+    pytest.importorskip(info["library"])
+    info = compare_module.peer_info(w, info)
+    job = make_job(op_spec(w.op_fn()), w.shapes, w.params, f"peer:{name}", peer=info, passes=("forward",),
+                   regimes=("fresh",), check_shapes=w.reduced, workload=w.id, memory=False)
+    runner = _JobRunner(job, lambda *a: None)
+    # what _setup does for a peer, without the full-size arrays
+    runner.op, runner.xp = w.op_fn(), namespace(info["library"])
+    runner.peer_fwd, runner.peer_bwd = load_peer(info)
+    runner.peer_params = peer_params(info, dict(w.params), w.shapes["x"])
+    runner._check({"kind": "check", "pass": "reduced"})
+    assert runner.fail_all is None, runner.fail_all
+    if w.op == "depthwise_conv2d":
+        assert runner.peer_params["groups"] == w.shapes["x"][1]
+        assert peer_params(info, runner.peer_params, w.reduced["x"])["groups"] == w.reduced["x"][1]

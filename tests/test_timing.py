@@ -94,17 +94,55 @@ def test_slow_first_call_is_capped_without_repeating():
     log = []
     fn, sync = logged(log)
     t = measure(fn, sync=sync, clock=FakeClock([10.0] * 10, log), cap_s=1.0, min_reps=5)
-    assert t.capped and t.n == 0 and t.first_call_s == 10.0
+    assert t.capped and t.n == 0 and t.first_call_s == 10.0 and t.median_s == 10.0
     assert log.count("fn") == 1
 
 
-def test_cap_stops_repetitions_once_the_total_exceeds_it():
+def test_cap_total_reached_reports_the_median_of_what_was_measured():
+    # single calls well under the cap: never >cap, even when together they pass it
     log = []
     fn, sync = logged(log)
     clock = FakeClock([0.1, 0.1] + [0.5] * 10, log)
     t = measure(fn, sync=sync, clock=clock, cap_s=1.0, budget_s=100, warmup=1, min_reps=5)
-    assert t.capped and t.n == 2  # 0.1 + 0.1 + 0.5 + 0.5 > 1.0
+    assert not t.capped and t.n == 2  # 0.1 + 0.1 + 0.5 + 0.5 > 1.0: no further call starts
+    assert t.median_s == 0.5 and "n=2" in t.note
     assert log.count("fn") == 4
+
+
+def test_first_call_alone_when_no_repetition_fits_the_cap():
+    # report case: single call 0.675 s, cap 1.5 s -> a time, not >cap
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([0.675, 0.9] + [0.7] * 10, log), cap_s=1.5,
+                budget_s=100, warmup=1, min_reps=3)
+    assert not t.capped and t.n == 1 and t.median_s == 0.675 and t.times == (0.675,)
+    assert "first call only" in t.note
+    assert log.count("fn") == 2
+
+
+def test_one_repetition_within_the_cap_is_a_sample():
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([0.4, 0.7] + [0.3] * 10, log), cap_s=1.0,
+                budget_s=100, warmup=0, min_reps=3)
+    assert not t.capped and t.n == 1 and t.median_s == 0.7
+
+
+def test_a_single_repetition_past_the_cap_is_capped():
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([0.2, 0.2, 2.0] + [0.2] * 10, log), cap_s=1.0,
+                budget_s=100, warmup=0, min_reps=5)
+    assert t.capped and t.n == 2
+    assert log.count("fn") == 3
+
+
+def test_a_warm_up_call_past_the_cap_is_capped():
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([0.2, 3.0] + [0.2] * 10, log), cap_s=1.0,
+                budget_s=100, warmup=1, min_reps=5)
+    assert t.capped and t.n == 0 and t.first_call_s == 0.2
 
 
 def test_cap_reached_after_min_reps_is_not_capped():
@@ -112,7 +150,7 @@ def test_cap_reached_after_min_reps_is_not_capped():
     fn, sync = logged(log)
     t = measure(fn, sync=sync, clock=FakeClock([0.1] * 20, log), cap_s=0.55, budget_s=100,
                 warmup=0, min_reps=3)
-    assert not t.capped and t.n == 5
+    assert not t.capped and t.n == 5 and t.note == ""
 
 
 class FakeEvent:

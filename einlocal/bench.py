@@ -132,7 +132,8 @@ def make_job(spec: dict, shapes: dict, params: dict, backend: str, **kw) -> dict
     job = {"spec": spec, "shapes": {k: list(v) for k, v in shapes.items()}, "params": _jsonable(params),
            "backend": backend}
     for key, default in (("passes", ("forward", "backward")), ("regimes", ("fresh", "steady")),
-                         ("grad_modes", None), ("budget_s", 0.3), ("cap_s", 20.0), ("dtype", "float32"),
+                         ("grad_modes", None), ("budget_s", 0.3), ("cap_s", 20.0), ("warmup", 1), ("min_reps", 3),
+                         ("dtype", "float32"),
                          ("memory", True), ("seed", 0), ("check_shapes", None), ("reference", None),
                          ("workload", None), ("roofline", None), ("peer", None), ("note", None)):
         value = kw.pop(key, default)
@@ -769,7 +770,8 @@ class _JobRunner:
             return
         fn = self._callable(step["pass"], step["regime"], step.get("grad_mode"))
         try:
-            t = measure(fn, setup=self._next_set, budget_s=float(job["budget_s"]), cap_s=float(job["cap_s"]))
+            t = measure(fn, setup=self._next_set, budget_s=float(job["budget_s"]), cap_s=float(job["cap_s"]),
+                        warmup=int(job.get("warmup", 1)), min_reps=int(job.get("min_reps", 3)))
         except Exception as e:  # noqa: BLE001
             self.record(step, status="failed", reason=f"{type(e).__name__}: {e}"[:400])
             return

@@ -24,11 +24,14 @@ class Settings(dict):
 
 
 SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.25,
-                    cap_s=8.0, memory=True, full_check=True, prune_over_cap=False)
+                    cap_s=8.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False)
 # --quick: the same workloads and backends, forward and backward[vjp] only, fresh regime, checked at
 # the reduced size only, small budgets, and a cap of 1 s per call (see `einlocal.timing.measure`)
 QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=1.0,
-                 memory=False, full_check=False, prune_over_cap=True)
+                 warmup=0, min_reps=1, memory=False, full_check=False, prune_over_cap=True)
+# the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
+# backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
+PRUNE_SHARE = 0.25
 
 
 # -- peers --------------------------------------------------------------------------------------
@@ -182,7 +185,8 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
         w = w0.sized(reduced)
         spec = op_spec(w.op_fn())
         common = dict(passes=settings.passes, regimes=settings.regimes, grad_modes=settings.get("grad_modes"),
-                      budget_s=settings.budget_s,
+                      budget_s=settings.budget_s, warmup=settings.get("warmup", 1),
+                      min_reps=settings.get("min_reps", 3),
                       cap_s=settings.cap_s, dtype=w.dtype, memory=settings.memory, seed=0,
                       check_shapes=w.reduced, workload=w.id, roofline=roof)
         ref_path = None
@@ -200,8 +204,9 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
             if call_ok is not None:
                 pre.append(_skip_records(w, name, settings, call_ok))
                 continue
-            if settings.prune_over_cap and _estimated_over(w, name, 3 * settings.cap_s):
-                pre.append(_skip_records(w, name, settings, "estimated far over the cap (--quick): not run"))
+            if settings.prune_over_cap and _estimated_over(w, name, PRUNE_SHARE * settings.cap_s):
+                pre.append(_skip_records(w, name, settings, f"cost model: forward over {PRUNE_SHARE:g}x the cap "
+                                         f"{settings.cap_s:g} s, backward far over it (--quick): not run"))
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, name, reference=ref_path, **common))
         for wanted in w.peers:

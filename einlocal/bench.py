@@ -135,7 +135,8 @@ def make_job(spec: dict, shapes: dict, params: dict, backend: str, **kw) -> dict
                          ("grad_modes", None), ("budget_s", 0.3), ("cap_s", 20.0), ("warmup", 1), ("min_reps", 3),
                          ("dtype", "float32"),
                          ("memory", True), ("seed", 0), ("check_shapes", None), ("reference", None),
-                         ("workload", None), ("roofline", None), ("peer", None), ("note", None)):
+                         ("workload", None), ("roofline", None), ("peer", None), ("note", None),
+                         ("kill_margin_s", 15.0), ("first_call_allowance_s", 0.0)):
         value = kw.pop(key, default)
         job[key] = list(value) if isinstance(value, tuple) else value
     if kw:
@@ -325,7 +326,8 @@ def _deadline_s(job: dict, step: dict) -> float:
     if step["kind"] == "check" and step["pass"] == "reduced":
         return 120.0
     calls = 3.0 if step["kind"] == "time" and job.get("memory") else 2.0
-    return calls * float(job["cap_s"]) + 15.0
+    return (calls * float(job["cap_s"]) + float(job.get("first_call_allowance_s", 0.0))
+            + float(job.get("kill_margin_s", 15.0)))
 
 
 def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
@@ -653,7 +655,8 @@ class _JobRunner:
             return
         job = self.job
         if step["pass"] == "reduced":
-            shapes, ref, modes = {k: tuple(v) for k, v in job["check_shapes"].items()}, None, None
+            shapes, ref = {k: tuple(v) for k, v in job["check_shapes"].items()}, None
+            modes = tuple(job["grad_modes"]) if job.get("grad_modes") else None
         else:
             shapes, ref = self.shapes, load_reference(job["reference"])
             modes = ("none",) if step["pass"] == "forward" else (step["grad_mode"],)
@@ -771,6 +774,7 @@ class _JobRunner:
         fn = self._callable(step["pass"], step["regime"], step.get("grad_mode"))
         try:
             t = measure(fn, setup=self._next_set, budget_s=float(job["budget_s"]), cap_s=float(job["cap_s"]),
+                        first_call_allowance_s=float(job.get("first_call_allowance_s", 0.0)),
                         warmup=int(job.get("warmup", 1)), min_reps=int(job.get("min_reps", 3)))
         except Exception as e:  # noqa: BLE001
             self.record(step, status="failed", reason=f"{type(e).__name__}: {e}"[:400])
@@ -809,8 +813,24 @@ def _zeros(shape, dtype):
     return np.zeros(shape, dtype=dtype)
 
 
+def _jax_compilation_cache() -> None:
+    """XLA's persistent compilation cache under einlocal's cache dir, so a
+    second benchmark run does not compile the same programs again."""
+    try:
+        import jax
+        from .machine import cache_dir
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    except Exception:  # noqa: BLE001 — an older jax without these options: compile as usual
+        pass
+
+
 def _child_main() -> int:
     payload = json.loads(sys.stdin.read())
+    if any(str(job.get("backend", "")).endswith(":jax") or "jax" in str(job.get("peer") or "")
+           for job in payload["jobs"]):
+        _jax_compilation_cache()
     if payload.get("threads"):
         from .timing import set_threads
         set_threads(int(payload["threads"]))

@@ -24,11 +24,14 @@ class Settings(dict):
 
 
 SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.25,
-                    cap_s=8.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False)
+                    cap_s=4.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False,
+                    batch_divisor=1, kill_margin_s=8.0, ragged_sets=1000, first_call_allowance_s=20.0)
 # --quick: the same workloads and backends, forward and backward[vjp] only, fresh regime, checked at
 # the reduced size only, small budgets, and a cap of 1 s per call (see `einlocal.timing.measure`)
-QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=1.0,
-                 warmup=0, min_reps=1, memory=False, full_check=False, prune_over_cap=True)
+QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=0.5,
+                 warmup=0, min_reps=1, memory=False, full_check=False, prune_over_cap=True,
+                 batch_divisor=8, kill_margin_s=2.0, ragged_sets=125, per_library=2,
+                 first_call_allowance_s=3.0)
 # the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
 # backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
 PRUNE_SHARE = 0.25
@@ -141,18 +144,45 @@ def trusted_reference(w: Workload) -> tuple[str | None, str]:
 # -- compare ------------------------------------------------------------------------------------------
 
 
+class _Shaped:
+    """Stands in for an array where only its shape is read (binding a call)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
+def _call_of(w: Workload):
+    """`w`'s op bound to its shapes, no arrays allocated."""
+    return w.op_fn().bind(*(_Shaped(w.shapes[k]) if w.shapes.get(k) else None for k in ("x", "weight", "bias")),
+                          **w.params)
+
+
 def _estimated_over(w: Workload, name: str, seconds: float) -> bool:
     """Whether the cost model puts one forward call of `name` over `seconds`."""
-    import numpy as np
-
     from . import registry
     from .choose import estimate_seconds
     if name.startswith("peer:"):
         return False
     b = registry.get(name)
-    call = w.op_fn().bind(*(np.empty(w.shapes[k], np.float32) if w.shapes.get(k) else None
-                            for k in ("x", "weight", "bias")), **w.params)
-    return estimate_seconds(call, name, b.takes[0], 4) > seconds
+    return estimate_seconds(_call_of(w), name, b.takes[0], 4) > seconds
+
+
+def _top_per_library(w: Workload, names, k: int) -> set:
+    """Every non-array backend, and the `k` array-strategy backends of each
+    library that the cost model expects fastest on `w`."""
+    from . import registry
+    from .choose import estimate_seconds
+    call = _call_of(w)
+    keep, by_lib = set(), {}
+    for name in names:
+        b = registry.get(name)
+        if b.strategy not in registry.ARRAY_STRATEGIES:
+            keep.add(name)
+            continue
+        by_lib.setdefault(b.takes[0], []).append((estimate_seconds(call, name, b.takes[0], 4), name))
+    for cands in by_lib.values():
+        keep.update(n for _, n in sorted(cands)[:k])
+    return keep
 
 
 def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backends=None, peers: bool = True,
@@ -182,13 +212,15 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     jobs, pre = [], []
     notes = [ISOLATION_NOTE]
     for w0 in chosen:
-        w = w0.sized(reduced)
+        w = w0.sized(reduced) if reduced else w0.batch_divided(settings.get("batch_divisor", 1))
         spec = op_spec(w.op_fn())
         common = dict(passes=settings.passes, regimes=settings.regimes, grad_modes=settings.get("grad_modes"),
                       budget_s=settings.budget_s, warmup=settings.get("warmup", 1),
                       min_reps=settings.get("min_reps", 3),
                       cap_s=settings.cap_s, dtype=w.dtype, memory=settings.memory, seed=0,
-                      check_shapes=w.reduced, workload=w.id, roofline=roof)
+                      check_shapes=w.reduced, workload=w.id, roofline=roof,
+                      kill_margin_s=settings.get("kill_margin_s", 8.0),
+                      first_call_allowance_s=settings.get("first_call_allowance_s", 0.0))
         ref_path = None
         if settings.full_check:
             ref_name, why = trusted_reference(w)
@@ -203,6 +235,11 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
             call_ok = _can_run(w, b)
             if call_ok is not None:
                 pre.append(_skip_records(w, name, settings, call_ok))
+                continue
+            if settings.get("per_library") and name not in _top_per_library(w, names, settings["per_library"]):
+                pre.append(_skip_records(w, name, settings, f"--quick times the cost model's "
+                                         f"{settings['per_library']} likeliest array strategies per library "
+                                         f"(with natives, loops and peers); einlocal compare times every backend"))
                 continue
             if settings.prune_over_cap and _estimated_over(w, name, PRUNE_SHARE * settings.cap_s):
                 pre.append(_skip_records(w, name, settings, f"cost model: forward over {PRUNE_SHARE:g}x the cap "
@@ -219,7 +256,10 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
             jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
                                  note="peer", **{**common, "regimes": ("fresh",)}))
     if quick:
-        notes.append("--quick: fresh regime, small budgets, checked at reduced size only")
+        notes.append(f"--quick: batch divided by {settings.get('batch_divisor')} (the shapes say so), the cost "
+                     f"model's {settings.get('per_library')} likeliest array strategies per library, fresh regime, "
+                     f"backward in vjp mode only, {settings.budget_s:g} s budgets, a {settings.cap_s:g} s cap, "
+                     f"checked at reduced size only")
     records = [r for group in pre for r in group]
     records += _run_with_progress(jobs, threads, show_progress, console)
     if want_ragged:
@@ -289,7 +329,7 @@ def _ragged_records(settings: Settings, reduced: bool) -> list[dict]:
     from .table import make_record
     from .timing import measure
     out = []
-    n_sets = 20 if reduced else 1000
+    n_sets = 20 if reduced else settings.get("ragged_sets", 1000)
     for label, n_range in (("n_i 20-40", (20, 40)), ("n_i = 1", (1, 1))):
         shape = f"{n_sets} sets, {label}, images (n_i,1,16,16), conv2d 5x5 1->4, per-set mean"
         try:

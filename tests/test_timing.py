@@ -98,6 +98,22 @@ def test_slow_first_call_is_capped_without_repeating():
     assert log.count("fn") == 1
 
 
+def test_first_call_allowance_lets_a_compile_through_but_not_a_slow_call():
+    log = []
+    fn, sync = logged(log)
+    # a 3 s first call (compile) under cap 1 s + 5 s allowance, then fast calls: timed
+    t = measure(fn, sync=sync, clock=FakeClock([3.0] + [0.1] * 10, log), cap_s=1.0, first_call_allowance_s=5.0,
+                budget_s=0.25, warmup=0, min_reps=1)
+    assert not t.capped and t.first_call_s == 3.0 and t.median_s == 0.1 and t.n == 3
+    # the same first call, then a repetition past the cap: >cap
+    t = measure(fn, sync=sync, clock=FakeClock([3.0, 2.0], []), cap_s=1.0, first_call_allowance_s=5.0,
+                budget_s=1, warmup=0, min_reps=1)
+    assert t.capped and "repetition" in t.note
+    # a first call past cap + allowance is not waited for again
+    t = measure(fn, sync=sync, clock=FakeClock([7.0], []), cap_s=1.0, first_call_allowance_s=5.0)
+    assert t.capped and t.n == 0 and "for compiling" in t.note
+
+
 def test_cap_total_reached_reports_the_median_of_what_was_measured():
     # single calls well under the cap: never >cap, even when together they pass it
     log = []

@@ -23,11 +23,12 @@ class Settings(dict):
     __getattr__ = dict.__getitem__
 
 
-SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.25,
-                    cap_s=4.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False,
-                    batch_divisor=1, kill_margin_s=8.0, ragged_sets=1000, first_call_allowance_s=20.0)
-# --quick: the same workloads and backends, forward and backward[vjp] only, fresh regime, checked at
-# the reduced size only, small budgets, and a cap of 1 s per call (see `einlocal.timing.measure`)
+SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.15,
+                    cap_s=2.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False,
+                    batch_divisor=1, kill_margin_s=5.0, ragged_sets=1000, first_call_allowance_s=10.0)
+# --quick: the same workloads with the batch divided by 8, every library, forward and backward[vjp]
+# only, fresh regime, checked at the reduced size only, small budgets, a 0.5 s cap per call (see
+# `einlocal.timing.measure`), and the cost model's two likeliest array strategies per library
 QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=0.5,
                  warmup=0, min_reps=1, memory=False, full_check=False, prune_over_cap=True,
                  batch_divisor=8, kill_margin_s=2.0, ragged_sets=125, per_library=2,

@@ -47,6 +47,16 @@ class Workload:
         return Workload(self.id, self.report, self.op, dict(self.reduced), dict(self.params), self.dtype,
                         self.peers, dict(self.reduced), self.title + " (reduced)")
 
+    def batch_divided(self, k: int) -> "Workload":
+        """This workload with its batch (x axis 0) divided by ``k`` (at least 1):
+        the same layer per sample, ``k`` times less work (--quick)."""
+        if k <= 1 or self.shapes["x"][0] <= 1:
+            return self
+        x = self.shapes["x"]
+        n = max(1, x[0] // k)
+        return Workload(self.id, self.report, self.op, {**self.shapes, "x": (n, *x[1:])}, dict(self.params),
+                        self.dtype, self.peers, dict(self.reduced), f"{self.title} (batch {n} of {x[0]})")
+
     @property
     def shape(self) -> str:
         return shape_text(self.shapes)

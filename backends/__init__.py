@@ -10,11 +10,12 @@ import types as _types
 
 
 class _CallableModule(_types.ModuleType):
-    def __call__(self, op=None, *, like=None):
+    def __call__(self, op=None, *, like=None, **params):
         """Every available backend name; with ``op`` and ``like``, those that
-        can run that op on such arrays."""
+        can run that op on such arrays (``like`` a dict of its arrays binds
+        the op, with ``params`` such as ``groups=4``)."""
         from ..backends_query import backends_for
-        return backends_for(op, like)
+        return backends_for(op, like, params)
 
 
 _sys.modules[__name__].__class__ = _CallableModule

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     for op, xs, ws, params in grid:
         x = rng.standard_normal(xs, dtype=np.float32)
         w = rng.standard_normal(ws, dtype=np.float32)
-        names = [n for n in CANDIDATES if n in el.backends(op, like={"x": x, "weight": w})]
+        names = [n for n in CANDIDATES if n in el.backends(op, like={"x": x, "weight": w}, **params)]
         pick = el.choose(op, x, w, backends=names, budget_s=0.1 if args.quick else 0.2, refresh=True, **params)
         call = op.bind(x, w, **params)
         model = cost_model_choice(call, "numpy", "cpu", names=names)

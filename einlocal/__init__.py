@@ -25,11 +25,12 @@ __all__ = [
 ]
 
 
-def backends(op=None, *, like=None) -> list[str]:
+def backends(op=None, *, like=None, **params) -> list[str]:
     """Every available backend name; with ``op`` and ``like`` (an array, or
-    a dict of the op's arrays), those that can run that op on such arrays."""
+    a dict of the op's arrays, with the op's ``params``), those that can run
+    that op on such arrays."""
     from .backends_query import backends_for
-    return backends_for(op, like)
+    return backends_for(op, like, params)
 
 
 def benchmark(op, **kw) -> list[dict]:

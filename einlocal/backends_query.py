@@ -7,7 +7,7 @@ from .arrays import device_of, library_of
 __all__ = ["backends_for"]
 
 
-def backends_for(op=None, like=None) -> list[str]:
+def backends_for(op=None, like=None, params=None) -> list[str]:
     names = list(registry.available())
     if op is None and like is None:
         return names
@@ -17,7 +17,7 @@ def backends_for(op=None, like=None) -> list[str]:
     device = device_of(first) if first is not None else "cpu"
     call = None
     if op is not None and isinstance(like, dict):
-        call = _bind(op, like)
+        call = _bind(op, like, params or {})
     out = []
     for name in names:
         b = registry.get(name)
@@ -36,8 +36,8 @@ def _native_has(backend, op) -> bool:
     return getattr(op, "name", None) in kinds
 
 
-def _bind(op, arrays: dict):
+def _bind(op, arrays: dict, params: dict):
     from .catalogue import CatalogueOp
     if isinstance(op, CatalogueOp):
-        return op.bind(arrays.get("x"), arrays.get("weight"), arrays.get("bias"))
-    return op._call(arrays, None, None)
+        return op.bind(arrays.get("x"), arrays.get("weight"), arrays.get("bias"), **params)
+    return op._call(arrays, params.get("sizes"), None)

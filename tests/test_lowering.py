@@ -100,6 +100,10 @@ def test_backends_lists_what_can_run_an_op():
     x = np.zeros((1, 2, 5, 5))
     names = el.backends(el.depthwise_conv2d, like=x)
     assert "bmm:numpy" in names and not any(n.endswith(":torch") or n.endswith(":jax") for n in names)
+    grouped = {"x": np.zeros((2, 8, 6, 6)), "weight": np.zeros((4, 2, 3, 3))}
+    assert "bmm:numpy" in el.backends(el.conv2d, like=grouped, groups=4)   # params bind the op
+    with pytest.raises(el.ShapeError, match="Cin // groups"):
+        el.backends(el.conv2d, like=grouped)                                # groups=1 does not fit
     reasons = el.unavailable_backends()
     assert all(isinstance(r, str) and r for r in reasons.values())
 

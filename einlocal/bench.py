@@ -514,6 +514,7 @@ class _JobRunner:
         self.peer = job.get("peer")
         self.fail_all: tuple[str, str] | None = None      # (status, reason) for every timed step
         self.fail_mode: dict = {}                          # grad mode -> (status, reason)
+        self.over_cap: dict = {}                           # (pass, grad mode) -> regime where a call passed the cap
         self.errors: dict = {}                             # "forward" / mode -> worst err/tol
 
     # -- setup ---------------------------------------------------------------------------
@@ -771,6 +772,10 @@ class _JobRunner:
         if fail:
             self.record(step, status=fail[0], reason=fail[1])
             return
+        over = self.over_cap.get((step["pass"], step.get("grad_mode")))
+        if over is not None:   # one regime's call was past the cap: the other's would be too
+            self.record(step, status=">cap", reason=f"not run: in the {over} regime a call ran past the cap")
+            return
         fn = self._callable(step["pass"], step["regime"], step.get("grad_mode"))
         try:
             t = measure(fn, setup=self._next_set, budget_s=float(job["budget_s"]), cap_s=float(job["cap_s"]),
@@ -781,6 +786,7 @@ class _JobRunner:
             return
         fields = {"first_call_s": t.first_call_s, "n": t.n}
         if t.capped:   # a single call took longer than the cap
+            self.over_cap[(step["pass"], step.get("grad_mode"))] = step["regime"]
             fields.update(status=">cap", reason=t.note or f"a call past the cap {job['cap_s']} s")
             self.record(step, **fields)
             return

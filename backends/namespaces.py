@@ -10,7 +10,7 @@ __all__ = ["namespace", "NUMPY_CALLS", "Namespace"]
 # Every module-level call NumpyLike makes on its module; a test asserts cupy
 # has them all, so the cupy lowerings are checked without a GPU.
 NUMPY_CALLS = ("einsum", "matmul", "pad", "zeros", "empty", "flip", "broadcast_to",
-               "ascontiguousarray", "multiply", "stack", "float64", "abs", "array", "lib", "reshape")
+               "ascontiguousarray", "multiply", "stack", "array", "lib", "reshape")
 
 
 class Namespace:
@@ -118,11 +118,7 @@ class NumpyLike(Namespace):
     def mul(self, a, b, out=None):
         return self.mod.multiply(a, b, out=out)
 
-    def to_float64(self, a):
-        return a.astype(self.mod.float64)
 
-    def abs(self, a):
-        return self.mod.abs(a)
 
 
 class Torch(Namespace):
@@ -197,11 +193,7 @@ class Torch(Namespace):
     def mul(self, a, b, out=None):
         return self.mod.mul(a, b, out=out) if out is not None else a * b
 
-    def to_float64(self, a):
-        return a.to(self.mod.float64)
 
-    def abs(self, a):
-        return a.abs()
 
 
 class Jax(Namespace):
@@ -263,11 +255,7 @@ class Jax(Namespace):
     def mul(self, a, b, out=None):
         return a * b
 
-    def to_float64(self, a):
-        return a.astype(self.mod.float64)
 
-    def abs(self, a):
-        return self.mod.abs(a)
 
 
 @functools.lru_cache(maxsize=None)

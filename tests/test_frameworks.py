@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import einlocal as el
+from einlocal.backends.namespaces import namespace
 from einlocal import registry
 from einlocal.arrays import device_of, dtype_name, library_of, shape_of
 from einlocal.check import _op_parts, random_inputs
@@ -155,15 +156,7 @@ def test_jax_grad_matches_reference(backend, case, grad):
 # -- results keep the input's kind; wrong arrays refused -------------------
 
 def _to(lib, a):
-    if a is None:
-        return None
-    if lib == "torch":
-        import torch
-        return torch.from_numpy(a.copy())
-    if lib == "jax":
-        import jax.numpy as jnp
-        return jnp.asarray(a)
-    return a
+    return None if a is None else namespace(lib).from_numpy(a)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import einlocal as el
+from einlocal.backends.namespaces import namespace
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 import peers  # noqa: E402
@@ -24,15 +25,7 @@ CASES = [(name, case_name, case) for name, (_, _, _, op) in peers.PEERS.items()
 
 
 def _convert(lib, a):
-    if a is None:
-        return None
-    if lib == "torch":
-        import torch
-        return torch.from_numpy(a.copy())
-    if lib == "jax":
-        import jax.numpy as jnp
-        return jnp.asarray(a)
-    return a
+    return None if a is None else namespace(lib).from_numpy(a)
 
 
 def _numpy(a):

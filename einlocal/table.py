@@ -302,43 +302,52 @@ def _size(rec: dict, x_key: str) -> float | None:
 
 
 def plot(records: list[dict], path_png: str | Path, x_key: str = "size") -> Path | None:
-    """Log-log time against `x_key`, a line per backend (and workload), a subplot per pass.
+    """Log-log time against `x_key` (problem size), a line per backend across
+    the workloads, a subplot per pass, one legend beside them.  One point per
+    backend and workload: the fresh regime where there is one, backward in
+    vjp mode.
 
     Returns the path, or None (no file) when no ok record has an x value.
-
     `x_key` is a record key; "size" falls back to the element count of the
     first shape in `shape`.
     """
+    regimes = {r.get("regime") for r in records if _ok(r)}
+    regime = "fresh" if "fresh" in regimes else next(iter(regimes), None)
     points: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    several = len({r.get("workload") for r in records}) > 1
     for rec in records:
         x = _size(rec, x_key)
-        if _ok(rec) and x is not None:
-            label = rec["backend"] + (f" [{rec['grad_mode']}]" if rec.get("grad_mode") else "")
-            if several:
-                label = f"{rec.get('workload')} {label}"
-            points.setdefault(rec["pass"], {}).setdefault(label, []).append((x, rec["median_s"]))
+        if not _ok(rec) or x is None or rec.get("regime") != regime or rec.get("grad_mode") not in (None, "vjp"):
+            continue
+        points.setdefault(rec["pass"], {}).setdefault(rec["backend"], []).append((x, rec["median_s"]))
     if not points:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     passes = [p for p in PASSES if p in points]
-    fig = Figure(figsize=(5.5 * len(passes), 4.5))
+    labels = sorted({label for by in points.values() for label in by})
+    colours = {label: f"C{k % 10}" for k, label in enumerate(labels)}
+    markers = {label: "osD^v<>ph*"[(k // 10) % 10] for k, label in enumerate(labels)}
+    fig = Figure(figsize=(5.0 * len(passes) + 3.2, 4.8))
     FigureCanvasAgg(fig)
+    handles = {}
     for i, pass_ in enumerate(passes):
         ax = fig.add_subplot(1, len(passes), i + 1)
         for label, xy in sorted(points[pass_].items()):
             xy.sort()
-            ax.plot([x for x, _ in xy], [t for _, t in xy], marker="o", label=label)
+            (line,) = ax.plot([x for x, _ in xy], [t for _, t in xy], marker=markers[label], color=colours[label],
+                              label=label, alpha=0.85, linewidth=1)
+            handles.setdefault(label, line)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(x_key)
         ax.set_ylabel("median time (s)")
-        ax.set_title(PASS_LABEL[pass_])
+        ax.set_title(PASS_LABEL[pass_] + (" (vjp)" if pass_ != "forward" else ""))
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
+    fig.legend([handles[k] for k in labels], labels, loc="center left", bbox_to_anchor=(0.78, 0.5),
+               fontsize="x-small", frameon=False)
+    fig.suptitle(f"time against problem size, a line per backend ({regime or 'all'} outputs)", fontsize="medium")
+    fig.tight_layout(rect=(0, 0, 0.78, 0.95))
     fig.savefig(path_png, dpi=110)
     return Path(path_png)
 

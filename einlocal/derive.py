@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .spec import Access, Affine, Statement
 
-__all__ = ["letters", "einsum_spec", "backward", "grad_name", "WriteConflicts", "write_conflicts"]
+__all__ = ["letters", "einsum_spec", "backward", "gather", "grad_name", "WriteConflicts", "write_conflicts"]
 
 
 def letters(stmt: Statement) -> dict[str, str]:
@@ -63,6 +63,66 @@ def backward(stmt: Statement) -> tuple[Statement, ...]:
         others = tuple(a for j, a in enumerate(stmt.operands) if j != k)
         out.append(Statement(Access(grad_name(acc.name, taken), acc.axes), (dy, *others)))
     return tuple(out)
+
+
+def _substitute(ax: Affine, subs: dict) -> Affine:
+    """``ax`` with each index in ``subs`` replaced by its affine expression."""
+    coefs: dict[str, int] = {}
+    const = ax.const
+    for n, a in ax.terms:
+        if n in subs:
+            for m, b in subs[n].terms:
+                coefs[m] = coefs.get(m, 0) + a * b
+            const += a * subs[n].const
+        else:
+            coefs[n] = coefs.get(n, 0) + a
+    return Affine(tuple((n, a) for n, a in coefs.items() if a), const)
+
+
+def gather(stmt: Statement, ranges, shapes) -> Statement | None:
+    """A scatter rewritten to iterate over its output's elements, or None.
+
+    An output axis ``h + i - 1`` is solved for its index of the largest
+    range (``h = p - i + 1``), which must have coefficient +-1; the new index
+    takes the old one's name, and every operand axis reads through the
+    solution::
+
+        dx[n,c,h+i-1,w+j-1] += dy[n,o,h,w] * wt[o,c,i,j,h,w]
+        dx[n,c,h,w] += dy[n,o,h-i+1,w-j+1] * wt[o,c,i,j,h-i+1,w-j+1]
+
+    Each element is then written by one sum (no conflicts, parallel over any
+    output index), and reads outside an operand are zeros.  That the solved
+    index keeps its range needs an operand axis where it stands alone with
+    exactly that size (dy's, for a gradient): reading zeros there is the
+    range test.  None where a written axis has no such index (a stride > 1
+    would need a divisibility test, and solving for a kernel tap instead
+    would loop over every output position) or an index is solved twice.
+    """
+    out = stmt.out
+    if out.plain:
+        return None
+    subs: dict[str, Affine] = {}
+    for k, ax in enumerate(out.axes):
+        if ax.alone is not None:
+            continue
+        elsewhere = {n for j, a in enumerate(out.axes) if j != k for n in a.names}
+        if any(n in elsewhere or n in subs for n in ax.names):
+            return None
+        m, a = max(ax.terms, key=lambda t: ranges[t[0]])
+        if abs(a) != 1 or not any(b.alone == m and shapes[acc.name][kb] == ranges[m]
+                                  for acc in stmt.operands for kb, b in enumerate(acc.axes)):
+            return None
+        # ax = a*m + rest = p  =>  m = a*p - a*rest   (a = +-1), p named m
+        subs[m] = Affine(((m, a),) + tuple((n, -a * c) for n, c in ax.terms if n != m), -a * ax.const)
+    new_out = Access(out.name, tuple(Affine(((subs_name(ax, subs), 1),)) if ax.alone is None else ax
+                                     for ax in out.axes))
+    operands = tuple(Access(acc.name, tuple(_substitute(b, subs) for b in acc.axes)) for acc in stmt.operands)
+    return Statement(new_out, operands)
+
+
+def subs_name(ax: Affine, subs: dict) -> str:
+    """The solved index of a written axis (the name its new index takes)."""
+    return next(n for n in ax.names if n in subs)
 
 
 def _injective(axis: Affine, ranges) -> bool:

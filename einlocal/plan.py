@@ -10,7 +10,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from .derive import backward, einsum_spec, write_conflicts
+from .derive import backward, einsum_spec, gather, write_conflicts
 from .errors import ShapeError
 from .spec import Access, Statement
 
@@ -121,6 +121,20 @@ class Plan:
             bshapes.update({a.name: shapes[a.name] for a in st.operands[1:]})
             out[acc.name] = bind(st, _freeze(bshapes), self.ranges, shapes[acc.name], self.pad)
         return out
+
+    @functools.cached_property
+    def gather(self) -> "Plan | None":
+        """A scatter's gather form (``derive.gather``), bound to the same
+        shapes with zeros read outside operands; None for a plain output or
+        where no gather form exists."""
+        if not self.scatter:
+            return None
+        stmt = gather(self.stmt, self.range, self.shape)
+        if stmt is None:
+            return None
+        out_names = set(stmt.out.names)
+        sizes = tuple((n, r) for n, r in self.ranges if n not in out_names)
+        return bind(stmt, self.shapes, sizes, self.out_shape, True)
 
     def __hash__(self) -> int:   # hash once: plans key every cache
         h = self.__dict__.get("_hash")

@@ -88,3 +88,34 @@ def test_report2_case_cout_gt_1_gradient_matches_reference():
 def test_conflicts_print_as_text():
     text = str(_bound(2, 1, 2).backward["x"].conflicts)
     assert "reduced" in text and "overlapping" in text and "parallel" in text
+
+
+# -- the gather form of a scatter ------------------------------------------------------------
+
+@pytest.mark.parametrize("text, shapes, want", [
+    # stride 1: solved for the output position, taps read backwards
+    ("y[n,o,h,w] += x[n,c,h+i-1,w+j] * wt[o,c,i,j,h,w]", dict(x=(2, 3, 8, 8), wt=(2, 3, 3, 2, 8, 7)),
+     "dx[n,c,h,w] += dy[n,o,h-i+1,w-j] * wt[o,c,i,j,h-i+1,w-j]"),
+    # dilation 2 keeps the position's coefficient 1
+    ("y[n,h] += x[n,h+2*i] * w[i]", dict(x=(2, 9), w=(3,)), "dx[n,h] += dy[n,h-i*2] * w[i]"),
+    # stride 2: the position has coefficient 2, no gather without a divisibility test
+    ("y[n,h] += x[n,2*h+i] * w[i,h]", dict(x=(2, 9), w=(3, 4)), None),
+    # the tap is the longest range: solving for it would loop over every output position
+    ("y[n,h] += x[n,h+i] * w[i]", dict(x=(2, 9), w=(7,)), "dx[n,i] += dy[n,h] * w[i-h]"),
+])
+def test_gather_form_of_the_input_gradient(text, shapes, want):
+    plan = el.Op(text, pad=0).bind(**shapes).backward["x"]
+    assert plan.scatter
+    g = plan.gather
+    assert (None if g is None else str(g.stmt)) == want
+    if g is not None:
+        assert not g.scatter and g.pad and not g.conflicts.overlapping
+        assert set(g.conflicts.parallel) == set(g.stmt.out.names)
+
+
+def test_no_gather_where_nothing_bounds_the_solved_index():
+    """h takes its range from sizes= alone: no operand axis of exactly that
+    size holds it, so zeros read cannot stand in for its range test."""
+    op = el.Op("y[n] += x[n,h+i] * w[i]")
+    plan = op.bind(x=(2, 9), w=(3,), sizes={"h": 4}).backward["x"]
+    assert plan.scatter and plan.gather is None

@@ -8,6 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import einlocal as el
+from einlocal.backends.loops_python import reference
+from einlocal.check import random_inputs
 
 NUMPY = ["broadcast:numpy", "bmm:numpy", "einsum:numpy", "opt_einsum:numpy"]
 NAMES = ["i", "j", "k", "h", "w", "chan", "tap"]
@@ -91,3 +93,27 @@ def test_numpy_strategies_agree_with_the_reference(n_examples):
         assert report.ok, f"{text} pad={pad} shapes={shapes} sizes={ranges}\n{report}"
         assert all(r.status == "pass" for r in report.rows), str(report)
     run()
+
+
+def test_gather_forms_agree_with_their_scatters(n_examples):
+    """Every scatter gradient with a gather form: the two give the same array
+    (float64 reference loops on both)."""
+    seen = []
+
+    @settings(max_examples=n_examples, deadline=None, derandomize=False,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(statements())
+    def run(case):
+        text, pad, shapes, ranges = case
+        plan = el.Op(text, pad=0 if pad else None).bind(sizes=ranges, **shapes)
+        for name, bp in plan.backward.items():
+            g = bp.gather
+            if g is None:
+                continue
+            seen.append(text)
+            ops = random_inputs(dict(bp.shapes), "float64", 5)
+            got, want = reference(g, ops), reference(bp, ops)
+            assert got.shape == want.shape
+            assert abs(got - want).max() <= 1e-12 * max(1.0, abs(want).max()), f"{bp.stmt} -> {g.stmt}"
+    run()
+    assert seen, "no statement drawn had a gather form"

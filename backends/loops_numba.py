@@ -1,5 +1,12 @@
-"""``loops:numba``: loop nests generated from the statement (``numba_codegen``)
-and compiled with numba, parallel on CPU; numpy arrays and CPU torch tensors.
+"""``loops:numba``: loop nests generated from the statement and compiled with
+numba, parallel on CPU; numpy arrays and CPU torch tensors.
+
+Which nest: a scatter (the input gradient of a stride-1 conv) runs as its
+gather form (``plan.gather``: one sum per element, parallel over any output
+index); a plain output whose operands read some index contiguously runs as
+a register-tiled SIMD nest (``numba_tiles``), whose tiles at an operand's
+edge (padding) load only the lanes inside it; anything else runs as the
+general nest (``numba_codegen``).  Neither copies an operand.
 
 Generated modules are written to ``einlocal.machine.cache_dir()/numba/<hash>.py``
 (hash of the source and the numba version) and imported from there with
@@ -12,12 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import tempfile
 import time
 
 from ..errors import BackendError
+from . import numba_tiles
 from .base import Backend
 from .numba_codegen import KERNEL_NAME, generate
 
@@ -60,14 +69,26 @@ def _strides(a) -> tuple[int, ...]:
     return tuple(s // a.itemsize for s in a.strides)
 
 
+def _c_strides(shape) -> tuple[int, ...]:
+    return tuple(math.prod(shape[k + 1:]) for k in range(len(shape)))
+
+
+def lowered(plan):
+    """The plan this backend runs for ``plan``: a scatter's gather form where
+    one exists, else the plan itself."""
+    return plan.gather if plan.scatter and plan.gather is not None else plan
+
+
+
 class NumbaLoops(Backend):
     strategy = "loops"
     engine = "numba"
     takes = ("numpy", "torch")
     requires = ("numba",)
 
-    def __init__(self):
-        self._kernels: dict = {}          # (plan, out strides) -> (Kernel, dispatcher)
+    def __init__(self, tiled: bool = True):
+        self.tiled = tiled                # False: always the general nest (tests compare both)
+        self._kernels: dict = {}          # (plan, dtype, strides, tiled) -> (Kernel, dispatcher)
         self.compile_seconds: dict = {}   # (plan, signature) -> seconds of compiling or loading
         self.cache_hits: dict = {}        # (plan, signature) -> loaded from the file cache
 
@@ -83,21 +104,31 @@ class NumbaLoops(Backend):
         return ("vjp",)       # torch cannot differentiate through a compiled loop nest
 
     def workspace(self, plan) -> tuple[int, str]:
-        return 0, "none (loops read and write in place; padding is clipped loop ranges)"
+        return 0, "none (loops read and write in place; padding is clipped loop ranges or masked lanes)"
 
-    def kernel(self, plan, out_strides=None):
-        """The generated ``Kernel`` (``.source``) for ``plan``."""
-        return self._compiled(plan, out_strides)[0]
+    def kernel(self, plan, out_strides=None, dtype: str = "float64"):
+        """The generated ``Kernel`` (``.source``) that runs ``plan`` on
+        C-ordered operands of ``dtype`` and an output with ``out_strides``
+        (default C order)."""
+        plan = lowered(plan)
+        strides = {a.name: _c_strides(plan.shape[a.name]) for a in plan.stmt.operands}
+        return self._compiled(plan, dtype, strides, out_strides or _c_strides(plan.out_shape))[0]
 
-    def source(self, plan, out_strides=None) -> str:
+    def source(self, plan, out_strides=None, dtype: str = "float64") -> str:
         """The generated source for ``plan``, printable."""
-        return self.kernel(plan, out_strides).source
+        return self.kernel(plan, out_strides, dtype).source
 
-    def _compiled(self, plan, out_strides):
-        key = (plan, None if out_strides is None else tuple(out_strides))
+    def _compiled(self, plan, dtype, strides: dict, out_strides):
+        """(Kernel, dispatcher) for ``plan`` on arrays with these element strides."""
+        key = (plan, dtype, tuple(sorted(strides.items())), tuple(out_strides), self.tiled)
         hit = self._kernels.get(key)
         if hit is None:
-            k = generate(plan, out_strides)
+            t = numba_tiles.tiling(plan, dtype, strides, out_strides) if self.tiled else None
+            if t is not None:
+                k = numba_tiles.generate(plan, t, strides, out_strides, dtype)
+            else:
+                c_order = tuple(out_strides) == _c_strides(plan.out_shape)
+                k = generate(plan, None if c_order else out_strides)
             try:
                 fn = _import_kernel(k.source)
             except Exception as e:   # a syntax error in generated code, a failed import
@@ -111,11 +142,17 @@ class NumbaLoops(Backend):
         ``out`` (same library) is overwritten and returned."""
         first = next(iter(operands.values()))
         torch_in = type(first).__module__.startswith("torch")
-        arrays = [_numpy(operands[a.name], a.name) for a in plan.stmt.operands]
-        dtype = arrays[0].dtype
+        plan = lowered(plan)
+        arrays = {a.name: _numpy(operands[a.name], a.name) for a in plan.stmt.operands}
+        dtype = next(iter(arrays.values())).dtype
         if dtype.name not in _DTYPES:
             raise BackendError(f"loops:numba computes in float32 or float64; operand {plan.stmt.operands[0].name!r} "
                                f"has dtype {dtype.name}")
+        for a in plan.stmt.operands:    # the kernels bake shapes in and check no bound
+            if arrays[a.name].shape != plan.shape[a.name]:
+                raise BackendError(f"loops:numba: operand {a.name!r} has shape {arrays[a.name].shape}, but the "
+                                   f"kernel is generated for {plan.shape[a.name]} ({plan})\n"
+                                   f"--- generated source ---\n{self.source(plan, dtype=dtype.name)}")
         import numpy as np
         if out is None:
             out_np = np.empty(plan.out_shape, dtype=dtype)
@@ -123,9 +160,9 @@ class NumbaLoops(Backend):
         else:
             out_np = _numpy(out, "out")
             result = out
-        c_order = out_np.flags.c_contiguous
-        k, fn = self._compiled(plan, None if c_order else _strides(out_np))
-        args = (out_np, *arrays)
+        strides = {n: _strides(a) for n, a in arrays.items()}
+        k, fn = self._compiled(plan, dtype.name, strides, _strides(out_np))
+        args = (out_np, *(arrays[a.name] for a in plan.stmt.operands))
         self._ensure_compiled(plan, k, fn, args)
         try:
             fn(*args)

@@ -1,8 +1,10 @@
-"""loops:numba: the generated loop nests against the float64 reference, the
-parallel-loop choice against the write-conflict analysis, CPU torch tensors
-without copies, the on-disk kernel cache across processes, and errors that
-carry the generated source.  Shapes are few and small: every distinct plan
-is a numba compile."""
+"""loops:numba: both kinds of generated nest (the register-tiled SIMD tiles
+and the general loop nest) against the float64 reference, which one each
+statement gets, the parallel-loop choice against the write-conflict
+analysis, CPU torch tensors without copies, the on-disk kernel cache across
+processes, and errors that carry the generated source.  Shapes are few and
+small: every distinct plan is a numba compile."""
+import contextlib
 import os
 import re
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 
 import einlocal as el
 from einlocal import registry
+from einlocal.backends.loops_numba import lowered
 
 pytestmark = pytest.mark.compiled
 
@@ -27,10 +30,29 @@ def numba_backend():
     return registry.get(NAME)
 
 
-def _check(op, dtype="float64", **kw):
-    report = el.check(op, backends=[NAME], dtype=dtype, seed=1234, **kw)
+@contextlib.contextmanager
+def _form(form):
+    """Run loops:numba with the tiled nests ("tiled") or the general nest only."""
+    b = registry.get(NAME)
+    before, b.tiled = b.tiled, form == "tiled"
+    try:
+        yield b
+    finally:
+        b.tiled = before
+
+
+def _check(op, dtype="float64", form="tiled", **kw):
+    with _form(form):
+        report = el.check(op, backends=[NAME], dtype=dtype, seed=1234, **kw)
     assert report.rows[0].status == "pass", str(report)
     assert report.ok, str(report)
+
+
+def _plans(op, **kw):
+    arrays = {k: np.zeros(v) for k, v in kw.items() if k in ("x", "weight", "bias")}
+    params = {k: v for k, v in kw.items() if k not in arrays}
+    call = op.bind(arrays["x"], arrays["weight"], arrays.get("bias"), **params)
+    return {"forward": call.plan, **{f"d{k}": p for k, p in call.plan.backward.items()}}
 
 
 # -- differential tests ------------------------------------------------------------------
@@ -46,10 +68,11 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("form", ["tiled", "general"])
 @pytest.mark.parametrize("case", list(CASES), ids=str)
-def test_catalogue_float64(case):
+def test_catalogue_float64(case, form):
     op, kw = CASES[case]
-    _check(op, "float64", **kw)
+    _check(op, "float64", form, **kw)
 
 
 @pytest.mark.parametrize("case", ["lc2d-stride2-pad1", "depthwise-m2-pad1-stride2"], ids=str)
@@ -63,13 +86,69 @@ def test_user_op_with_pad():
     _check(op, "float64", x=(2, 3, 14), w=(4, 3, 3, 6))
 
 
-def test_long_reduction_dot_form(numba_backend):
-    """A short contiguous output axis with long reductions (a depthwise
-    weight gradient) takes the dot form; it still matches the reference."""
-    call = el.depthwise_conv2d.bind(np.zeros((2, 3, 20, 20)), np.zeros((3, 1, 3, 3)), None, padding=1)
-    k = numba_backend.kernel(call.plan.backward["wt"])
-    assert "acc +=" in k.source
-    _check(el.depthwise_conv2d, "float64", x=(2, 3, 20, 20), weight=(3, 1, 3, 3), padding=1)
+# -- which nest -----------------------------------------------------------------------------
+
+def _header(k) -> str:
+    return k.source.splitlines()[2]
+
+
+@pytest.mark.parametrize("dtype, lanes", [("float32", 8), ("float64", 4)])
+def test_tiles_for_the_report_layers(numba_backend, dtype, lanes):
+    """Stride-1 layers: forward, weight gradient and the input gradient's
+    gather form are all tiles; a depthwise weight gradient (a 3x3 output
+    summed over the image) vectorises along the sum."""
+    lc = _plans(el.locally_connected2d, x=(10, 3, 12, 12), weight=(4, 3, 3, 3, 10, 10))
+    dw = _plans(el.depthwise_conv2d, x=(2, 3, 20, 20), weight=(6, 1, 3, 3), padding=1)
+    for plan in (*lc.values(), dw["forward"], dw["dx"]):
+        head = _header(numba_backend.kernel(plan, dtype=dtype))
+        assert f"map form: {lanes} lanes along" in head, (str(plan), head)
+    assert f"reduce form: {lanes} lanes along w" in _header(numba_backend.kernel(dw["dwt"], dtype=dtype))
+    src = numba_backend.source(dw["forward"], dtype=dtype)
+    assert "vload_lanes" in src and "if " in src          # padding: edge tiles load the lanes inside
+
+
+def test_memory_bound_statements_take_the_general_nest(numba_backend):
+    """A locally connected layer on one image uses each weight once: under
+    one flop per byte, tiles buy nothing and the general nest streams."""
+    plan = _plans(el.locally_connected2d, x=(1, 3, 12, 12), weight=(4, 3, 3, 3, 10, 10))["forward"]
+    assert plan.flops() < plan.min_elements() * 4
+    assert "numba_codegen" in numba_backend.kernel(plan, dtype="float32").source
+
+
+def test_stride_two_scatter_stays_a_general_nest(numba_backend):
+    plan = _plans(el.depthwise_conv2d, x=(2, 3, 9, 9), weight=(3, 1, 3, 3), stride=2)["dx"]
+    assert plan.gather is None
+    k = numba_backend.kernel(plan)
+    assert "numba_codegen" in k.source and k.prezero
+
+
+@pytest.mark.parametrize("case, kw", [
+    # a 10-wide row in 8 lanes (the last tile overlaps), blocks that overlap too
+    ("lc2d-w10", dict(x=(11, 3, 7, 12), weight=(5, 3, 2, 3, 6, 10), bias=(5, 6, 10))),
+    # 5 and 3 wide rows: 4 and 2 lanes
+    ("lc2d-w5", dict(x=(13, 2, 6, 7), weight=(3, 2, 2, 3, 5, 5))),
+    ("lc1d-w3", dict(x=(13, 2, 5), weight=(2, 2, 3, 3))),
+    # padding on every side, uneven; dilation
+    ("dw-pad-asym-dil", dict(x=(2, 3, 13, 11), weight=(6, 1, 3, 3), padding=((2, 1), (0, 3)), dilation=(1, 2))),
+    # reduce form with a partial last vector (w = 11) and an odd multiplier
+    ("dw-tail", dict(x=(2, 2, 9, 11), weight=(6, 1, 3, 3), padding=1)),
+    # grouped shared-weight conv, kernel wider than the image is high
+    ("conv-g2-k5", dict(x=(2, 4, 4, 9), weight=(6, 2, 3, 5), groups=2, padding=2)),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tile_edges_against_the_reference(case, kw, dtype):
+    op = el.conv2d if case.startswith("conv") else el.depthwise_conv2d if case.startswith("dw") else \
+        el.locally_connected1d if case.startswith("lc1d") else el.locally_connected2d
+    _check(op, dtype, "tiled", **kw)
+
+
+def test_long_reduction_general_dot_form():
+    """The general nest's dot form (a short contiguous output axis, long
+    reductions) where tiles are off; it still matches the reference."""
+    plan = _plans(el.depthwise_conv2d, x=(2, 3, 20, 20), weight=(3, 1, 3, 3), padding=1)["dwt"]
+    with _form("general") as b:
+        assert "acc +=" in b.kernel(plan).source
+    _check(el.depthwise_conv2d, "float64", "general", x=(2, 3, 20, 20), weight=(3, 1, 3, 3), padding=1)
 
 
 def test_strided_inputs_and_output(numba_backend):
@@ -86,15 +165,23 @@ def test_strided_inputs_and_output(numba_backend):
     got = numba_backend.execute(plan, {"x": x, "wt": wt}, out)
     assert got is out
     np.testing.assert_allclose(out, reference(plan, {"x": x, "wt": wt}), rtol=1e-12, atol=1e-12)
-    assert numba_backend.kernel(plan, tuple(s // 8 for s in out.strides)).inner == "n"
-    assert numba_backend.kernel(plan).inner == "w"
+    # w unit-stride but the other axes permuted: tiles, with the strides as they are
+    x2 = rng.standard_normal((2, 6, 3, 7)).transpose(0, 2, 1, 3)
+    got = numba_backend.execute(plan, {"x": x2, "wt": wt})
+    np.testing.assert_allclose(got, reference(plan, {"x": x2, "wt": wt}), rtol=1e-12, atol=1e-12)
+    with _form("general") as b:    # the general nest's innermost loop follows the output's strides
+        assert b.kernel(plan, tuple(s // 8 for s in out.strides)).inner == "n"
+        assert b.kernel(plan).inner == "w"
+        out[...] = np.nan
+        assert b.execute(plan, {"x": x, "wt": wt}, out) is out
+    np.testing.assert_allclose(out, reference(plan, {"x": x, "wt": wt}), rtol=1e-12, atol=1e-12)
 
 
 # -- the parallel loop -----------------------------------------------------------------------
 
 
 def _prange_indices(source: str) -> list[str]:
-    return [m for m in re.findall(r"for i_(\w+) in numba\.prange", source)]
+    return [m for m in re.findall(r"for [it]_(\w+) in numba\.prange", source)]
 
 
 @pytest.mark.parametrize("case", ["lc2d-stride2-pad1", "depthwise-m2-pad1-stride2", "conv2d-groups2-dilation2"])
@@ -106,14 +193,17 @@ def test_prange_only_over_conflict_free_indices(case, numba_backend):
     plans = [call.plan, *call.plan.backward.values()]
     assert any(p.conflicts.overlapping for p in plans) or case != "lc2d-stride2-pad1"
     for plan in plans:
-        k = numba_backend.kernel(plan)
-        found = _prange_indices(k.source)
-        assert len(found) <= 1
-        assert found == ([k.parallel] if k.parallel else [])
-        for n in found:
-            assert n in plan.conflicts.parallel, (n, str(plan.conflicts))
-            overlapping_axes = {ax for ax, _ in plan.conflicts.overlapping}
-            assert all(n not in plan.stmt.out.axes[ax].names for ax in overlapping_axes)
+        for form in ("tiled", "general"):
+            with _form(form) as b:
+                k = b.kernel(plan)
+            run = lowered(plan)       # a scatter may run as its gather form
+            found = _prange_indices(k.source)
+            assert len(found) <= 1
+            assert found == ([k.parallel] if k.parallel else [])
+            for n in found:
+                assert n in run.conflicts.parallel, (n, str(run.conflicts))
+                overlapping_axes = {ax for ax, _ in run.conflicts.overlapping}
+                assert all(n not in run.stmt.out.axes[ax].names for ax in overlapping_axes)
 
 
 def test_scatter_parallel_over_batch(numba_backend):

@@ -1,0 +1,196 @@
+"""Explicit SIMD vectors for numba kernels: a vector type and the few
+intrinsics the register-tiled loop nests (``numba_tiles``) are written in.
+
+numba's loop vectoriser widens only innermost loops and keeps accumulators in
+memory, and its SLP vectoriser is off by default (it miscompiles); a tile of
+accumulators held in registers across a reduction needs vectors spelled out:
+
+    acc = vsplat(numba.float32(0), 8)            # <8 x float> in a register
+    acc = vfma(vload(x, off, 8), vsplat(w, 8), acc)
+    vstore(y, off2, acc)
+
+Every load and store takes an array and an *element offset from its first
+element*: the caller computes offsets from strides it knows (the generated
+source bakes them in), so one base register plus constant displacements
+address a whole tile.  Nothing is bounds-checked: the generator proves every
+offset in range before it emits one.
+"""
+from __future__ import annotations
+
+import numba
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vstore", "sload", "sstore", "vfma", "vsum", "LANES"]
+
+# lanes in one 256-bit register, per dtype (the width the generator uses)
+LANES = {"float32": 8, "float64": 4}
+_I32 = ir.IntType(32)
+
+
+class Vec(types.Type):
+    """``lanes`` values of ``dtype`` held as one LLVM vector."""
+
+    def __init__(self, dtype, lanes: int):
+        self.dtype, self.lanes = dtype, lanes
+        super().__init__(name=f"Vec({dtype}x{lanes})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), fe_type.lanes))
+
+
+def _lanes(lanes) -> int | None:
+    return lanes.literal_value if isinstance(lanes, types.IntegerLiteral) else None
+
+
+def _address(context, builder, arrty, arr, off, offty):
+    """Pointer to element ``off`` counted from the array's first element."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.gep(data, [context.cast(builder, off, offty, types.intp)])
+
+
+def _int32(builder, v):
+    w = v.type.width
+    return builder.trunc(v, _I32) if w > 32 else builder.sext(v, _I32) if w < 32 else v
+
+
+def _lane_window(builder, lanes: int, lo, hi):
+    """<lanes x i1>: lane k is on when lo <= k < hi."""
+    vty = ir.VectorType(_I32, lanes)
+    iota = ir.Constant(vty, list(range(lanes)))
+
+    def splat(x):
+        v = builder.insert_element(ir.Constant(vty, ir.Undefined), _int32(builder, x), ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(vty, [0] * lanes))
+    return builder.and_(builder.icmp_signed(">=", iota, splat(lo)), builder.icmp_signed("<", iota, splat(hi)))
+
+
+def _suffix(vec: Vec) -> str:
+    return f"v{vec.lanes}f{vec.dtype.bitwidth}"
+
+
+def _align(dtype) -> int:
+    return dtype.bitwidth // 8
+
+
+@intrinsic
+def vsplat(typingctx, x, lanes):
+    """A vector with every lane ``x``."""
+    n = _lanes(lanes)
+    if n is None or not isinstance(x, types.Float):
+        return None
+    vt = Vec(x, n)
+
+    def codegen(context, builder, sig, args):
+        llvt = context.get_value_type(vt)
+        v = builder.insert_element(ir.Constant(llvt, ir.Undefined), args[0], ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), [0] * n))
+    return vt(x, lanes), codegen
+
+
+@intrinsic
+def vload(typingctx, arr, off, lanes):
+    """``lanes`` consecutive elements starting at element offset ``off``."""
+    n = _lanes(lanes)
+    if n is None or not isinstance(arr, types.Array):
+        return None
+    vt = Vec(arr.dtype, n)
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        llvt = context.get_value_type(vt)
+        return builder.load(builder.bitcast(p, llvt.as_pointer()), align=_align(arr.dtype))
+    return vt(arr, off, lanes), codegen
+
+
+@intrinsic
+def vload_lanes(typingctx, arr, off, lanes, lo, hi):
+    """Lanes ``lo <= k < hi`` loaded from element offset ``off`` (lane k at
+    ``off + k``), the others zero: their memory is never touched, so a
+    vector may hang over an array's edge (padding, a partial last vector)."""
+    n = _lanes(lanes)
+    if n is None or not isinstance(arr, types.Array):
+        return None
+    vt = Vec(arr.dtype, n)
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        llvt = context.get_value_type(vt)
+        mask = _lane_window(builder, n, args[3], args[4])
+        fnty = ir.FunctionType(llvt, [p.type, _I32, mask.type, llvt])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_suffix(vt)}.p0")
+        return builder.call(fn, [p, ir.Constant(_I32, _align(arr.dtype)), mask, ir.Constant(llvt, None)])
+    return vt(arr, off, lanes, lo, hi), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, off, v):
+    """Write every lane of ``v`` from element offset ``off``."""
+    if not isinstance(v, Vec) or not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        builder.store(args[2], builder.bitcast(p, args[2].type.as_pointer()), align=_align(arr.dtype))
+        return context.get_dummy_value()
+    return types.none(arr, off, v), codegen
+
+
+@intrinsic
+def sload(typingctx, arr, off):
+    """The element at offset ``off``."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        return builder.load(p, align=_align(arr.dtype))
+    return arr.dtype(arr, off), codegen
+
+
+@intrinsic
+def sstore(typingctx, arr, off, x):
+    """Write ``x`` (converted to the array's dtype) at offset ``off``."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        builder.store(context.cast(builder, args[2], sig.args[2], arr.dtype), p, align=_align(arr.dtype))
+        return context.get_dummy_value()
+    return types.none(arr, off, x), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """``a * b + c`` lane by lane, one rounding (llvm.fma)."""
+    if not (isinstance(a, Vec) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        t = args[0].type
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), f"llvm.fma.{_suffix(a)}")
+        return builder.call(fn, list(args))
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vsum(typingctx, v):
+    """The sum of the lanes (pairwise halving)."""
+    if not isinstance(v, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x, n = args[0], v.lanes
+        while n > 1:
+            n //= 2
+            lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+            hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
+            x = builder.fadd(lo, hi)
+        return builder.extract_element(x, ir.Constant(_I32, 0))
+    return v.dtype(v), codegen

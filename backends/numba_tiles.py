@@ -1,0 +1,387 @@
+"""Generate register-tiled SIMD loop nests for numba from a bound plan with a
+plain output: a tile of outputs is held in vector registers through the
+whole reduction and stored once (``numba_simd`` spells the vectors).
+
+For ``y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]`` (float32)::
+
+    for t_h in numba.prange(26):              # the parallel output index
+      for t_n in range(34):                   # a block of 3 n ...
+        i_n = min(t_n * 3, 97)                #   (the last block overlaps: '=' writes)
+        for t_o in range(4):                  # ... by 4 o: 12 accumulators
+          for t_w in range(4):                # the vector index, 8 lanes
+            i_w = min(t_w * 8, 18)
+            s0 = vsplat(0, 8) ... s11
+            for i_c in range(16):             # reduction loops
+              b_x = 12544*i_n + 784*i_c + ...  # one base offset per operand
+              r0 = vload(a_x, b_x + 0, 8)     # taps i, j unrolled: constant offsets
+              ...
+              q = vload(a_wt, b_wt + 6084, 8)
+              s0 = vfma(r0, q, s0) ...
+            vstore(a_y, b_y + 0, s0) ...
+
+Two forms:
+- ``map``: the vector runs along the output's unit-stride index; tiles at
+  the edge are shifted back to overlap the previous one (every output is a
+  complete sum, written with '=', so writing one twice is harmless).
+- ``reduce``: the output's unit-stride axis is short (a depthwise weight's
+  gradient, 3x3) and a summed index is long: the vector runs along the sum,
+  the last partial vector is a masked load, and each accumulator is summed
+  across its lanes at the end.
+
+Blocks (the output indices unrolled into the tile) are chosen to maximise
+multiply-adds per load within the register file; summed indices of small
+range (kernel taps) are unrolled so every load is a base plus a constant.
+Operands read outside their bounds (``pad=0``) are read from zero-padded
+copies the caller makes (``plan.windows``).  Strides are baked into the
+source: a kernel is generated per layout.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from .numba_codegen import KERNEL_NAME, Kernel
+from .numba_simd import LANES
+
+__all__ = ["Tiling", "tiling", "generate"]
+
+REGISTERS = 16        # vector registers (AVX2: 16 ymm)
+MAX_ACC = 12          # accumulators in a tile, leaving registers for loads
+MAX_TAPS = 16         # summed iterations unrolled into one loop body
+# Below this many flops per byte of the op's minimum traffic each element is
+# used about once: registers buy nothing, and a tile's reduction would keep a
+# stream open per summed element (a weight gradient summed over a batch of
+# planes 1 MB apart); the general nest streams each operand in memory order.
+MIN_INTENSITY = 1.0
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The decisions of one tiled kernel."""
+
+    form: str                               # "map" | "reduce"
+    vector: str                             # the vectorised index
+    lanes: int
+    blocks: tuple[tuple[str, int], ...]     # output index -> block size (unrolled)
+    taps: tuple[str, ...]                   # summed indices unrolled into the body
+    loops: tuple[str, ...]                  # summed indices looped (the vector last, in the reduce form)
+    outer: tuple[str, ...]                  # output indices outside the tile, the parallel one first
+    parallel: str | None
+
+
+def _vectorisable(v: str, acc, strides) -> bool:
+    """``acc`` reads along ``v`` contiguously (or does not depend on it)."""
+    if v not in acc.names:
+        return True
+    k = acc.axis_of(v)
+    return acc.axes[k].coef(v) == 1 and strides[k] == 1
+
+
+def _lanes(dtype: str, r: int) -> int:
+    top = LANES[dtype]
+    return top if r >= top else 1 << (r.bit_length() - 1)
+
+
+def _choose_blocks(cands, ops, live, flat) -> tuple[tuple[str, int], ...]:
+    """Up to two output indices and their block sizes: the most multiply-adds
+    per vector load, with at most MAX_ACC accumulators, registers for the
+    loads one side keeps resident, and little work lost to a last block that
+    overlaps; among blocks within 5% of the best, the one whose loads lie
+    closest together in memory (fewer streams for the prefetcher)."""
+    scored = []
+    for k in (1, 2):
+        for us in itertools.combinations(cands, k):
+            for U in itertools.product(*(range(2, min(live[u], MAX_ACC) + 1) for u in us)):
+                acc = math.prod(U)
+                loads = [math.prod(s for u, s in zip(us, U) if u in a.names) for a in ops]
+                if acc > MAX_ACC or acc + min(loads) + 1 > REGISTERS:
+                    continue
+                waste = math.prod(math.ceil(live[u] / s) * s / live[u] for u, s in zip(us, U))
+                spread = sum((s - 1) * abs(flat[a.name][0].get(u, 0)) for a in ops for u, s in zip(us, U))
+                scored.append((acc / sum(loads) / waste, spread, len(us), tuple(zip(us, U))))
+    if not scored:
+        return ()
+    top = max(s[0] for s in scored)
+    return min((s for s in scored if s[0] >= 0.95 * top), key=lambda s: (s[1], s[2], -s[0]))[3]
+
+
+def _flat(acc, strides, live) -> tuple[dict, int]:
+    """Per index, its coefficient in the flat element offset of ``acc``, and
+    the constant part."""
+    coef: dict[str, int] = {}
+    const = 0
+    for ax, s in zip(acc.axes, strides):
+        const += s * ax.const
+        for n, a in ax.terms:
+            if n in live:
+                coef[n] = coef.get(n, 0) + s * a
+    return coef, const
+
+
+def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
+    """The tiled form of ``plan`` for these element strides (operands by
+    name, and the output's), or None where it does not apply: an
+    affine-indexed output, other than two operands, a dtype without
+    vectors, too few flops per byte (``MIN_INTENSITY``), or no index read
+    contiguously by every operand that uses it."""
+    stmt, out = plan.stmt, plan.stmt.out
+    if not out.plain or len(stmt.operands) != 2 or dtype not in LANES:
+        return None
+    if plan.flops() < MIN_INTENSITY * plan.min_elements() * (4 if dtype == "float32" else 8):
+        return None
+    live = {n: r for n, r in plan.range.items() if r > 1}
+    ops = stmt.operands
+
+    def ok(v):
+        return v in live and all(_vectorisable(v, a, strides[a.name]) for a in ops) \
+            and any(v in a.names for a in ops)
+
+    vmap = next((ax.alone for ax, s in zip(out.axes, out_strides) if s == 1 and ax.alone in live), None)
+    vmap = vmap if vmap is not None and ok(vmap) else None
+    sums = [n for n in stmt.summed if ok(n)]
+    vred = max(sums, key=lambda n: live[n]) if sums else None
+    top = LANES[dtype]
+    if vmap and live[vmap] >= top:
+        form, v = "map", vmap
+    elif vred and live[vred] >= top:
+        form, v = "reduce", vred
+    elif vmap:
+        form, v = "map", vmap
+    elif vred:
+        form, v = "reduce", vred
+    else:
+        return None
+    flat = {a.name: _flat(a, strides[a.name], live) for a in ops}
+    outs = [n for n in out.names if n in live and n != v]
+    blocks = _choose_blocks(outs, ops, live, flat)
+    summed = [n for n in stmt.summed if n in live and n != v]
+    taps, total = [], 1
+    for n in sorted(summed, key=lambda n: live[n]):
+        if total * live[n] > MAX_TAPS:
+            break
+        taps.append(n)
+        total *= live[n]
+    loops = tuple(n for n in summed if n not in taps) + ((v,) if form == "reduce" else ())
+    tiles = {n: math.ceil(live[n] / dict(blocks).get(n, 1)) for n in outs}
+    parallel = max(outs, key=lambda n: (tiles[n] >= 4, -out.names.index(n))) if outs else None
+    if parallel is not None and tiles[parallel] < 2:
+        parallel = None
+    by_stride = sorted((n for n in outs if n != parallel), key=lambda n: -abs(out_strides[out.axis_of(n)]))
+    outer = ((parallel,) if parallel else ()) + tuple(by_stride)
+    return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel)
+
+
+def _linear(coef: dict, variables) -> str:
+    """The variable part of an affine expression, as source ('' for none)."""
+    parts = [f"{c}*i_{n}" if c != 1 else f"i_{n}" for n, c in coef.items() if n in variables and c]
+    return " + ".join(parts).replace("+ -", "- ")
+
+
+def _plus(expr: str, const: int) -> str:
+    if not expr:
+        return str(const)
+    return expr if const == 0 else f"{expr} + {const}".replace("+ -", "- ")
+
+
+def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str) -> Kernel:
+    """The tiled kernel's source for ``plan`` under tiling ``t``."""
+    stmt, out = plan.stmt, plan.stmt.out
+    live = {n: r for n, r in plan.range.items() if r > 1}
+    V, v = t.lanes, t.vector
+    blocks = dict(t.blocks)
+    flat = {a.name: _flat(a, strides[a.name], live) for a in stmt.operands}
+    flat[out.name] = _flat(out, out_strides, live)
+    members = [dict(zip(blocks, m)) for m in itertools.product(*(range(s) for s in blocks.values()))]
+    tap_values = [dict(zip(t.taps, m)) for m in itertools.product(*(range(live[n]) for n in t.taps))]
+    variables = set(t.outer) | set(t.loops) | {v}
+    zero = f"numba.{dtype}(0)"
+    R = live[v]
+    tail = t.form == "reduce" and R % V != 0
+
+    # the axes a read can leave (pad=0): each with its coefficients, constant and size
+    def axis(ax):
+        return {n: a for n, a in ax.terms if n in live}, ax.const
+    bounded = {a.name: [(k, *axis(ax), plan.shape[a.name][k]) for k, ax in enumerate(a.axes)
+                        if plan.windows[a.name].pads[k] != (0, 0)] for a in stmt.operands}
+
+    def value(coef, const, point):
+        return const + sum(coef.get(n, 0) * x for n, x in point.items())
+
+    def interior() -> str:
+        """Every read of this tile in bounds (then plain loads)."""
+        conds = []
+        for a in stmt.operands:
+            for _, coef, const, size in bounded[a.name]:
+                vals = [value(coef, const, {**m, **tp}) for m in members for tp in tap_values]
+                lo, hi = min(vals), max(vals) + (V - 1 if v in coef else 0)
+                lin = _linear(coef, variables) or "0"
+                conds.append(f"{lin} >= {-lo}")
+                conds.append(f"{lin} <= {size - 1 - hi}")
+        if tail:
+            conds.append(f"i_{v} <= {R - V}")
+        return " and ".join(conds)
+
+    def load(acc, point, edge, named, known):
+        """Source of one vector (or broadcast scalar) of ``acc`` at ``point``
+        (block member and tap values); at an edge, only the lanes inside
+        the array are loaded (``named`` names each bound once)."""
+        coef, const = flat[acc.name]
+        off = value(coef, const, point) - const
+        at = f"a_{acc.name}, b_{acc.name} + {off}".replace("+ -", "- ")
+        oks = []
+        lanes_lo, lanes_hi = "0", str(V)
+        for k, acoef, aconst, size in (bounded[acc.name] if edge else ()):
+            c = named(_plus(_linear(acoef, known), value(acoef, aconst, point)))
+            if v in acoef:
+                lanes_lo, lanes_hi = named(f"max(0, -{c})"), named(f"min({V}, {size} - {c})")
+            else:
+                oks.append(named(f"0 <= {c} < {size}"))
+        ok = named(" and ".join(oks)) if oks else None
+        if v not in acc.names:
+            x = f"sload({at})"
+            return f"vsplat({x} if {ok} else {zero}, {V})" if ok else f"vsplat({x}, {V})"
+        if not edge:
+            return f"vload({at}, {V})"
+        if tail:
+            lanes_hi = named(f"min({lanes_hi}, {R} - i_{v})")
+        if ok:
+            lanes_hi = named(f"{lanes_hi} if {ok} else 0")
+        return f"vload_lanes({at}, {V}, {lanes_lo}, {lanes_hi})"
+
+    args = ", ".join(f"a_{a.name}" for a in (out, *stmt.operands))
+    lines = ["import numba",
+             "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vstore, sload, sstore, vfma, vsum",
+             "", ""]
+    ind = 1
+
+    def emit(text):
+        lines.append("    " * ind + text)
+
+    def count(n, size):
+        return math.ceil(live[n] / size)
+
+    def start(n, size):
+        """The first index of tile t_n (the last tile shifted back inside)."""
+        if size == 1:
+            return f"i_{n} = t_{n}"
+        last = live[n] - size
+        return f"i_{n} = t_{n} * {size}" if live[n] % size == 0 else f"i_{n} = min(t_{n} * {size}, {last})"
+
+    # The nest for one parallel tile is a function of its own, called from the
+    # prange loop: numba's parallel passes then see a two-line loop body (they
+    # are slow on a large one).
+    loops = [(n, V if n == v else blocks.get(n, 1)) for n in (*t.outer, *((v,) if t.form == "map" else ()))]
+    if t.parallel is not None:
+        p, psize = loops.pop(0)
+        lines += ["@numba.njit(cache=True, boundscheck=False)", f"def tiles({args}, t_{p}):"]
+        emit(start(p, psize))
+    else:
+        lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
+    for n, size in loops:
+        emit(f"for t_{n} in range({count(n, size)}):")
+        ind += 1
+        emit(start(n, size))
+    for k in range(len(members)):
+        emit(f"s{k} = vsplat({zero}, {V})")
+
+    # the operand with fewer loads per tap keeps them in registers; the other streams
+    A, B = stmt.operands
+
+    def key(m, acc):
+        return tuple(sorted((u, m[u]) for u in m if u in acc.names))
+    n_loads = {a.name: len({key(m, a) for m in members}) for a in (A, B)}
+    res, stream = (A, B) if n_loads[A.name] <= n_loads[B.name] else (B, A)
+
+    def body(edge):
+        """One step of the reduction: every tap's loads and multiply-adds,
+        the taps unrolled (at an edge, looped: edge tiles are few and their
+        bound tests long).  Each value gets its own name (numba's SSA pass
+        is slow on names assigned many times); the accumulators are renamed
+        back at the end."""
+        nonlocal ind
+        names: dict[str, str] = {}
+        count = itertools.count()
+
+        def named(expr):
+            if expr not in names:
+                names[expr] = f"e{next(count)}"
+                emit(f"{names[expr]} = {expr}")
+            return names[expr]
+
+        looped = edge and bool(t.taps)
+        if looped:
+            for n in t.taps:
+                emit(f"for i_{n} in range({live[n]}):")
+                ind += 1
+        known = variables | set(t.taps) if looped else variables
+        for acc in (res, stream):
+            coef, const = flat[acc.name]
+            emit(f"b_{acc.name} = {_plus(_linear(coef, known), const)}")
+        cur = [f"s{k}" for k in range(len(members))]
+        for tap in ([{}] if looped else tap_values):
+            if tap:
+                emit("# " + ", ".join(f"{n}={x}" for n, x in tap.items()))
+            regs = {}
+            for m in members:
+                if key(m, res) not in regs:
+                    regs[key(m, res)] = f"r{next(count)}"
+                    emit(f"{regs[key(m, res)]} = {load(res, {**m, **tap}, edge, named, known)}")
+            done = set()
+            for m in members:
+                if key(m, stream) in done:
+                    continue
+                done.add(key(m, stream))
+                q = f"q{next(count)}"
+                emit(f"{q} = {load(stream, {**m, **tap}, edge, named, known)}")
+                for k, m2 in enumerate(members):
+                    if key(m2, stream) == key(m, stream):
+                        new = f"s{k}_{next(count)}"
+                        emit(f"{new} = vfma({regs[key(m2, res)]}, {q}, {cur[k]})")
+                        cur[k] = new
+        for k, name in enumerate(cur):
+            if name != f"s{k}":
+                emit(f"s{k} = {name}")
+        if looped:
+            ind -= len(t.taps)
+
+    def tile_body():
+        cond = interior()
+        if not cond:
+            body(False)
+            return
+        nonlocal ind
+        emit(f"if {cond}:")
+        ind += 1
+        body(False)
+        ind -= 1
+        emit("else:")
+        ind += 1
+        body(True)
+        ind -= 1
+
+    for n in t.loops:
+        emit(f"for i_{n} in range(0, {R}, {V}):" if n == v else f"for i_{n} in range({live[n]}):")
+        ind += 1
+    tile_body()
+    ind -= len(t.loops)
+
+    coef, const = flat[out.name]
+    emit(f"b_{out.name} = {_plus(_linear(coef, set(t.outer) | ({v} if t.form == 'map' else set())), const)}")
+    for k, m in enumerate(members):
+        off = value(coef, 0, m)
+        if t.form == "map":
+            emit(f"vstore(a_{out.name}, b_{out.name} + {off}, s{k})")
+        else:
+            emit(f"sstore(a_{out.name}, b_{out.name} + {off}, vsum(s{k}))")
+
+    if t.parallel is not None:
+        lines += ["", "", "@numba.njit(cache=True, parallel=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):",
+                  f"    for t_{p} in numba.prange({count(p, psize)}):", f"        tiles({args}, t_{p})"]
+    order = (*t.outer, *((v,) if t.form == "map" else ()), *t.loops)
+    header = (f"# generated by einlocal.backends.numba_tiles for\n#   {plan}\n"
+              f"# {t.form} form: {V} lanes along {v}; blocks "
+              f"{', '.join(f'{n}x{s}' for n, s in t.blocks) or '-'}; taps unrolled: {', '.join(t.taps) or '-'}; "
+              f"prange over: {t.parallel or '-'}\n")
+    return Kernel(header + "\n".join(lines) + "\n", tuple(a.name for a in stmt.operands), order, t.parallel, v,
+                  False)

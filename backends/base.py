@@ -8,7 +8,7 @@ import importlib.util
 from .lowering import execute, largest_intermediate
 from .namespaces import namespace
 
-__all__ = ["Backend", "ArrayBackend", "missing_modules"]
+__all__ = ["Backend", "ArrayBackend", "missing_modules", "add_bias"]
 
 # The libraries with automatic differentiation, where grad="autodiff" exists.
 AUTODIFF = frozenset({"torch", "jax"})
@@ -58,9 +58,11 @@ class Backend:
         """Run one bound statement; ``out`` (if given) is overwritten."""
         raise NotImplementedError
 
-    def forward(self, call, operands: dict, out=None):
-        """The op's forward statement (natives override this)."""
-        return self.execute(call.plan, operands, out)
+    def forward(self, call, operands: dict, out=None, bias=None):
+        """The op's forward statement, plus ``bias`` (shaped to broadcast
+        against the statement's output) when given.  Natives override this,
+        and backends that start their sums from the bias."""
+        return add_bias(self.execute(call.plan, operands, out), bias)
 
     def vjp(self, call, dy, operands: dict, wrt, outs: dict) -> dict:
         """Gradients of the operands in ``wrt``: each derived backward
@@ -116,6 +118,18 @@ class ArrayBackend(Backend):
         if self.engine == "jax":
             return _jitted(self, plan)(operands)
         return execute(self, self.xp, plan, operands, out)
+
+
+def add_bias(y, bias):
+    """``y + bias``: in place where the library allows."""
+    if bias is None:
+        return y
+    from ..arrays import library_of
+    xp = namespace(library_of(y))
+    if xp.functional:
+        return y + bias
+    y += bias
+    return y
 
 
 @functools.lru_cache(maxsize=4096)

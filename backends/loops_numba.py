@@ -118,17 +118,18 @@ class NumbaLoops(Backend):
         """The generated source for ``plan``, printable."""
         return self.kernel(plan, out_strides, dtype).source
 
-    def _compiled(self, plan, dtype, strides: dict, out_strides):
-        """(Kernel, dispatcher) for ``plan`` on arrays with these element strides."""
-        key = (plan, dtype, tuple(sorted(strides.items())), tuple(out_strides), self.tiled)
+    def _compiled(self, plan, dtype, strides: dict, out_strides, init_strides=None):
+        """(Kernel, dispatcher) for ``plan`` on arrays with these element
+        strides; ``init_strides``: the sums start from one more array's values."""
+        key = (plan, dtype, tuple(sorted(strides.items())), tuple(out_strides), init_strides, self.tiled)
         hit = self._kernels.get(key)
         if hit is None:
             t = numba_tiles.tiling(plan, dtype, strides, out_strides) if self.tiled else None
             if t is not None:
-                k = numba_tiles.generate(plan, t, strides, out_strides, dtype)
+                k = numba_tiles.generate(plan, t, strides, out_strides, dtype, init_strides)
             else:
                 c_order = tuple(out_strides) == _c_strides(plan.out_shape)
-                k = generate(plan, None if c_order else out_strides)
+                k = generate(plan, None if c_order else out_strides, init=init_strides is not None)
             try:
                 fn = _import_kernel(k.source)
             except Exception as e:   # a syntax error in generated code, a failed import
@@ -140,6 +141,14 @@ class NumbaLoops(Backend):
     def execute(self, plan, operands: dict, out=None):
         """Run one bound statement on numpy arrays or CPU torch tensors;
         ``out`` (same library) is overwritten and returned."""
+        return self._run(plan, operands, out, None)
+
+    def forward(self, call, operands: dict, out=None, bias=None):
+        """The forward statement with its sums started from the bias (one
+        pass over the output, not two)."""
+        return self._run(call.plan, operands, out, bias)
+
+    def _run(self, plan, operands: dict, out, init):
         first = next(iter(operands.values()))
         torch_in = type(first).__module__.startswith("torch")
         plan = lowered(plan)
@@ -160,9 +169,14 @@ class NumbaLoops(Backend):
         else:
             out_np = _numpy(out, "out")
             result = out
+        if out_np.shape != plan.out_shape:
+            raise BackendError(f"loops:numba: out has shape {out_np.shape}, the result {plan.out_shape}")
+        if init is not None:   # contiguous, then broadcast: strides 0 or 1 along every axis it keeps
+            init = np.broadcast_to(np.ascontiguousarray(_numpy(init, "bias")), plan.out_shape)
         strides = {n: _strides(a) for n, a in arrays.items()}
-        k, fn = self._compiled(plan, dtype.name, strides, _strides(out_np))
-        args = (out_np, *(arrays[a.name] for a in plan.stmt.operands))
+        k, fn = self._compiled(plan, dtype.name, strides, _strides(out_np),
+                               None if init is None else _strides(init))
+        args = (out_np, *(arrays[a.name] for a in plan.stmt.operands)) + (() if init is None else (init,))
         self._ensure_compiled(plan, k, fn, args)
         try:
             fn(*args)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 from ..errors import BackendError
-from .base import Backend
+from .base import Backend, add_bias
 
 __all__ = ["NativeJax"]
 
@@ -84,8 +84,8 @@ class NativeJax(Backend):
     def execute(self, plan, operands: dict, out=None):
         raise BackendError(f"{self.name} runs whole catalogue ops (forward/vjp), not single statements")
 
-    def forward(self, call, operands: dict, out=None):
-        return _forward(call)(operands["x"], operands["wt"])
+    def forward(self, call, operands: dict, out=None, bias=None):
+        return add_bias(_forward(call)(operands["x"], operands["wt"]), bias)
 
     def vjp(self, call, dy, operands: dict, wrt, outs: dict) -> dict:
         grads = _backward(call, tuple(wrt))(operands["x"], operands["wt"], dy)

@@ -5,7 +5,7 @@ the array strategies are measured against; backward is torch autograd."""
 from __future__ import annotations
 
 from ..errors import BackendError
-from .base import Backend
+from .base import Backend, add_bias
 
 __all__ = ["NativeTorch"]
 
@@ -52,8 +52,8 @@ class NativeTorch(Backend):
         y = F.conv2d(x, wt, None, p["stride"], padding, p["dilation"], groups)
         return y.reshape(call.plan.out_shape)
 
-    def forward(self, call, operands: dict, out=None):
-        y = self.conv(call, operands["x"], operands["wt"])
+    def forward(self, call, operands: dict, out=None, bias=None):
+        y = add_bias(self.conv(call, operands["x"], operands["wt"]), bias)
         if out is not None:
             out.copy_(y)
             return out

@@ -124,8 +124,13 @@ def _plain(acc, live: dict) -> bool:
 
 
 def _order(plan, live: dict, parallel, inner, out_strides) -> list[str]:
-    """Parallel index, output indices (largest stride first), reductions,
-    then the inner index."""
+    """Parallel index, the other output indices, reductions, then the inner
+    index.  Output indices go outermost first by how many operand rows a
+    step of them moves to (the rows the loops below read): an index the
+    largest operand does not depend on runs inside one it does, so those
+    rows are read once from memory and again from cache (a 2-channel output
+    reads each input row for both channels while it is cached); ties by the
+    output's strides, largest first."""
     stmt = plan.stmt
     out = stmt.out
     axis_order = sorted(range(len(out.axes)), key=lambda k: -abs(out_strides[k]))
@@ -134,6 +139,13 @@ def _order(plan, live: dict, parallel, inner, out_strides) -> list[str]:
         moving = sorted((n for n, _ in out.axes[k].terms if n in live), key=lambda n: -live[n])
         outer.extend(n for n in moving if n not in (parallel, inner) and n not in outer)
     summed = [n for n in stmt.indices if n in live and n not in outer and n not in (parallel, inner)]
+    below = set(summed)
+
+    def rows(a):
+        on_inner = {n for ax in a.axes if inner in ax.names for n in ax.names}
+        return math.prod(live[n] for n in a.names if n in below and n not in on_inner)
+    cost = {u: sum(rows(a) for a in stmt.operands if u in a.names) for u in outer}
+    outer.sort(key=lambda u: -cost[u])          # stable: ties keep the stride order
     order = ([parallel] if parallel else []) + outer + summed + ([inner] if inner else [])
     return order
 
@@ -162,9 +174,14 @@ def _bounds(ax, size: int, live: dict, m: str) -> tuple[str, str]:
     return lo, hi
 
 
-def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
+INIT = "init_"   # the optional last argument: the output's starting values (a bias, broadcast)
+
+
+def generate(plan, out_strides=None, *, fastmath: bool = False, init: bool = False) -> Kernel:
     """The loop nest for ``plan`` as source text; ``out_strides`` (element
-    strides of the output, default C order) choose the innermost loop."""
+    strides of the output, default C order) choose the innermost loop.
+    ``init``: the kernel takes one more array, of the output's shape, that
+    the sums start from instead of zero (a plain output only)."""
     stmt = plan.stmt
     out = stmt.out
     ranges = plan.range
@@ -229,14 +246,17 @@ def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
     head = "@numba.njit(cache=True, parallel={}, fastmath={}, boundscheck=False)".format(
         parallel is not None, fastmath if not isinstance(fastmath, set) else "{%s}" % ", ".join(
             repr(f) for f in sorted(fastmath)))
-    args = [_arr(out.name)] + [_arr(a.name) for a in stmt.operands]
+    if init and not plain_out:
+        raise ValueError(f"init= needs a plain output; {plan.stmt.out} is written through affine indices")
+    args = [_arr(out.name)] + [_arr(a.name) for a in stmt.operands] + ([INIT] if init else [])
     lines += [head, f"def {KERNEL_NAME}({', '.join(args)}):"]
     ind = "    "
+    start = (lambda idx: f"{INIT}[{idx}]") if init else (lambda idx: "0")
     if "__empty__" in clips:
-        lines.append(ind + f"{_arr(out.name)}[...] = 0")
+        lines.append(ind + f"{_arr(out.name)}[...] = {start('...')}")
         lines.append(ind + "return")
     elif prezero and not zero_in_parallel:
-        lines.append(ind + f"{_arr(out.name)}[...] = 0")
+        lines.append(ind + f"{_arr(out.name)}[...] = {start('...')}")
 
     product: list[str] = []
     pending = [acc for acc in stmt.operands if load_depth[acc.name] < 0]
@@ -250,9 +270,11 @@ def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
     level = 1
     for d, n in enumerate(order):
         if d == fill_depth and block_fill:
-            _emit_fill(lines, ind * level, out, order[fill_depth:], live)
+            _emit_fill(lines, ind * level, out, order[fill_depth:], live, start)
         if d == fill_depth and dot:
-            lines.append(ind * level + f"acc = {_arr(out.name)}.dtype.type(0)")
+            first = start(", ".join(_affine(ax, live) for ax in out.axes)) if init else \
+                f"{_arr(out.name)}.dtype.type(0)"
+            lines.append(ind * level + f"acc = {first}")
         lo_hi = clips.get(n, [])
         lo = "0" if not lo_hi else "max(0, " + ", ".join(lo for lo, _ in lo_hi) + ")"
         hi = str(live[n]) if not lo_hi else f"min({live[n]}, " + ", ".join(hi for _, hi in lo_hi) + ")"
@@ -262,7 +284,7 @@ def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
         level += 1
         if n == parallel and zero_in_parallel:
             idx = ", ".join(_var(n) if n in ax.names else ":" for ax in out.axes)
-            lines.append(ind * level + f"{_arr(out.name)}[{idx}] = 0")
+            lines.append(ind * level + f"{_arr(out.name)}[{idx}] = {start(idx)}")
         if d == last:
             break
         loaded = [acc for acc in stmt.operands if load_depth[acc.name] == d]
@@ -274,12 +296,14 @@ def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
             product = [f"p_{d}"]
 
     if not order and block_fill:
-        _emit_fill(lines, ind * level, out, [], live)
+        _emit_fill(lines, ind * level, out, [], live, start)
     inline = [access(acc) for acc in stmt.operands if load_depth[acc.name] == last and last >= 0]
     term = " * ".join(product + inline) or "1.0"
     if dot:
         lines.append(ind * level + f"acc += {term}")
         lines.append(ind * (fill_depth + 1) + f"{access(out)} = acc")
+    elif assign and init:
+        lines.append(ind * level + f"{access(out)} = {start(', '.join(_affine(ax, live) for ax in out.axes))} + {term}")
     else:
         lines.append(ind * level + f"{access(out)} {'=' if assign else '+='} {term}")
     src = "import numba\n\n\n" + "\n".join(lines) + "\n"
@@ -288,9 +312,9 @@ def generate(plan, out_strides=None, *, fastmath: bool = False) -> Kernel:
     return Kernel(header + src, tuple(a.name for a in stmt.operands), tuple(order), parallel, inner, prezero)
 
 
-def _emit_fill(lines, ind, out, block, live):
-    """Zero the output block the loops ``block`` write (plain output: only
-    the block's output indices move)."""
+def _emit_fill(lines, ind, out, block, live, start):
+    """Set the output block the loops ``block`` write to its starting values
+    (plain output: only the block's output indices move)."""
     idx = ", ".join(":" if any(n in block for n, _ in ax.terms if n in live) else _affine(ax, live)
                     for ax in out.axes)
-    lines.append(ind + f"{_arr(out.name)}[{idx}] = 0")
+    lines.append(ind + f"{_arr(out.name)}[{idx}] = {start(idx)}")

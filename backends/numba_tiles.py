@@ -41,7 +41,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from .numba_codegen import KERNEL_NAME, Kernel
+from .numba_codegen import INIT, KERNEL_NAME, Kernel
 from .numba_simd import LANES
 
 __all__ = ["Tiling", "tiling", "generate"]
@@ -163,13 +163,29 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
         taps.append(n)
         total *= live[n]
     loops = tuple(n for n in summed if n not in taps) + ((v,) if form == "reduce" else ())
+    outer = _loop_order(outs, ops, live, dict(blocks), v, out, out_strides)
     tiles = {n: math.ceil(live[n] / dict(blocks).get(n, 1)) for n in outs}
-    parallel = max(outs, key=lambda n: (tiles[n] >= 4, -out.names.index(n))) if outs else None
+    parallel = next((n for n in outer if tiles[n] >= 4), max(outer, key=tiles.get) if outer else None)
     if parallel is not None and tiles[parallel] < 2:
         parallel = None
-    by_stride = sorted((n for n in outs if n != parallel), key=lambda n: -abs(out_strides[out.axis_of(n)]))
-    outer = ((parallel,) if parallel else ()) + tuple(by_stride)
+    outer = ((parallel,) if parallel else ()) + tuple(n for n in outer if n != parallel)
     return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel)
+
+
+def _loop_order(outs, ops, live, blocks, v, out, out_strides) -> tuple[str, ...]:
+    """The tile loops outermost first: an index that moves to new rows of
+    many operands outside one that moves few, so the rows a tile reads stay
+    in cache for the tiles that follow (a weight that does not depend on the
+    batch is read once per output row, not once per batch block).  A
+    "row" is one vector's worth of an operand along the vector index; a
+    tile reads rows(a) of operand a."""
+    def rows(a):
+        on_v = {n for ax in a.axes if v in ax.names for n in ax.names}
+        others = {n for ax in a.axes if v not in ax.names for n in ax.names}
+        return math.prod(blocks.get(n, 1) if n in out.names else live[n]
+                         for n in a.names if n in live and n != v and (n in others or n not in on_v))
+    cost = {u: sum(rows(a) for a in ops if u in a.names) for u in outs}
+    return tuple(sorted(outs, key=lambda u: (-cost[u], -abs(out_strides[out.axis_of(u)]))))
 
 
 def _linear(coef: dict, variables) -> str:
@@ -184,8 +200,11 @@ def _plus(expr: str, const: int) -> str:
     return expr if const == 0 else f"{expr} + {const}".replace("+ -", "- ")
 
 
-def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str) -> Kernel:
-    """The tiled kernel's source for ``plan`` under tiling ``t``."""
+def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strides=None) -> Kernel:
+    """The tiled kernel's source for ``plan`` under tiling ``t``.
+    ``init_strides``: the kernel takes one more array (last), indexed like
+    the output with these strides (0 or 1 along the vector), that the sums
+    start from instead of zero (a bias, broadcast)."""
     stmt, out = plan.stmt, plan.stmt.out
     live = {n: r for n, r in plan.range.items() if r > 1}
     V, v = t.lanes, t.vector
@@ -249,7 +268,11 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str) -> Kernel:
             lanes_hi = named(f"{lanes_hi} if {ok} else 0")
         return f"vload_lanes({at}, {V}, {lanes_lo}, {lanes_hi})"
 
-    args = ", ".join(f"a_{a.name}" for a in (out, *stmt.operands))
+    args = ", ".join([f"a_{a.name}" for a in (out, *stmt.operands)] + ([INIT] if init_strides is not None else []))
+    if init_strides is not None:
+        icoef, iconst = _flat(out, init_strides, live)
+        if icoef.get(v, 0) not in (0, 1) or iconst:
+            raise ValueError(f"init strides {tuple(init_strides)} step {icoef.get(v)} along the vector index {v}")
     lines = ["import numba",
              "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vstore, sload, sstore, vfma, vsum",
              "", ""]
@@ -282,8 +305,14 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str) -> Kernel:
         emit(f"for t_{n} in range({count(n, size)}):")
         ind += 1
         emit(start(n, size))
-    for k in range(len(members)):
-        emit(f"s{k} = vsplat({zero}, {V})")
+    if init_strides is not None and t.form == "map":
+        emit(f"b_{INIT} = {_plus(_linear(icoef, set(t.outer) | {v}), 0)}")
+        for k, m in enumerate(members):
+            at = f"{INIT}, b_{INIT} + {value(icoef, 0, m)}"
+            emit(f"s{k} = " + (f"vload({at}, {V})" if icoef.get(v) == 1 else f"vsplat(sload({at}), {V})"))
+    else:
+        for k in range(len(members)):
+            emit(f"s{k} = vsplat({zero}, {V})")
 
     # the operand with fewer loads per tap keeps them in registers; the other streams
     A, B = stmt.operands
@@ -368,10 +397,15 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str) -> Kernel:
 
     coef, const = flat[out.name]
     emit(f"b_{out.name} = {_plus(_linear(coef, set(t.outer) | ({v} if t.form == 'map' else set())), const)}")
+    if init_strides is not None and t.form == "reduce":
+        emit(f"b_{INIT} = {_plus(_linear(icoef, set(t.outer)), 0)}")
     for k, m in enumerate(members):
         off = value(coef, 0, m)
         if t.form == "map":
             emit(f"vstore(a_{out.name}, b_{out.name} + {off}, s{k})")
+        elif init_strides is not None:
+            emit(f"sstore(a_{out.name}, b_{out.name} + {off}, vsum(s{k}) + sload({INIT}, b_{INIT} + "
+                 f"{value(icoef, 0, m)}))")
         else:
             emit(f"sstore(a_{out.name}, b_{out.name} + {off}, vsum(s{k}))")
 

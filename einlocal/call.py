@@ -148,14 +148,6 @@ def _statement_operands(call: Call, arrays: dict) -> dict:
     return {op: _view(lib, arrays[arg], shape, f"argument {arg!r}") for arg, op, shape in call.operands}
 
 
-def _add_bias(xp, y, b, shape):
-    b = xp.reshape(b, shape)
-    if xp.functional:
-        return y + b
-    y += b
-    return y
-
-
 def run_forward(call: Call, backend, arrays: dict, out=None):
     """The forward pass on one backend, no checks (they are done): the
     result has the public output shape."""
@@ -163,9 +155,10 @@ def run_forward(call: Call, backend, arrays: dict, out=None):
     lib = library_of(arrays[call.args[0]])
     ops = _statement_operands(call, arrays)
     out_s = None if out is None else _view(lib, out, call.plan.out_shape, "out=", must_view=True)
-    y = backend.forward(call, ops, out_s)
+    bias = None
     if call.bias is not None and arrays.get(call.bias[0]) is not None:
-        y = _add_bias(namespace(lib), y, arrays[call.bias[0]], call.bias[1])
+        bias = namespace(lib).reshape(arrays[call.bias[0]], call.bias[1])
+    y = backend.forward(call, ops, out_s, bias=bias)
     if out is not None:
         return out
     return _view(lib, y, call.out_shape, "result")

@@ -297,3 +297,21 @@ def test_second_process_loads_from_file_cache(tmp_path):
     assert list((tmp_path / "numba").glob("k_*.py"))
     second = run()
     assert second["compiled"] == 0 and second["loaded"] == 1 and second["hits"] == [True]
+
+
+# -- the bias, fused --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["tiled", "general"])
+@pytest.mark.parametrize("op, kw", [
+    (el.locally_connected2d, dict(x=(9, 3, 8, 11), weight=(4, 3, 2, 2, 7, 10), bias=(4, 7, 10))),   # bias per position
+    (el.depthwise_conv2d, dict(x=(2, 3, 9, 12), weight=(6, 1, 3, 3), bias=(6,), padding=1)),        # per channel
+], ids=["lc2d", "depthwise"])
+def test_forward_starts_from_the_bias(op, kw, form):
+    """The bias is where each sum starts (one pass over the output): the
+    forward kernel takes it as one more array, and the result is the
+    reference's."""
+    _check(op, "float32", form, **kw)
+    plan = _plans(op, **kw)["forward"]
+    with _form(form) as b:
+        fused = [k for key, (k, _) in b._kernels.items() if key[0] == plan and key[4] is not None and key[5] == b.tiled]
+    assert fused and all("init_" in k.source for k in fused)

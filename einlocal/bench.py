@@ -7,10 +7,14 @@ is killed and recorded as ``>cap``, and the process restarts for the rest.
 
 A job = one backend (or peer) on one op and shape. Its steps, in order:
 ``check reduced`` (against the float64 loops at the workload's reduced
-shapes), ``check forward`` / ``check backward[mode]`` (full size, against a
-reference computed once by a trusted float64 lowering), then per regime the
-timed passes. A backend that fails a check or the memory guard is recorded
-with the reason and never timed. The child prints one line per step start
+shapes), then per regime the timed passes.  The first call of each pass in
+the first regime runs on the full-size reference's inputs and its result is
+checked against that reference (computed once by a trusted float64
+lowering) before any other call: the full-size check costs no call of its
+own.  A backend that fails a check or the memory guard is recorded with the
+reason and never timed.  A pass whose first regime took longer than
+``steady_max_s`` a call is not measured again in the steady regime (what
+out= saves is noise next to it).  The child prints one line per step start
 (``EINLOCAL_STEP``) and per record (``EINLOCAL_RECORD``).
 """
 from __future__ import annotations
@@ -50,7 +54,7 @@ def benchmark(op, *, backends=None, passes=("forward", "backward"), regimes=("fr
               memory: bool = True, isolate: bool = True, threads: int | None = None,
               check_shapes: dict | None = None, reference: str | None = None, workload: str | None = None,
               seed: int = 0, progress: Callable[[str, dict], None] | None = None,
-              **shapes_and_params) -> list[dict]:
+              steady_max_s: float | None = None, **shapes_and_params) -> list[dict]:
     """Measure backends on one op and shape; returns records (see `einlocal.table.RECORD_KEYS`).
 
     `op`: a catalogue op (or its name) or an `el.Op`; arrays are given as
@@ -69,6 +73,8 @@ def benchmark(op, *, backends=None, passes=("forward", "backward"), regimes=("fr
     process per library with deadlines (True) or everything in this process.
     `threads`: thread count for every library. Inputs rotate among copies
     that together exceed the last-level cache (fresh inputs per repetition).
+    `steady_max_s`: a pass slower than this a call in the first regime is not
+    timed again in the steady one (recorded skipped, with the time).
     """
     spec = op_spec(op)
     shapes, params = split_shapes(spec, shapes_and_params)
@@ -82,7 +88,8 @@ def benchmark(op, *, backends=None, passes=("forward", "backward"), regimes=("fr
     roof = {"bandwidth": copy_bandwidth(), "rate": matmul_rate()}
     jobs = [make_job(spec, shapes, params, name, passes=passes, regimes=regimes, grad_modes=grad_modes,
                      budget_s=budget_s, cap_s=cap_s, dtype=dtype, memory=memory, seed=seed,
-                     check_shapes=check_shapes, reference=ref_path, workload=workload, roofline=roof)
+                     check_shapes=check_shapes, reference=ref_path, workload=workload, roofline=roof,
+                     steady_max_s=steady_max_s)
             for name in names]
     try:
         return run_jobs(jobs, isolate=isolate, threads=threads, progress=progress)
@@ -136,7 +143,7 @@ def make_job(spec: dict, shapes: dict, params: dict, backend: str, **kw) -> dict
                          ("dtype", "float32"),
                          ("memory", True), ("seed", 0), ("check_shapes", None), ("reference", None),
                          ("workload", None), ("roofline", None), ("peer", None), ("note", None),
-                         ("kill_margin_s", 15.0), ("first_call_allowance_s", 0.0)):
+                         ("kill_margin_s", 15.0), ("first_call_allowance_s", 0.0), ("steady_max_s", None)):
         value = kw.pop(key, default)
         job[key] = list(value) if isinstance(value, tuple) else value
     if kw:
@@ -432,10 +439,8 @@ def _implied(killed: dict, step: dict) -> bool:
     """Whether `step` cannot finish in time because `killed` did not: forward is part of
     forward and forward+backward; backward[mode] of backward[mode] and forward+backward[mode]."""
     k = killed
-    if k["kind"] == "check":
-        if k["pass"] in ("reduced", "forward"):
-            return True
-        return step["pass"] in ("backward", "forward+backward") and step.get("grad_mode") == k.get("grad_mode")
+    if k["kind"] == "check":          # the reduced check: nothing after it was shown correct
+        return True
     if k["pass"] == "forward":
         return step["pass"] in ("forward", "forward+backward") or step["kind"] == "check"
     if k["pass"] == "backward":
@@ -502,6 +507,21 @@ def load_peer(peer: dict):
     return fwd, bwd
 
 
+class _CheckFailed(AssertionError):
+    """A timed pass's first result disagrees with the full-size reference."""
+
+
+def _memory_probe(method_fn):
+    """A `measure` probe: the peak memory of one call, or None if it cannot
+    be read (memory is a column, not a verdict)."""
+    def probe(call):
+        try:
+            return method_fn(call)
+        except Exception:  # noqa: BLE001
+            return None
+    return probe
+
+
 class _JobRunner:
     """The steps of one job, run in this process (see the module docstring)."""
 
@@ -516,6 +536,8 @@ class _JobRunner:
         self.fail_mode: dict = {}                          # grad mode -> (status, reason)
         self.over_cap: dict = {}                           # (pass, grad mode) -> regime where a call passed the cap
         self.errors: dict = {}                             # "forward" / mode -> worst err/tol
+        self.medians: dict = {}                            # (pass, grad mode) -> median of its first regime
+        self.reference = load_reference(job["reference"]) if job.get("reference") else None
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -546,8 +568,12 @@ class _JobRunner:
         copies = max(1, min(4, math.ceil(2 * _llc_bytes() / max(nbytes, 1))))
         self.sets = []
         for k in range(copies):
-            arrs = random_inputs(self.shapes, job["dtype"], job["seed"] + 10 + k)
-            dy = random_inputs({"dy": self.call.out_shape}, job["dtype"], job["seed"] + 20 + k)["dy"]
+            if k == 0 and self.reference is not None:   # the reference's own inputs: the first call is checked
+                arrs = {n: a.astype(job["dtype"]) for n, a in random_inputs(self.shapes, "float64", job["seed"]).items()}
+                dy = random_inputs({"dy": self.call.out_shape}, "float64", job["seed"] + 2)["dy"].astype(job["dtype"])
+            else:
+                arrs = random_inputs(self.shapes, job["dtype"], job["seed"] + 10 + k)
+                dy = random_inputs({"dy": self.call.out_shape}, job["dtype"], job["seed"] + 20 + k)["dy"]
             conv = {n: self.xp.from_numpy(a, "cpu") for n, a in arrs.items()}
             conv["dy"] = self.xp.from_numpy(dy, "cpu")
             self.sets.append(conv)
@@ -576,10 +602,6 @@ class _JobRunner:
         out = []
         if job["check_shapes"]:
             out.append({"kind": "check", "pass": "reduced"})
-        if job["reference"]:
-            out.append({"kind": "check", "pass": "forward"})
-            if any(p != "forward" for p in job["passes"]):
-                out += [{"kind": "check", "pass": "backward", "grad_mode": m} for m in self.modes]
         for regime in job["regimes"]:
             for pass_ in job["passes"]:
                 for mode in ([None] if pass_ == "forward" else self.modes):
@@ -652,52 +674,63 @@ class _JobRunner:
     # -- checks -------------------------------------------------------------------------------
 
     def _check(self, step: dict) -> None:
+        """The check at reduced size (every grad mode, out= poisoned), against the loops."""
         if self.fail_all:
             return
         job = self.job
-        if step["pass"] == "reduced":
-            shapes, ref = {k: tuple(v) for k, v in job["check_shapes"].items()}, None
-            modes = tuple(job["grad_modes"]) if job.get("grad_modes") else None
-        else:
-            shapes, ref = self.shapes, load_reference(job["reference"])
-            modes = ("none",) if step["pass"] == "forward" else (step["grad_mode"],)
+        shapes = {k: tuple(v) for k, v in job["check_shapes"].items()}
+        modes = tuple(job["grad_modes"]) if job.get("grad_modes") else None
         try:
             if self.peer:
-                errors = self._check_peer(shapes, ref, step)
+                self._check_peer(shapes)
             else:
                 from .check import check
                 report = check(self.op, backends=[self.name], dtype=job["dtype"], seed=job["seed"],
-                               grad_modes=modes, reference=ref, **shapes, **self.params)
+                               grad_modes=modes, **shapes, **self.params)
                 row = report.rows[0]
                 if row.status == "skipped":
-                    if "memory guard" in row.reason:
-                        self.fail_all = ("skipped", row.reason)
-                    else:
-                        self.fail_all = ("skipped", row.reason)
+                    self.fail_all = ("skipped", row.reason)
                     return
                 if row.status == "fail":
                     raise AssertionError(row.reason or ", ".join(f"{k} {v:.3g} x tol" for k, v in row.errors.items()
                                                                  if v > 1))
-                errors = row.errors
         except Exception as e:  # noqa: BLE001 — any failure means: never timed
-            where = {"reduced": "check at reduced size", "forward": "full-size forward check"}.get(
-                step["pass"], f"full-size backward[{step.get('grad_mode')}] check")
-            reason = f"{where} failed: {type(e).__name__}: {e}"[:400]
-            if step["pass"] == "backward":
-                self.fail_mode[step["grad_mode"]] = ("failed", reason)
-            else:
-                self.fail_all = ("failed", reason)
-            return
-        if step["pass"] == "reduced":
-            return
-        fwd = errors.get("y")
-        if fwd is not None:
-            self.errors["forward"] = fwd
-        grads = [v for k, v in errors.items() if k != "y"]
-        if grads:
-            self.errors[step.get("grad_mode")] = max(grads)
+            self.fail_all = ("failed", f"check at reduced size failed: {type(e).__name__}: {e}"[:400])
 
-    def _check_peer(self, shapes: dict, ref, step) -> dict:
+    def _full_check(self, step: dict):
+        """A `measure` check for the first call of this step's pass: its result
+        against the full-size reference; None where nothing is left to check
+        (no reference, or this pass was checked in an earlier regime)."""
+        if self.reference is None or step["regime"] != self.job["regimes"][0]:
+            return None
+        from .check import _compare
+        ref, dtype, args = self.reference, self.job["dtype"], self.call.args
+
+        def compare(result):
+            if step["pass"] == "forward":
+                ys, grads = result, None
+            elif step["pass"] == "backward":
+                ys, grads = None, result
+            else:
+                ys, grads = result
+            errors = {}
+            if ys is not None:
+                errors["y"] = _compare(self.xp.to_numpy(ys), *ref["y"], dtype)
+            for name, g in zip(args, grads or ()):
+                if g is not None and "d" + name in ref:
+                    errors["d" + name] = _compare(self.xp.to_numpy(g), *ref["d" + name], dtype)
+            bad = {k: v for k, v in errors.items() if not v <= 1.0}
+            if bad:
+                raise _CheckFailed(", ".join(f"{k} {v:.3g} x tolerance" for k, v in bad.items()))
+            if "y" in errors:
+                self.errors["forward"] = errors["y"]
+            grads_err = [v for k, v in errors.items() if k != "y"]
+            if grads_err:
+                self.errors[step.get("grad_mode")] = max(grads_err)
+        return compare
+
+    def _check_peer(self, shapes: dict) -> dict:
+        """The peer's forward and backward at ``shapes`` against the loops."""
         import numpy as np
 
         from .check import _compare, random_inputs, reference_outputs
@@ -705,15 +738,12 @@ class _JobRunner:
         arrays = random_inputs(shapes, "float64", job["seed"])
         call = _bind(self.op, arrays, self.params)
         dy = random_inputs({"dy": call.out_shape}, "float64", job["seed"] + 2)["dy"]
-        if ref is None:
-            ref = reference_outputs(call, arrays, dy)
+        ref = reference_outputs(call, arrays, dy)
         conv = {n: (None if a is None else self.xp.from_numpy(a.astype(job["dtype"]), "cpu")) for n, a in arrays.items()}
         kw = peer_params(self.peer, self.peer_params, arrays["x"].shape)
-        errors = {}
-        if step["pass"] in ("reduced", "forward"):
-            y = self.peer_fwd(conv["x"], conv["weight"], conv.get("bias"), **kw)
-            errors["y"] = _compare(self.xp.to_numpy(y), *ref["y"], job["dtype"])
-        if step["pass"] in ("reduced", "backward") and self.peer_bwd is not None:
+        y = self.peer_fwd(conv["x"], conv["weight"], conv.get("bias"), **kw)
+        errors = {"y": _compare(self.xp.to_numpy(y), *ref["y"], job["dtype"])}
+        if self.peer_bwd is not None:
             grads = self.peer_bwd(self.xp.from_numpy(dy.astype(job["dtype"]), "cpu"), conv["x"], conv["weight"],
                                   conv.get("bias"), **kw)
             for n, g in zip(("x", "weight", "bias"), grads):
@@ -765,25 +795,51 @@ class _JobRunner:
         return lambda s: (fwd(s), bwd(s))
 
     def _time(self, step: dict) -> None:
-        from .memory import choose_method, peak_rss_in_process, peak_tracemalloc
         from .timing import measure
         job = self.job
         fail = self.fail_all or (self.fail_mode.get(step["grad_mode"]) if step["pass"] != "forward" else None)
         if fail:
             self.record(step, status=fail[0], reason=fail[1])
             return
-        over = self.over_cap.get((step["pass"], step.get("grad_mode")))
+        key = (step["pass"], step.get("grad_mode"))
+        over = self.over_cap.get(key)
         if over is not None:   # one regime's call was past the cap: the other's would be too
             self.record(step, status=">cap", reason=f"not run: in the {over} regime a call ran past the cap")
             return
+        slow, limit = self.medians.get(key), job.get("steady_max_s")
+        if slow is not None and limit is not None and step["regime"] == "steady" and slow > limit:
+            self.record(step, status="skipped", reason=f"not run: {slow:.3g} s a call fresh (> {job['steady_max_s']:g}"
+                                                        f" s); reusing out= cannot matter at that cost")
+            return
         fn = self._callable(step["pass"], step["regime"], step.get("grad_mode"))
+        check = self._full_check(step)
+        probe = None
+        if job["memory"]:
+            from .memory import choose_method, peak_rss_in_process, peak_tracemalloc
+            engine = "numba" if self.name.endswith(":numba") else self.library
+            method = choose_method(engine, "cpu")
+            probe = _memory_probe(peak_tracemalloc if method.startswith("tracemalloc") else peak_rss_in_process)
+        if check is not None:
+            self._next = 0        # the first call gets the reference's inputs
         try:
             t = measure(fn, setup=self._next_set, budget_s=float(job["budget_s"]), cap_s=float(job["cap_s"]),
                         first_call_allowance_s=float(job.get("first_call_allowance_s", 0.0)),
-                        warmup=int(job.get("warmup", 1)), min_reps=int(job.get("min_reps", 3)))
+                        warmup=int(job.get("warmup", 1)), min_reps=int(job.get("min_reps", 3)),
+                        check=check, probe=probe)
+        except _CheckFailed as e:
+            reason = (f"full-size {step['pass']}" + (f"[{step['grad_mode']}]" if step.get("grad_mode") else "")
+                      + f" check failed: {e}")[:400]
+            if step["pass"] == "forward":
+                self.fail_all = ("failed", reason)
+            else:
+                self.fail_mode[step.get("grad_mode")] = ("failed", reason)
+            self.record(step, status="failed", reason=reason)
+            return
         except Exception as e:  # noqa: BLE001
             self.record(step, status="failed", reason=f"{type(e).__name__}: {e}"[:400])
             return
+        if step["regime"] == job["regimes"][0]:
+            self.medians[key] = t.median_s
         fields = {"first_call_s": t.first_call_s, "n": t.n}
         if t.capped:   # a single call took longer than the cap
             self.over_cap[(step["pass"], step.get("grad_mode"))] = step["regime"]
@@ -795,15 +851,8 @@ class _JobRunner:
             from .machine import roofline_fraction
             flops, min_bytes = pass_cost(self.call, step["pass"], self.itemsize)
             fields["roofline_fraction"] = roofline_fraction(t.median_s, flops, min_bytes, **job["roofline"])
-        if job["memory"]:
-            engine = "numba" if self.name.endswith(":numba") else self.library
-            try:
-                method = choose_method(engine, "cpu")
-                peak = (peak_tracemalloc if method.startswith("tracemalloc") else peak_rss_in_process)(
-                    lambda: fn(self._next_set()))
-                fields.update(peak_bytes=peak.bytes, peak_method=peak.method)
-            except Exception:  # noqa: BLE001 — memory is a column, not a verdict
-                pass
+        if t.probe is not None:
+            fields.update(peak_bytes=t.probe.bytes, peak_method=t.probe.method)
         notes = [t.note] if t.note else []
         if step["regime"] == "steady" and self.library == "jax":
             notes.append(JAX_STEADY_NOTE)

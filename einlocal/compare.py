@@ -18,14 +18,16 @@ REFERENCE_CANDIDATES = ("einsum:numpy", "bmm:numpy")
 
 
 class Settings(dict):
-    """Run settings: passes, regimes, budget_s, cap_s, memory, full_check, prune_over_cap."""
+    """Run settings: passes, regimes, budget_s, cap_s, memory, full_check, prune_over_cap,
+    steady_max_s (a pass slower than this a call fresh is not timed again steady)."""
 
     __getattr__ = dict.__getitem__
 
 
 SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.15,
                     cap_s=2.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False,
-                    batch_divisor=1, kill_margin_s=5.0, ragged_sets=1000, first_call_allowance_s=10.0)
+                    batch_divisor=1, kill_margin_s=5.0, ragged_sets=1000, first_call_allowance_s=10.0,
+                    steady_max_s=1.0)
 # --quick: the same workloads with the batch divided by 8, every library, forward and backward[vjp]
 # only, fresh regime, checked at the reduced size only, small budgets, a 0.5 s cap per call (see
 # `einlocal.timing.measure`), and the cost model's two likeliest array strategies per library
@@ -221,7 +223,8 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                       cap_s=settings.cap_s, dtype=w.dtype, memory=settings.memory, seed=0,
                       check_shapes=w.reduced, workload=w.id, roofline=roof,
                       kill_margin_s=settings.get("kill_margin_s", 8.0),
-                      first_call_allowance_s=settings.get("first_call_allowance_s", 0.0))
+                      first_call_allowance_s=settings.get("first_call_allowance_s", 0.0),
+                      steady_max_s=settings.get("steady_max_s"))
         ref_path = None
         if settings.full_check:
             ref_name, why = trusted_reference(w)

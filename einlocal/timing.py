@@ -42,6 +42,7 @@ class Timing:
     capped: bool
     times: tuple[float, ...] = field(repr=False)
     note: str = ""
+    probe: Any = field(default=None, repr=False)
 
     @property
     def spread(self) -> float:
@@ -192,6 +193,8 @@ def measure(
     cap_s: float | None = None,
     clock: Any = None,
     first_call_allowance_s: float = 0.0,
+    check: Callable[[Any], None] | None = None,
+    probe: Callable[[Callable[[], Any]], Any] | None = None,
 ) -> Timing:
     """Time `fn` like triton's do_bench, on wall-clock by default.
 
@@ -210,6 +213,12 @@ def measure(
     first result is a CUDA torch tensor, else wall-clock).
     `first_call_allowance_s`: extra time the first call may take beyond the cap
     (a JIT's compile), not counted in the cap's total.
+    `check(result)`: called with the first call's result, untimed, before any
+    other call; an exception it raises ends the measurement (a wrong result
+    is never timed further).
+    `probe(call)`: runs the first warm-up call as `probe(call)` (a memory
+    probe around one call), untimed; its value is `Timing.probe`. With
+    `warmup=0` it runs after the repetitions instead.
     """
     if max_reps < 1 or min_reps < 0 or warmup < 0:
         raise ValueError(f"measure: need max_reps >= 1, min_reps >= 0, warmup >= 0; "
@@ -232,7 +241,17 @@ def measure(
     first = first_clock.stop(token)
     if clock is None:
         clock = _default_clock(result)
+    if check is not None:
+        check(result)
     del result, arg
+    probed = None
+
+    def run_probe() -> float:
+        nonlocal probed
+        arg = (setup(),) if setup is not None else ()
+        t0 = time.perf_counter()
+        probed = probe(lambda: sync(fn(*arg)))
+        return time.perf_counter() - t0
 
     def over(dt: float) -> bool:
         return cap_s is not None and dt > cap_s
@@ -242,14 +261,15 @@ def measure(
                       f"first call {first:.3g} s > cap {cap_s:g} s"
                       + (f" + {first_call_allowance_s:g} s for compiling" if first_call_allowance_s else ""))
     total = max(0.0, first - first_call_allowance_s)
-    for _ in range(warmup):
-        dt = call(clock)
+    for k in range(warmup):
+        dt = run_probe() if (k == 0 and probe is not None) else call(clock)
         total += dt
         if over(dt):
-            return Timing(dt, 0.0, dt, dt, 0, first, True, (), f"a warm-up call {dt:.3g} s > cap {cap_s:g} s")
+            return Timing(dt, 0.0, dt, dt, 0, first, True, (), f"a warm-up call {dt:.3g} s > cap {cap_s:g} s",
+                          probed)
         if over(total):   # no time left for a repetition: the first call is the only sample
             return Timing(first, 0.0, first, first, 1, first, False, (first,),
-                          f"n=1: the first call only (no repetition within the cap {cap_s:g} s)")
+                          f"n=1: the first call only (no repetition within the cap {cap_s:g} s)", probed)
 
     times: list[float] = []
     spent = 0.0
@@ -262,13 +282,15 @@ def measure(
         if over(dt):
             q1, median, q3 = _quartiles(times)
             return Timing(median, q3 - q1, q1, q3, len(times), first, True, tuple(times),
-                          f"a repetition {dt:.3g} s > cap {cap_s:g} s")
+                          f"a repetition {dt:.3g} s > cap {cap_s:g} s", probed)
         if over(total):
             if len(times) < min_reps:
                 note = f"n={len(times)}: repetitions stopped at the cap's total ({cap_s:g} s)"
             break
+    if probe is not None and warmup == 0:
+        run_probe()
     q1, median, q3 = _quartiles(times)
-    return Timing(median, q3 - q1, q1, q3, len(times), first, False, tuple(times), note)
+    return Timing(median, q3 - q1, q1, q3, len(times), first, False, tuple(times), note, probed)
 
 
 # -- threads -------------------------------------------------------------------------

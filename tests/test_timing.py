@@ -45,6 +45,44 @@ def test_sync_runs_before_the_end_time_every_call():
     assert log == ["start", "fn", "sync", "stop"] * 6  # first + warm-up + 4 reps
 
 
+def test_check_sees_the_first_result_before_any_other_call():
+    log, seen = [], []
+    fn, sync = logged(log)
+    measure(fn, sync=sync, clock=FakeClock([1.0] * 6, log), budget_s=0, warmup=1, min_reps=2,
+            check=lambda result: seen.append(list(log)))
+    assert seen == [["start", "fn", "sync", "stop"]]
+
+
+def test_a_failing_check_ends_the_measurement():
+    log = []
+    fn, sync = logged(log)
+
+    def check(result):
+        raise ValueError("wrong result")
+    with pytest.raises(ValueError, match="wrong result"):
+        measure(fn, sync=sync, clock=FakeClock([1.0] * 6, log), check=check)
+    assert log.count("fn") == 1
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_probe_runs_one_untimed_call_in_place_of_a_warm_up(warmup):
+    log = []
+    fn, sync = logged(log)
+
+    def probe(call):
+        log.append("probe")
+        call()
+        return "peak"
+    t = measure(fn, sync=sync, clock=FakeClock([1.0] * 6, log), budget_s=0, warmup=warmup, min_reps=2, probe=probe)
+    timed = ["start", "fn", "sync", "stop"]
+    probed = ["probe", "fn", "sync"]
+    assert t.probe == "peak" and t.n == 2
+    if warmup:
+        assert log == timed + probed + timed * (warmup - 1) + timed * 2
+    else:
+        assert log == timed + timed * 2 + probed
+
+
 def test_setup_runs_outside_the_timed_region_and_feeds_fn():
     log, seen = [], []
 

@@ -32,6 +32,8 @@ class Backend:
     requires: tuple[str, ...] = ()
     # whether execute() runs arbitrary statements (False: only catalogue ops)
     general = True
+    # whether a first call compiles (a JIT): timing allows it extra time
+    compiles = False
 
     @property
     def name(self) -> str:
@@ -86,6 +88,7 @@ class ArrayBackend(Backend):
     def __init__(self, engine: str):
         self.engine = engine
         self.takes = (engine,)
+        self.compiles = engine == "jax"      # jax lowerings are jit-compiled per statement and shapes
         self.requires = {"jax": ("jax",), "cupy": ("cupy",), "torch": ("torch",)}.get(engine, ())
 
     def unavailable(self) -> str | None:

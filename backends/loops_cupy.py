@@ -37,6 +37,7 @@ def compile_ptx(src: str, name: str, arch: str = "sm_80") -> bytes:
 
 
 class CupyLoops(Backend):
+    compiles = True
     strategy = "loops"
     engine = "cupy"
     takes = ("cupy",)

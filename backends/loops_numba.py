@@ -81,6 +81,7 @@ def lowered(plan):
 
 
 class NumbaLoops(Backend):
+    compiles = True
     strategy = "loops"
     engine = "numba"
     takes = ("numpy", "torch")

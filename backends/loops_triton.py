@@ -38,6 +38,7 @@ def interpreting() -> bool:
 
 
 class TritonLoops(Backend):
+    compiles = True
     strategy = "loops"
     engine = "triton"
     takes = ("torch",)

@@ -64,6 +64,7 @@ def _backward(call, wrt: tuple):
 
 class NativeJax(Backend):
     """Runs catalogue ops only (``general = False``): ``kinds`` lists them."""
+    compiles = True
 
     strategy = "native"
     engine = "jax"

@@ -42,6 +42,7 @@ IN_PROCESS_NOTE = "all libraries measured in one process (not isolated)"
 JAX_STEADY_NOTE = ("jax has no out= (immutable arrays): its steady regime is repeated calls "
                    "whose buffers come from XLA's allocator")
 _STEP = "EINLOCAL_STEP "
+_FIRST = "EINLOCAL_FIRST "       # a timed step's first call returned
 _RECORD = "EINLOCAL_RECORD "
 _START_TIMEOUT_S = 180.0   # imports of a framework on a busy machine
 
@@ -306,7 +307,7 @@ def run_jobs(jobs: list[dict], *, isolate: bool = True, threads: int | None = No
                 if kind == "record":
                     payload[0].setdefault("isolation", note)
                     records.append(payload[0])
-                elif progress:
+                elif kind == "step" and progress:
                     progress("step", {"job": job, "step": payload})
             run_job(job, emit)
             if progress:
@@ -322,19 +323,22 @@ def run_jobs(jobs: list[dict], *, isolate: bool = True, threads: int | None = No
     return records
 
 
-def _deadline_s(job: dict, step: dict) -> float:
+def _deadline_s(job: dict, step: dict, first_done: bool = False) -> float:
     """How long a step may run before it is killed (and recorded >cap).
 
-    A timed step whose every call stays under the cap takes at most ~2x the cap
-    (`measure` starts no call once first call + warm-up + repetitions pass the
-    cap, and that last call is itself under it), plus one more call for the
-    memory figure; past that, some single call must have exceeded the cap.
+    A timed step's first call may take the cap plus the compile allowance;
+    once it has returned, the rest takes at most ~2x the cap (`measure`
+    starts no call once first call + warm-up + repetitions pass the cap, and
+    that last call is itself under it), plus one more call when memory is
+    measured after the repetitions; past that, some single call must have
+    exceeded the cap.  Each phase has ``kill_margin_s`` on top.
     """
-    if step["kind"] == "check" and step["pass"] == "reduced":
+    if step["kind"] == "check":
         return 120.0
-    calls = 3.0 if step["kind"] == "time" and job.get("memory") else 2.0
-    return (calls * float(job["cap_s"]) + float(job.get("first_call_allowance_s", 0.0))
-            + float(job.get("kill_margin_s", 15.0)))
+    cap, margin = float(job["cap_s"]), float(job.get("kill_margin_s", 15.0))
+    if not first_done:
+        return cap + float(job.get("first_call_allowance_s", 0.0)) + margin
+    return (3.0 if job.get("memory") else 2.0) * cap + margin
 
 
 def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
@@ -377,6 +381,8 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
                 deadline = time.monotonic() + _deadline_s(jobs[i], msg["step"])
                 if progress:
                     progress("step", {"job": jobs[i], "step": msg["step"]})
+            elif line.startswith(_FIRST) and current is not None and current[1] is not None:
+                deadline = time.monotonic() + _deadline_s(jobs[current[0]], current[1], first_done=True)
             elif line.startswith(_RECORD):
                 msg = json.loads(line[len(_RECORD):])
                 i = base + msg["job"]
@@ -663,10 +669,10 @@ class _JobRunner:
         what = f"{k['step']['kind']} {k['step']['pass']}" + (f"[{k['step']['grad_mode']}]"
                                                             if k["step"].get("grad_mode") else "")
         if k["why"] == "killed":
-            lim = _deadline_s(self.job, k["step"])
             if this is not None:
-                return {"status": ">cap", "reason": f"killed after ~{lim:.0f} s: a single call ran past the cap "
-                                                    f"{self.job['cap_s']} s"}
+                return {"status": ">cap", "reason": f"killed: a single call ran past the cap {self.job['cap_s']} s "
+                                                    f"(+ {self.job.get('first_call_allowance_s', 0):g} s for a "
+                                                    f"first call's compiling)"}
             return {"status": ">cap", "reason": f"not run: {what} ran past the cap"}
         reason = f"the process crashed (exit {k['rc']}) during {what}"
         return {"status": "failed", "reason": reason}
@@ -821,11 +827,16 @@ class _JobRunner:
             probe = _memory_probe(peak_tracemalloc if method.startswith("tracemalloc") else peak_rss_in_process)
         if check is not None:
             self._next = 0        # the first call gets the reference's inputs
+
+        def first(result):         # tell the parent (its deadline moves on), then check
+            self.emit("first", step)
+            if check is not None:
+                check(result)
         try:
             t = measure(fn, setup=self._next_set, budget_s=float(job["budget_s"]), cap_s=float(job["cap_s"]),
                         first_call_allowance_s=float(job.get("first_call_allowance_s", 0.0)),
                         warmup=int(job.get("warmup", 1)), min_reps=int(job.get("min_reps", 3)),
-                        check=check, probe=probe)
+                        check=first, probe=probe)
         except _CheckFailed as e:
             reason = (f"full-size {step['pass']}" + (f"[{step['grad_mode']}]" if step.get("grad_mode") else "")
                       + f" check failed: {e}")[:400]
@@ -896,6 +907,8 @@ def _child_main() -> int:
         def emit(kind, obj, j=j):
             if kind == "step":
                 real_stdout.write(_STEP + json.dumps({"job": j, "step": obj}) + "\n")
+            elif kind == "first":
+                real_stdout.write(_FIRST + json.dumps({"job": j}) + "\n")
             else:
                 rec, key = obj
                 real_stdout.write(_RECORD + json.dumps({"job": j, "record": rec, "step_key": key},

@@ -27,7 +27,7 @@ class Settings(dict):
 SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.15,
                     cap_s=2.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False,
                     batch_divisor=1, kill_margin_s=5.0, ragged_sets=1000, first_call_allowance_s=10.0,
-                    steady_max_s=1.0)
+                    steady_max_s=0.5)
 # --quick: the same workloads with the batch divided by 8, every library, forward and backward[vjp]
 # only, fresh regime, checked at the reduced size only, small budgets, a 0.5 s cap per call (see
 # `einlocal.timing.measure`), and the cost model's two likeliest array strategies per library
@@ -249,7 +249,8 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                 pre.append(_skip_records(w, name, settings, f"cost model: forward over {PRUNE_SHARE:g}x the cap "
                                          f"{settings.cap_s:g} s, backward far over it (--quick): not run"))
                 continue
-            jobs.append(make_job(spec, w.shapes, w.params, name, reference=ref_path, **common))
+            jobs.append(make_job(spec, w.shapes, w.params, name, reference=ref_path,
+                                 **_allowance(common, b.compiles)))
         for wanted in w.peers:
             peer = _peer_for(wanted, peer_table)
             if peer is None:
@@ -258,7 +259,8 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
             if backends and not any(f"peer:{peer}".startswith(b) or b == "peer" for b in backends):
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
-                                 note="peer", **{**common, "regimes": ("fresh",)}))
+                                 note="peer", **_allowance({**common, "regimes": ("fresh",)},
+                                                           info["library"] == "jax")))
     if quick:
         notes.append(f"--quick: batch divided by {settings.get('batch_divisor')} (the shapes say so), the cost "
                      f"model's {settings.get('per_library')} likeliest array strategies per library, fresh regime, "
@@ -278,6 +280,13 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
         paths = write_results(records, outdir, command=cmd, machine=info, name="results", notes=notes,
                               x_key="flops")
     return records, paths
+
+
+def _allowance(common: dict, compiles: bool) -> dict:
+    """The job settings with the first call's compile allowance kept only for
+    what compiles on a first call (numba, Triton, jax's jit): another
+    backend's slow first call is just slow, and is capped as such."""
+    return common if compiles else {**common, "first_call_allowance_s": 0.0}
 
 
 def _can_run(w: Workload, b) -> str | None:

@@ -133,7 +133,7 @@ def test_isolated_run_streams_records_from_a_child_process():
 
 
 def test_a_step_past_its_deadline_is_killed_and_recorded_over_the_cap(monkeypatch):
-    monkeypatch.setattr(bench, "_deadline_s", lambda job, step: 0.0)
+    monkeypatch.setattr(bench, "_deadline_s", lambda job, step, first_done=False: 0.0)
     recs = el.benchmark(el.conv2d, backends=["bmm:numpy"], regimes=("fresh",), budget_s=0.005, memory=False,
                         x=(1, 2, 5, 5), weight=(3, 2, 3, 3))
     assert sorted(r["pass"] for r in recs) == ["backward", "forward"]
@@ -151,3 +151,30 @@ def test_what_a_killed_step_implies(killed, step, implied):
     k = {"kind": killed[0], "pass": killed[1], "grad_mode": killed[2]}
     s = {"kind": step[0], "pass": step[1], "grad_mode": step[2], "regime": "fresh"}
     assert bench._implied(k, s) is implied
+
+
+def test_deadline_gives_a_first_call_its_compile_allowance_then_twice_the_cap():
+    job = {"cap_s": 2.0, "first_call_allowance_s": 10.0, "kill_margin_s": 5.0, "memory": False}
+    step = {"kind": "time", "pass": "forward", "regime": "fresh", "grad_mode": None}
+    assert bench._deadline_s(job, step) == 2.0 + 10.0 + 5.0
+    assert bench._deadline_s(job, step, first_done=True) == 2 * 2.0 + 5.0
+    assert bench._deadline_s({**job, "memory": True}, step, first_done=True) == 3 * 2.0 + 5.0
+
+
+def test_a_slow_first_call_is_killed_at_cap_plus_allowance(tmp_path):
+    """A first call past cap + allowance + margin is killed then, not at the
+    end of the whole step's deadline: a peer that sleeps 60 s is recorded
+    >cap within seconds."""
+    import time as _time
+    peers = tmp_path / "peers.py"
+    peers.write_text("import time\n"
+                     "def slow(x, weight, bias=None, **kw):\n    time.sleep(60)\n"
+                     "PEERS = {'slow': (slow, None, 'numpy', 'conv2d')}\n")
+    job = bench.make_job(bench.op_spec(el.conv2d), {"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}, {}, "peer:slow",
+                         peer={"library": "numpy", "path": str(peers), "name": "slow", "op": "conv2d"},
+                         regimes=("fresh",), passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False,
+                         kill_margin_s=0.5, first_call_allowance_s=0.0)
+    t0 = _time.monotonic()
+    (rec,) = bench.run_jobs([job])
+    assert rec["status"] == ">cap" and "killed" in rec["reason"]
+    assert _time.monotonic() - t0 < 30

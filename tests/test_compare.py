@@ -4,7 +4,7 @@ import json
 import pytest
 
 from einlocal import compare as compare_module
-from einlocal import workloads
+from einlocal import registry, workloads
 from einlocal.compare import compare
 
 
@@ -77,3 +77,14 @@ def test_every_peer_passes_its_reduced_check(w, name, info):
     if w.op == "depthwise_conv2d":
         assert runner.peer_params["groups"] == w.shapes["x"][1]
         assert peer_params(info, runner.peer_params, w.reduced["x"])["groups"] == w.reduced["x"][1]
+
+
+def test_only_backends_that_compile_get_the_first_call_allowance():
+    from einlocal.compare import _allowance
+    common = {"first_call_allowance_s": 10.0, "cap_s": 2.0}
+    assert _allowance(common, True)["first_call_allowance_s"] == 10.0
+    assert _allowance(common, False)["first_call_allowance_s"] == 0.0
+    assert not registry.get("bmm:numpy").compiles and not registry.get("loops:python").compiles
+    for name in ("loops:numba", "einsum:jax", "native:jax"):
+        if name in registry.available():
+            assert registry.get(name).compiles, name

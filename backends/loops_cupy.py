@@ -37,11 +37,11 @@ def compile_ptx(src: str, name: str, arch: str = "sm_80") -> bytes:
 
 
 class CupyLoops(Backend):
-    compiles = True
     strategy = "loops"
     engine = "cupy"
     takes = ("cupy",)
     requires = ("cupy",)
+    compile_s = 10.0
 
     def __init__(self):
         self.deterministic: bool | None = None

@@ -79,17 +79,16 @@ def lowered(plan):
     return plan.gather if plan.scatter and plan.gather is not None else plan
 
 
-
 class NumbaLoops(Backend):
-    compiles = True
     strategy = "loops"
     engine = "numba"
     takes = ("numpy", "torch")
     requires = ("numba",)
+    compile_s = 10.0          # a backward's two kernels, ~4 s each on 2 cores
 
     def __init__(self, tiled: bool = True):
         self.tiled = tiled                # False: always the general nest (tests compare both)
-        self._kernels: dict = {}          # (plan, dtype, strides, tiled) -> (Kernel, dispatcher)
+        self._kernels: dict = {}          # (plan, dtype, strides, ..., tiled) -> (Kernel, dispatcher)
         self.compile_seconds: dict = {}   # (plan, signature) -> seconds of compiling or loading
         self.cache_hits: dict = {}        # (plan, signature) -> loaded from the file cache
 

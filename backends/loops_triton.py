@@ -38,11 +38,11 @@ def interpreting() -> bool:
 
 
 class TritonLoops(Backend):
-    compiles = True
     strategy = "loops"
     engine = "triton"
     takes = ("torch",)
     requires = ("triton", "torch")
+    compile_s = 10.0
 
     def __init__(self):
         self.deterministic: bool | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 
 from ..errors import BackendError
-from .base import Backend, add_bias
+from .base import JAX_COMPILE_S, Backend, add_bias
 
 __all__ = ["NativeJax"]
 
@@ -64,7 +64,7 @@ def _backward(call, wrt: tuple):
 
 class NativeJax(Backend):
     """Runs catalogue ops only (``general = False``): ``kinds`` lists them."""
-    compiles = True
+    compile_s = JAX_COMPILE_S
 
     strategy = "native"
     engine = "jax"

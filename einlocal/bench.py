@@ -144,7 +144,8 @@ def make_job(spec: dict, shapes: dict, params: dict, backend: str, **kw) -> dict
                          ("dtype", "float32"),
                          ("memory", True), ("seed", 0), ("check_shapes", None), ("reference", None),
                          ("workload", None), ("roofline", None), ("peer", None), ("note", None),
-                         ("kill_margin_s", 15.0), ("first_call_allowance_s", 0.0), ("steady_max_s", None)):
+                         ("kill_margin_s", 15.0), ("first_call_allowance_s", 0.0), ("steady_max_s", None),
+                         ("steady_grad_modes", None)):
         value = kw.pop(key, default)
         job[key] = list(value) if isinstance(value, tuple) else value
     if kw:
@@ -811,6 +812,13 @@ class _JobRunner:
         over = self.over_cap.get(key)
         if over is not None:   # one regime's call was past the cap: the other's would be too
             self.record(step, status=">cap", reason=f"not run: in the {over} regime a call ran past the cap")
+            return
+        modes = job.get("steady_grad_modes")
+        if step["regime"] == "steady" and step.get("grad_mode") and modes is not None \
+                and step["grad_mode"] not in modes:
+            self.record(step, status="skipped", reason=f"not run: the steady regime is timed in grad mode "
+                                                        f"{', '.join(modes)} (an autodiff backward's buffers are the "
+                                                        f"library's own; out= would add a copy)")
             return
         slow, limit = self.medians.get(key), job.get("steady_max_s")
         if slow is not None and limit is not None and step["regime"] == "steady" and slow > limit:

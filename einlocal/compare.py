@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .backends.base import JAX_COMPILE_S
 from .bench import ISOLATION_NOTE, make_job, op_spec, reference_file, run_jobs
 from .workloads import WORKLOADS, Workload, get, ragged_workload
 
@@ -19,15 +20,16 @@ REFERENCE_CANDIDATES = ("einsum:numpy", "bmm:numpy")
 
 class Settings(dict):
     """Run settings: passes, regimes, budget_s, cap_s, memory, full_check, prune_over_cap,
-    steady_max_s (a pass slower than this a call fresh is not timed again steady)."""
+    steady_max_s (a pass slower than this a call fresh is not timed again steady),
+    steady_grad_modes (the backward's grad modes timed steady)."""
 
     __getattr__ = dict.__getitem__
 
 
 SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.15,
                     cap_s=2.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False,
-                    batch_divisor=1, kill_margin_s=5.0, ragged_sets=1000, first_call_allowance_s=10.0,
-                    steady_max_s=0.5)
+                    batch_divisor=1, kill_margin_s=3.0, ragged_sets=1000, first_call_allowance_s=10.0,
+                    steady_max_s=0.5, steady_grad_modes=("vjp",))
 # --quick: the same workloads with the batch divided by 8, every library, forward and backward[vjp]
 # only, fresh regime, checked at the reduced size only, small budgets, a 0.5 s cap per call (see
 # `einlocal.timing.measure`), and the cost model's two likeliest array strategies per library
@@ -224,7 +226,8 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                       check_shapes=w.reduced, workload=w.id, roofline=roof,
                       kill_margin_s=settings.get("kill_margin_s", 8.0),
                       first_call_allowance_s=settings.get("first_call_allowance_s", 0.0),
-                      steady_max_s=settings.get("steady_max_s"))
+                      steady_max_s=settings.get("steady_max_s"),
+                      steady_grad_modes=settings.get("steady_grad_modes"))
         ref_path = None
         if settings.full_check:
             ref_name, why = trusted_reference(w)
@@ -250,7 +253,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                                          f"{settings.cap_s:g} s, backward far over it (--quick): not run"))
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, name, reference=ref_path,
-                                 **_allowance(common, b.compiles)))
+                                 **_allowance(common, b.compile_s)))
         for wanted in w.peers:
             peer = _peer_for(wanted, peer_table)
             if peer is None:
@@ -260,7 +263,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
                                  note="peer", **_allowance({**common, "regimes": ("fresh",)},
-                                                           info["library"] == "jax")))
+                                                           JAX_COMPILE_S if info["library"] == "jax" else 0.0)))
     if quick:
         notes.append(f"--quick: batch divided by {settings.get('batch_divisor')} (the shapes say so), the cost "
                      f"model's {settings.get('per_library')} likeliest array strategies per library, fresh regime, "
@@ -282,11 +285,12 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     return records, paths
 
 
-def _allowance(common: dict, compiles: bool) -> dict:
-    """The job settings with the first call's compile allowance kept only for
-    what compiles on a first call (numba, Triton, jax's jit): another
-    backend's slow first call is just slow, and is capped as such."""
-    return common if compiles else {**common, "first_call_allowance_s": 0.0}
+def _allowance(common: dict, compile_s: float) -> dict:
+    """The job settings with a first call's compile allowance cut to what the
+    backend compiles (``Backend.compile_s``: numba, Triton, jax's jit); a
+    backend that compiles nothing gets none: its slow first call is just slow,
+    and is capped as such."""
+    return {**common, "first_call_allowance_s": min(common.get("first_call_allowance_s", 0.0), compile_s)}
 
 
 def _can_run(w: Workload, b) -> str | None:

@@ -178,3 +178,15 @@ def test_a_slow_first_call_is_killed_at_cap_plus_allowance(tmp_path):
     (rec,) = bench.run_jobs([job])
     assert rec["status"] == ">cap" and "killed" in rec["reason"]
     assert _time.monotonic() - t0 < 30
+
+
+def test_steady_regime_only_in_the_grad_modes_asked_for():
+    if "einsum:torch" not in registry.available():
+        pytest.skip(registry.unavailable().get("einsum:torch", "einsum:torch unavailable"))
+    job = bench.make_job(bench.op_spec(el.locally_connected2d), SHAPES, {}, "einsum:torch",
+                         regimes=("fresh", "steady"), budget_s=0.005, memory=False, steady_grad_modes=("vjp",))
+    recs = {(r["regime"], r["pass"], r["grad_mode"]): r for r in bench.run_jobs([job], isolate=False)}
+    assert recs[("steady", "backward", "autodiff")]["status"] == "skipped"
+    assert "grad mode vjp" in recs[("steady", "backward", "autodiff")]["reason"]
+    for key in (("fresh", "backward", "autodiff"), ("steady", "backward", "vjp"), ("steady", "forward", None)):
+        assert recs[key]["status"] == "ok", recs[key]

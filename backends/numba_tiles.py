@@ -50,9 +50,12 @@ REGISTERS = 16        # vector registers (AVX2: 16 ymm)
 MAX_ACC = 12          # accumulators in a tile, leaving registers for loads
 MAX_TAPS = 16         # summed iterations unrolled into one loop body
 # Below this many flops per byte of the op's minimum traffic each element is
-# used about once: registers buy nothing, and a tile's reduction would keep a
-# stream open per summed element (a weight gradient summed over a batch of
-# planes 1 MB apart); the general nest streams each operand in memory order.
+# used about once and the op is memory-bound.  Tiles then only stream: each
+# operand read once per tile, in memory order, the fewest streams open (a 1x1
+# locally connected layer: every input channel and both weights' rows in one
+# pass over the output).  Where the sum does not unroll, a tile's reduction
+# would keep a stream open per summed element (a weight gradient summed over
+# a batch of planes 1 MB apart); the general nest takes those.
 MIN_INTENSITY = 1.0
 
 
@@ -68,6 +71,7 @@ class Tiling:
     loops: tuple[str, ...]                  # summed indices looped (the vector last, in the reduce form)
     outer: tuple[str, ...]                  # output indices outside the tile, the parallel one first
     parallel: str | None
+    streaming: bool = False                 # memory-bound: blocks and order for the fewest streams
 
 
 def _vectorisable(v: str, acc, strides) -> bool:
@@ -123,13 +127,13 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
     """The tiled form of ``plan`` for these element strides (operands by
     name, and the output's), or None where it does not apply: an
     affine-indexed output, other than two operands, a dtype without
-    vectors, too few flops per byte (``MIN_INTENSITY``), or no index read
-    contiguously by every operand that uses it."""
+    vectors, a memory-bound op (``MIN_INTENSITY``) whose sum does not
+    unroll or whose output is not vectorised along its unit-stride axis, or
+    no index read contiguously by every operand that uses it."""
     stmt, out = plan.stmt, plan.stmt.out
     if not out.plain or len(stmt.operands) != 2 or dtype not in LANES:
         return None
-    if plan.flops() < MIN_INTENSITY * plan.min_elements() * (4 if dtype == "float32" else 8):
-        return None
+    streaming = plan.flops() < MIN_INTENSITY * plan.min_elements() * (4 if dtype == "float32" else 8)
     live = {n: r for n, r in plan.range.items() if r > 1}
     ops = stmt.operands
 
@@ -154,8 +158,13 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
         return None
     flat = {a.name: _flat(a, strides[a.name], live) for a in ops}
     outs = [n for n in out.names if n in live and n != v]
-    blocks = _choose_blocks(outs, ops, live, flat)
     summed = [n for n in stmt.summed if n in live and n != v]
+    if streaming:
+        if form != "map" or math.prod(live[n] for n in summed) > MAX_TAPS:
+            return None
+        blocks = _stream_blocks(outs, ops, plan, live)
+    else:
+        blocks = _choose_blocks(outs, ops, live, flat)
     taps, total = [], 1
     for n in sorted(summed, key=lambda n: live[n]):
         if total * live[n] > MAX_TAPS:
@@ -163,13 +172,32 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
         taps.append(n)
         total *= live[n]
     loops = tuple(n for n in summed if n not in taps) + ((v,) if form == "reduce" else ())
-    outer = _loop_order(outs, ops, live, dict(blocks), v, out, out_strides)
+    if streaming:   # memory order: each operand's rows follow one another
+        outer = tuple(sorted(outs, key=lambda u: -abs(out_strides[out.axis_of(u)])))
+    else:
+        outer = _loop_order(outs, ops, live, dict(blocks), v, out, out_strides)
     tiles = {n: math.ceil(live[n] / dict(blocks).get(n, 1)) for n in outs}
     parallel = next((n for n in outer if tiles[n] >= 4), max(outer, key=tiles.get) if outer else None)
     if parallel is not None and tiles[parallel] < 2:
         parallel = None
     outer = ((parallel,) if parallel else ()) + tuple(n for n in outer if n != parallel)
-    return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel)
+    return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel, streaming)
+
+
+def _stream_blocks(outs, ops, plan, live) -> tuple[tuple[str, int], ...]:
+    """For a memory-bound tile: the output indices the largest operand does
+    not depend on, each unrolled whole (within MAX_ACC accumulators), so a
+    tile reads that operand once for all of them; the smaller operand's rows
+    are the extra streams (a 1x1 layer: the input once for every output
+    channel, the weights' rows beside it)."""
+    big = max(ops, key=lambda a: math.prod(plan.shape[a.name]))
+    blocks, acc = [], 1
+    for n in sorted((n for n in outs if n not in big.names), key=lambda n: live[n]):
+        if acc * live[n] > MAX_ACC:
+            break
+        blocks.append((n, live[n]))
+        acc *= live[n]
+    return tuple(blocks)
 
 
 def _loop_order(outs, ops, live, blocks, v, out, out_strides) -> tuple[str, ...]:
@@ -414,7 +442,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
                   f"    for t_{p} in numba.prange({count(p, psize)}):", f"        tiles({args}, t_{p})"]
     order = (*t.outer, *((v,) if t.form == "map" else ()), *t.loops)
     header = (f"# generated by einlocal.backends.numba_tiles for\n#   {plan}\n"
-              f"# {t.form} form: {V} lanes along {v}; blocks "
+              f"# {t.form} form{' (streaming: memory-bound)' if t.streaming else ''}: {V} lanes along {v}; blocks "
               f"{', '.join(f'{n}x{s}' for n, s in t.blocks) or '-'}; taps unrolled: {', '.join(t.taps) or '-'}; "
               f"prange over: {t.parallel or '-'}\n")
     return Kernel(header + "\n".join(lines) + "\n", tuple(a.name for a in stmt.operands), order, t.parallel, v,

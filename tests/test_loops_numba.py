@@ -107,9 +107,18 @@ def test_tiles_for_the_report_layers(numba_backend, dtype, lanes):
     assert "vload_lanes" in src and "if " in src          # padding: edge tiles load the lanes inside
 
 
-def test_memory_bound_statements_take_the_general_nest(numba_backend):
-    """A locally connected layer on one image uses each weight once: under
-    one flop per byte, tiles buy nothing and the general nest streams."""
+def test_memory_bound_statements_stream(numba_backend):
+    """Under one flop per byte each element is used about once.  A 1x1
+    layer's sum unrolls: a streaming tile reads the input once for every
+    output channel (blocked whole), in memory order, batch parallel.  A 3x3
+    layer on one image sums 27 terms per output: the general nest streams."""
+    lc1 = _plans(el.locally_connected2d, x=(16, 4, 8, 16), weight=(2, 4, 1, 1, 8, 16))
+    for name in ("forward", "dx"):
+        plan = lc1[name]
+        assert plan.flops() < plan.min_elements() * 4
+        head = _header(numba_backend.kernel(plan, dtype="float32"))
+        assert "map form (streaming: memory-bound): 8 lanes along w" in head, (name, head)
+        assert ("blocks ox2" if name == "forward" else "blocks cx4") in head and "prange over: n" in head, head
     plan = _plans(el.locally_connected2d, x=(1, 3, 12, 12), weight=(4, 3, 3, 3, 10, 10))["forward"]
     assert plan.flops() < plan.min_elements() * 4
     assert "numba_codegen" in numba_backend.kernel(plan, dtype="float32").source
@@ -125,6 +134,8 @@ def test_stride_two_scatter_stays_a_general_nest(numba_backend):
 @pytest.mark.parametrize("case, kw", [
     # a 10-wide row in 8 lanes (the last tile overlaps), blocks that overlap too
     ("lc2d-w10", dict(x=(11, 3, 7, 12), weight=(5, 3, 2, 3, 6, 10), bias=(5, 6, 10))),
+    # memory-bound 1x1 layers (streaming tiles), a 10-wide row; a batch summed whole in dW
+    ("lc2d-1x1-stream", dict(x=(6, 3, 5, 10), weight=(2, 3, 1, 1, 5, 10), bias=(2, 5, 10))),
     # 5 and 3 wide rows: 4 and 2 lanes
     ("lc2d-w5", dict(x=(13, 2, 6, 7), weight=(3, 2, 2, 3, 5, 5))),
     ("lc1d-w3", dict(x=(13, 2, 5), weight=(2, 2, 3, 3))),

@@ -1,4 +1,4 @@
-"""The `einlocal` command: compare, backends, check, bench, choose, table."""
+"""The `einlocal` command: compare, backends, check, bench, choose, table, source."""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +78,30 @@ def cmd_check(args) -> int:
     report = check(op, backends=_backend_names(args.backends), dtype=args.dtype, seed=args.seed, **shapes, **params)
     print(report)
     return 0 if report.ok else 1
+
+
+def cmd_source(args) -> int:
+    """Print the code a generating backend emits for an op's forward
+    statement and each backward statement (or the one ``--pass`` names)."""
+    import numpy as np
+
+    from . import registry
+    from .errors import EinlocalError
+    op, shapes, params = _op_kwargs(args)
+    try:
+        arrays = {k: np.zeros(v, dtype=np.float32) for k, v in shapes.items()}
+        call = op.bind(arrays["x"], arrays["weight"], arrays.get("bias"), **params)
+        plans = {"forward": call.plan, **{f"d{k}": p for k, p in call.plan.backward.items()}}
+        if args.pass_ not in ("all", *plans):
+            raise SystemExit(f"einlocal source: --pass {args.pass_!r}; this op has {', '.join(plans)} (or all)")
+        backend = registry.generator(args.backend)
+    except EinlocalError as e:
+        raise SystemExit(f"einlocal source: {e}") from None
+    for name, plan in plans.items():
+        if args.pass_ in ("all", name):
+            print(f"# ===== {args.backend}, {name}: {plan}\n")
+            print(backend.source(plan, dtype=args.dtype))
+    return 0
 
 
 def cmd_bench(args) -> int:
@@ -201,6 +225,12 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--budget", type=float, default=0.1)
     h.add_argument("--refresh", action="store_true", help="measure again even if cached")
     h.set_defaults(run=cmd_choose)
+
+    g = sub.add_parser("source", help="print the code a loops backend generates for an op, forward and backward")
+    _add_op_arguments(g)
+    g.add_argument("--backend", default="loops:numba", help="loops:numba (default), loops:triton or loops:cupy")
+    g.add_argument("--pass", dest="pass_", default="all", help="forward, dx, dwt, db, ... or all (default)")
+    g.set_defaults(run=cmd_source)
 
     a = sub.add_parser("table", help="markdown (or CSV) from einlocal or pytest-benchmark JSON")
     a.add_argument("file")

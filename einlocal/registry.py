@@ -58,6 +58,26 @@ def available() -> tuple[str, ...]:
     return tuple(n for n in NAMES if not isinstance(_load(n), str))
 
 
+def generator(name: str):
+    """The backend called ``name`` for reading the code it generates
+    (``.source(plan, dtype=...)``), also where it cannot run here (CUDA C
+    without a device); BackendError if its library is missing or it
+    generates no code."""
+    if name not in _ENTRIES:
+        raise BackendError(f"unknown backend {name!r}; valid names: {', '.join(NAMES)}")
+    b = _load(name)
+    if isinstance(b, str):
+        module, engine = _ENTRIES[name]
+        try:
+            b = importlib.import_module(f"einlocal.backends.{module}").make(engine)
+        except ModuleNotFoundError as e:
+            raise BackendError(f"backend {name!r} is unavailable: {e.name} is not installed") from None
+    if not hasattr(b, "source"):
+        raise BackendError(f"backend {name!r} generates no code; these do: "
+                           f"{', '.join(n for n in NAMES if n.startswith('loops:') and n != 'loops:python')}")
+    return b
+
+
 def get(name: str):
     """The backend called ``name``; BackendError if unknown or unavailable."""
     if name not in _ENTRIES:

@@ -65,3 +65,29 @@ def test_compare_quick_on_reduced_workloads(tmp_path, capsys):
     md = (tmp_path / "results.md").read_text()
     assert md.startswith("Regenerate with:") and "einlocal compare --quick" in md
     assert {p.name for p in tmp_path.iterdir()} >= {"results.md", "results.csv", "results.json"}
+
+
+def test_source_prints_each_generated_statement(capsys):
+    import pytest
+    from einlocal import registry
+    names = [n for n in ("loops:numba", "loops:triton", "loops:cupy") if n not in registry.unavailable()
+             or "not installed" not in registry.unavailable()[n]]
+    if not names:
+        pytest.skip("no code-generating backend's library is installed")
+    for name in names:
+        assert main(["source", *LC, "--backend", name]) == 0
+        out = capsys.readouterr().out
+        heads = [line for line in out.splitlines() if line.startswith("# ===== ")]
+        assert [h.split(",")[1].split(":")[0].strip() for h in heads] == ["forward", "dx", "dwt"], heads
+        assert "y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]" in heads[0]
+        assert len(out.splitlines()) > 3 * 8      # each statement's code, not only its heading
+    assert main(["source", *LC, "--pass", "dwt", "--backend", names[0]]) == 0
+    assert capsys.readouterr().out.count("# ===== ") == 1
+
+
+def test_source_rejects_what_it_cannot_print(capsys):
+    import pytest
+    with pytest.raises(SystemExit, match="generates no code"):
+        main(["source", *LC, "--backend", "einsum:numpy"])
+    with pytest.raises(SystemExit, match="--pass 'db'; this op has forward, dx, dwt"):
+        main(["source", *LC, "--pass", "db"])

@@ -345,13 +345,14 @@ def _deadline_s(job: dict, step: dict, first_done: bool = False) -> float:
 def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
     """Run one library's jobs in a child process; restart it after a kill or a crash."""
     records: list[dict] = []
-    state = [{"done": [], "killed": []} for _ in jobs]   # per job: step keys emitted / killed
+    # per job: step keys emitted / killed, and what its runner had decided (``_JobRunner._state``)
+    state = [{"done": [], "killed": [], "runner": None} for _ in jobs]
     next_job = 0
     stalls = 0
     while next_job < len(jobs):
         payload = {"threads": threads,
-                   "jobs": [{**jobs[i], "done": state[i]["done"], "killed": state[i]["killed"]}
-                            for i in range(next_job, len(jobs))]}
+                   "jobs": [{**jobs[i], "done": state[i]["done"], "killed": state[i]["killed"],
+                             "state": state[i]["runner"]} for i in range(next_job, len(jobs))]}
         proc = subprocess.Popen([sys.executable, "-m", "einlocal.bench", "--child"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
@@ -388,6 +389,7 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
                 msg = json.loads(line[len(_RECORD):])
                 i = base + msg["job"]
                 records.append(msg["record"])
+                state[i]["runner"] = msg.get("state", state[i]["runner"])
                 key = msg.get("step_key")
                 if key is not None and key not in state[i]["done"]:
                     state[i]["done"].append(key)
@@ -544,7 +546,31 @@ class _JobRunner:
         self.over_cap: dict = {}                           # (pass, grad mode) -> regime where a call passed the cap
         self.errors: dict = {}                             # "forward" / mode -> worst err/tol
         self.medians: dict = {}                            # (pass, grad mode) -> median of its first regime
+        self.checked = False                               # the reduced check has run
+        self._restore(job.get("state"))
         self.reference = load_reference(job["reference"]) if job.get("reference") else None
+
+    # -- what a restarted process carries on with ------------------------------------------
+
+    def _state(self) -> dict:
+        """What the steps so far decided (check outcome, errors, medians, caps), as JSON:
+        a process started again after a kill goes on from it instead of checking and
+        timing again what it already knows."""
+        return {"checked": self.checked, "fail_all": self.fail_all,
+                "fail_mode": [[m, list(v)] for m, v in self.fail_mode.items()],
+                "over_cap": [[list(k), v] for k, v in self.over_cap.items()],
+                "errors": [[k, v] for k, v in self.errors.items()],
+                "medians": [[list(k), v] for k, v in self.medians.items()]}
+
+    def _restore(self, state: dict | None) -> None:
+        if not state:
+            return
+        self.checked = bool(state["checked"])
+        self.fail_all = tuple(state["fail_all"]) if state["fail_all"] else None
+        self.fail_mode = {m: tuple(v) for m, v in state["fail_mode"]}
+        self.over_cap = {tuple(k): v for k, v in state["over_cap"]}
+        self.errors = {k: v for k, v in state["errors"]}
+        self.medians = {tuple(k): v for k, v in state["medians"]}
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -633,7 +659,7 @@ class _JobRunner:
             rec["max_error"] = err
         if job.get("note"):
             rec["note"] = job["note"]
-        self.emit("record", (rec, list(step_key(step))))
+        self.emit("record", (rec, list(step_key(step)), self._state()))
 
     # -- run --------------------------------------------------------------------------------
 
@@ -648,7 +674,7 @@ class _JobRunner:
             self.fail_all = ("failed", f"setup: {type(e).__name__}: {e}")
         for step in self.steps():
             key = step_key(step)
-            if key in done:
+            if key in done or (step["kind"] == "check" and self.checked):
                 continue
             hit = next((k for k in killed if step_key(k["step"]) == key), None)
             if hit is not None:
@@ -703,6 +729,7 @@ class _JobRunner:
                                                                  if v > 1))
         except Exception as e:  # noqa: BLE001 — any failure means: never timed
             self.fail_all = ("failed", f"check at reduced size failed: {type(e).__name__}: {e}"[:400])
+        self.checked = True
 
     def _full_check(self, step: dict):
         """A `measure` check for the first call of this step's pass: its result
@@ -918,8 +945,8 @@ def _child_main() -> int:
             elif kind == "first":
                 real_stdout.write(_FIRST + json.dumps({"job": j}) + "\n")
             else:
-                rec, key = obj
-                real_stdout.write(_RECORD + json.dumps({"job": j, "record": rec, "step_key": key},
+                rec, key, state = obj
+                real_stdout.write(_RECORD + json.dumps({"job": j, "record": rec, "step_key": key, "state": state},
                                                        default=str) + "\n")
             real_stdout.flush()
         run_job(job, emit)

@@ -190,3 +190,47 @@ def test_steady_regime_only_in_the_grad_modes_asked_for():
     assert "grad mode vjp" in recs[("steady", "backward", "autodiff")]["reason"]
     for key in (("fresh", "backward", "autodiff"), ("steady", "backward", "vjp"), ("steady", "forward", None)):
         assert recs[key]["status"] == "ok", recs[key]
+
+
+def test_a_restarted_child_goes_on_from_what_it_knew(tmp_path):
+    """After a kill the next process neither checks again nor times steady
+    what the fresh regime showed too slow for it: it carries the first
+    process's decisions (here steady_max_s=0: every steady step skipped)."""
+    calls = tmp_path / "calls.txt"
+    peers = tmp_path / "peers.py"
+    peers.write_text(
+        "import time\nimport numpy as np\n"
+        f"CALLS = {str(calls)!r}\n"
+        "def _conv(x, w):\n"
+        "    n, c, h, ww = x.shape; o, _, kh, kw = w.shape\n"
+        "    y = np.zeros((n, o, h - kh + 1, ww - kw + 1), x.dtype)\n"
+        "    for i in range(kh):\n"
+        "        for j in range(kw):\n"
+        "            y += np.einsum('nchw,oc->nohw', x[:, :, i:i + y.shape[2], j:j + y.shape[3]], w[:, :, i, j])\n"
+        "    return y\n"
+        "def fwd(x, weight, bias=None, **kw):\n"
+        "    open(CALLS, 'a').write(f'fwd {x.shape[0]}\\n')\n"
+        "    return _conv(x, weight)\n"
+        "def bwd(dy, x, weight, bias=None, **kw):\n"
+        "    if x.shape[0] > 1:\n"
+        "        time.sleep(60)                    # slow at full size only\n"
+        "    dx, dw = np.zeros_like(x), np.zeros_like(weight)\n"
+        "    ho, wo = dy.shape[2:]\n"
+        "    for i in range(weight.shape[2]):\n"
+        "        for j in range(weight.shape[3]):\n"
+        "            dw[:, :, i, j] = np.einsum('nohw,nchw->oc', dy, x[:, :, i:i + ho, j:j + wo])\n"
+        "            dx[:, :, i:i + ho, j:j + wo] += np.einsum('nohw,oc->nchw', dy, weight[:, :, i, j])\n"
+        "    return dx, dw, None\n"
+        "PEERS = {'half-slow': (fwd, bwd, 'numpy', 'conv2d')}\n")
+    job = bench.make_job(bench.op_spec(el.conv2d), {"x": (3, 2, 6, 6), "weight": (3, 2, 3, 3)}, {}, "peer:half-slow",
+                         peer={"library": "numpy", "path": str(peers), "name": "half-slow", "op": "conv2d"},
+                         regimes=("fresh", "steady"), budget_s=0.005, cap_s=0.2, memory=False, kill_margin_s=0.5,
+                         check_shapes={"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}, steady_max_s=0.0)
+    recs = {(r["regime"], r["pass"]): r for r in bench.run_jobs([job])}
+    assert recs[("fresh", "forward")]["status"] == "ok", recs[("fresh", "forward")]["reason"]
+    assert recs[("fresh", "backward")]["status"] == ">cap" and "killed" in recs[("fresh", "backward")]["reason"]
+    assert recs[("steady", "forward")]["status"] == "skipped", recs[("steady", "forward")]
+    assert "a call fresh" in recs[("steady", "forward")]["reason"]
+    assert recs[("steady", "backward")]["status"] == ">cap"
+    reduced = [line for line in calls.read_text().split() if line == "1"]
+    assert len(reduced) == 1          # the check (batch 1) ran once, in the first process

@@ -17,16 +17,41 @@ offset in range before it emits one.
 """
 from __future__ import annotations
 
+import os
+
 import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vstore", "sload", "sstore", "vfma", "vsum", "LANES"]
+__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vstore", "sload", "sstore", "vfma", "vsum", "LANES",
+           "REGISTERS", "VECTOR_BITS"]
 
-# lanes in one 256-bit register, per dtype (the width the generator uses)
-LANES = {"float32": 8, "float64": 4}
+
+def _vector_bits() -> int:
+    """The register width numba's target has: 512 bits with AVX-512F (32
+    registers), else 256 (AVX2: 16; narrower targets split the vectors).
+    ``EINLOCAL_VECTOR_BITS=256|512`` overrides; a ``NUMBA_CPU_NAME`` other
+    than the host gets 256 unless ``NUMBA_CPU_FEATURES`` names avx512f."""
+    env = os.environ.get("EINLOCAL_VECTOR_BITS")
+    if env:
+        if env not in ("256", "512"):
+            raise ValueError(f"EINLOCAL_VECTOR_BITS must be 256 or 512, got {env!r}")
+        return int(env)
+    from numba.core import config
+    if config.CPU_FEATURES:
+        return 512 if "+avx512f" in config.CPU_FEATURES else 256
+    if config.CPU_NAME not in (None, "host"):
+        return 256
+    import llvmlite.binding as llvm
+    return 512 if llvm.get_host_cpu_features().get("avx512f") else 256
+
+
+VECTOR_BITS = _vector_bits()
+# lanes in one register, per dtype (the width the generator uses), and how many registers
+LANES = {"float32": VECTOR_BITS // 32, "float64": VECTOR_BITS // 64}
+REGISTERS = 32 if VECTOR_BITS == 512 else 16
 _I32 = ir.IntType(32)
 
 

@@ -2,7 +2,7 @@
 plain output: a tile of outputs is held in vector registers through the
 whole reduction and stored once (``numba_simd`` spells the vectors).
 
-For ``y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]`` (float32)::
+For ``y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]`` (float32, AVX2)::
 
     for t_h in numba.prange(26):              # the parallel output index
       for t_n in range(34):                   # a block of 3 n ...
@@ -42,12 +42,14 @@ import math
 from dataclasses import dataclass
 
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
-from .numba_simd import LANES
+from .numba_simd import LANES, REGISTERS
 
 __all__ = ["Tiling", "tiling", "generate"]
 
-REGISTERS = 16        # vector registers (AVX2: 16 ymm)
-MAX_ACC = 12          # accumulators in a tile, leaving registers for loads
+# accumulators in a tile, leaving registers for loads.  With AVX-512's 32
+# registers, 24 measured slower than 12 on a depthwise layer (and compiled
+# slower): the loads, not the registers, bound these tiles.
+MAX_ACC = 12
 MAX_TAPS = 16         # summed iterations unrolled into one loop body
 # Below this many flops per byte of the op's minimum traffic each element is
 # used about once and the op is memory-bound.  Tiles then only stream: each

@@ -134,7 +134,10 @@ class Plan:
             return None
         out_names = set(stmt.out.names)
         sizes = tuple((n, r) for n, r in self.ranges if n not in out_names)
-        return bind(stmt, self.shapes, sizes, self.out_shape, True)
+        try:
+            return bind(stmt, self.shapes, sizes, self.out_shape, True)
+        except ShapeError:   # the rewrite left the solved index alone on an axis of another size
+            return None
 
     def __hash__(self) -> int:   # hash once: plans key every cache
         h = self.__dict__.get("_hash")

@@ -119,3 +119,11 @@ def test_no_gather_where_nothing_bounds_the_solved_index():
     op = el.Op("y[n] += x[n,h+i] * w[i]")
     plan = op.bind(x=(2, 9), w=(3,), sizes={"h": 4}).backward["x"]
     assert plan.scatter and plan.gather is None
+
+
+def test_no_gather_where_the_rewrite_would_not_bind():
+    """Solved for j, a1[i,2*k+j+2] becomes a1[i,j]: j would stand alone on
+    an axis of size 4 while the output's says 3; the scatter stays."""
+    op = el.Op("y[j] += a0[j+2*k+2,i] * a1[i,2*k+j+2]", pad=0)
+    plan = op.bind(a0=(3, 1), a1=(1, 4), sizes={"i": 1, "j": 1, "k": 1}).backward["a0"]
+    assert plan.scatter and plan.gather is None

@@ -79,6 +79,13 @@ def _address(context, builder, arrty, arr, off, offty):
     return builder.gep(data, [context.cast(builder, off, offty, types.intp)])
 
 
+def _vector_of(arr, lanes) -> Vec | None:
+    """The vector type of ``lanes`` (a literal) elements of array ``arr``;
+    None where the call does not type."""
+    n = _lanes(lanes)
+    return Vec(arr.dtype, n) if n is not None and isinstance(arr, types.Array) else None
+
+
 def _int32(builder, v):
     w = v.type.width
     return builder.trunc(v, _I32) if w > 32 else builder.sext(v, _I32) if w < 32 else v
@@ -121,10 +128,9 @@ def vsplat(typingctx, x, lanes):
 @intrinsic
 def vload(typingctx, arr, off, lanes):
     """``lanes`` consecutive elements starting at element offset ``off``."""
-    n = _lanes(lanes)
-    if n is None or not isinstance(arr, types.Array):
+    vt = _vector_of(arr, lanes)
+    if vt is None:
         return None
-    vt = Vec(arr.dtype, n)
 
     def codegen(context, builder, sig, args):
         p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
@@ -138,10 +144,10 @@ def vload_lanes(typingctx, arr, off, lanes, lo, hi):
     """Lanes ``lo <= k < hi`` loaded from element offset ``off`` (lane k at
     ``off + k``), the others zero: their memory is never touched, so a
     vector may hang over an array's edge (padding, a partial last vector)."""
-    n = _lanes(lanes)
-    if n is None or not isinstance(arr, types.Array):
+    vt = _vector_of(arr, lanes)
+    if vt is None:
         return None
-    vt = Vec(arr.dtype, n)
+    n = vt.lanes
 
     def codegen(context, builder, sig, args):
         p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])

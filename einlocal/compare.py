@@ -26,9 +26,9 @@ class Settings(dict):
     __getattr__ = dict.__getitem__
 
 
-SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.15,
+SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.1,
                     cap_s=2.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False,
-                    batch_divisor=1, kill_margin_s=3.0, ragged_sets=1000, first_call_allowance_s=10.0,
+                    batch_divisor=1, kill_margin_s=2.0, ragged_sets=1000, first_call_allowance_s=10.0,
                     steady_max_s=0.5, steady_grad_modes=("vjp",))
 # --quick: the same workloads with the batch divided by 8, every library, forward and backward[vjp]
 # only, fresh regime, checked at the reduced size only, small budgets, a 0.5 s cap per call (see

@@ -36,7 +36,7 @@ SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"),
 QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=0.5,
                  warmup=0, min_reps=1, memory=False, full_check=False, prune_over_cap=True,
                  batch_divisor=8, kill_margin_s=2.0, ragged_sets=125, per_library=2,
-                 first_call_allowance_s=3.0)
+                 first_call_allowance_s=10.0)
 # the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
 # backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
 PRUNE_SHARE = 0.25

@@ -57,8 +57,14 @@ MAX_TAPS = 16         # summed iterations unrolled into one loop body
 # locally connected layer: every input channel and both weights' rows in one
 # pass over the output).  Where the sum does not unroll, a tile's reduction
 # would keep a stream open per summed element (a weight gradient summed over
-# a batch of planes 1 MB apart); the general nest takes those.
+# a batch of planes 1 MB apart): its long sums are looped outside the vector
+# instead, and a tile's output rows accumulate across them in a contiguous
+# scratch of at most SCRATCH_BYTES (``Tiling.sums_outside``; accumulating in
+# the output itself, rows a plane apart that share L1 sets, was 1.8x slower
+# for W1's weight gradient), with at least MIN_TILES tiles to share out.
 MIN_INTENSITY = 1.0
+SCRATCH_BYTES = 32 * 1024
+MIN_TILES = 8
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,9 @@ class Tiling:
     outer: tuple[str, ...]                  # output indices outside the tile, the parallel one first
     parallel: str | None
     streaming: bool = False                 # memory-bound: blocks and order for the fewest streams
+    sums_outside: tuple[str, ...] = ()      # summed indices looped outside the vector (streaming, a long
+                                            # sum): a tile's outputs accumulate in a scratch across them
+    chunk: int = 1                          # with sums outside: values of the parallel index per tile
 
 
 def _vectorisable(v: str, acc, strides) -> bool:
@@ -161,19 +170,27 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
     flat = {a.name: _flat(a, strides[a.name], live) for a in ops}
     outs = [n for n in out.names if n in live and n != v]
     summed = [n for n in stmt.summed if n in live and n != v]
-    if streaming:
-        if form != "map" or math.prod(live[n] for n in summed) > MAX_TAPS:
-            return None
-        blocks = _stream_blocks(outs, ops, plan, live)
-    else:
-        blocks = _choose_blocks(outs, ops, live, flat)
     taps, total = [], 1
     for n in sorted(summed, key=lambda n: live[n]):
         if total * live[n] > MAX_TAPS:
             break
         taps.append(n)
         total *= live[n]
-    loops = tuple(n for n in summed if n not in taps) + ((v,) if form == "reduce" else ())
+    outside: tuple[str, ...] = ()
+    if streaming:
+        if form != "map":
+            return None
+        outside = tuple(n for n in summed if n not in taps)
+        # accumulating across a sum outside the vector: every tile adds into
+        # outputs only it writes, each once per sum step; a last tile shifted
+        # back to overlap, or edge tiles, would add some twice or need masks
+        if outside and (live[v] % _lanes(dtype, live[v])
+                        or any(p != (0, 0) for a in ops for p in plan.windows[a.name].pads)):
+            return None
+        blocks = _stream_blocks(outs, ops, plan, live, every=bool(outside))
+    else:
+        blocks = _choose_blocks(outs, ops, live, flat)
+    loops = tuple(n for n in summed if n not in taps and n not in outside) + ((v,) if form == "reduce" else ())
     if streaming:   # memory order: each operand's rows follow one another
         outer = tuple(sorted(outs, key=lambda u: -abs(out_strides[out.axis_of(u)])))
     else:
@@ -183,18 +200,30 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
     if parallel is not None and tiles[parallel] < 2:
         parallel = None
     outer = ((parallel,) if parallel else ()) + tuple(n for n in outer if n != parallel)
-    return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel, streaming)
+    chunk = 1
+    if outside:     # a tile: `chunk` values of the parallel index, its scratch within SCRATCH_BYTES
+        if parallel is None:
+            return None
+        row = math.prod(s for _, s in blocks) * live[v] * (4 if dtype == "float32" else 8)
+        chunk = max(1, min(SCRATCH_BYTES // row, live[parallel] // MIN_TILES))
+        while live[parallel] % chunk:
+            chunk -= 1
+    return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel, streaming, outside,
+                  chunk)
 
 
-def _stream_blocks(outs, ops, plan, live) -> tuple[tuple[str, int], ...]:
+def _stream_blocks(outs, ops, plan, live, every: bool = False) -> tuple[tuple[str, int], ...]:
     """For a memory-bound tile: the output indices the largest operand does
     not depend on, each unrolled whole (within MAX_ACC accumulators), so a
     tile reads that operand once for all of them; the smaller operand's rows
     are the extra streams (a 1x1 layer: the input once for every output
-    channel, the weights' rows beside it)."""
+    channel, the weights' rows beside it).  ``every``: those any operand
+    lacks (a tile with its sum outside reads each operand's rows once per
+    sum step: a 1x1 layer's weight gradient blocks both channel indices)."""
     big = max(ops, key=lambda a: math.prod(plan.shape[a.name]))
+    lacking = [n for n in outs if any(n not in a.names for a in (ops if every else (big,)))]
     blocks, acc = [], 1
-    for n in sorted((n for n in outs if n not in big.names), key=lambda n: live[n]):
+    for n in sorted(lacking, key=lambda n: live[n]):
         if acc * live[n] > MAX_ACC:
             break
         blocks.append((n, live[n]))
@@ -243,7 +272,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     flat[out.name] = _flat(out, out_strides, live)
     members = [dict(zip(blocks, m)) for m in itertools.product(*(range(s) for s in blocks.values()))]
     tap_values = [dict(zip(t.taps, m)) for m in itertools.product(*(range(live[n]) for n in t.taps))]
-    variables = set(t.outer) | set(t.loops) | {v}
+    variables = set(t.outer) | set(t.loops) | set(t.sums_outside) | {v}
     zero = f"numba.{dtype}(0)"
     R = live[v]
     tail = t.form == "reduce" and R % V != 0
@@ -303,7 +332,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         icoef, iconst = _flat(out, init_strides, live)
         if icoef.get(v, 0) not in (0, 1) or iconst:
             raise ValueError(f"init strides {tuple(init_strides)} step {icoef.get(v)} along the vector index {v}")
-    lines = ["import numba",
+    lines = ["import numba", *(["import numpy as np"] if t.sums_outside else []),
              "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vstore, sload, sstore, vfma, vsum",
              "", ""]
     ind = 1
@@ -328,21 +357,59 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     if t.parallel is not None:
         p, psize = loops.pop(0)
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def tiles({args}, t_{p}):"]
-        emit(start(p, psize))
+        emit(start(p, psize) if not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
+    out_coef, out_const = flat[out.name]
+    out_base = f"b_{out.name} = " + _plus(_linear(out_coef, set(t.outer) | ({v} if t.form == 'map' else set())),
+                                          out_const)
+    if t.sums_outside:
+        # scratch[r, k, v]: row r of the parallel chunk, block member k, along the vector
+        M = len(members)
+        emit(f"acc = np.empty({t.chunk * M * R}, np.{dtype})")
+
+        def chunk_rows():
+            nonlocal ind
+            emit(f"for r in range({t.chunk}):")
+            ind += 1
+            emit(f"i_{p} = i_{p}0 + r")
+            emit(f"for t_{v} in range({count(v, V)}):")
+            ind += 1
+            emit(start(v, V))
+            emit(f"b_acc = {M * R}*r + i_{v}")
     for n, size in loops:
+        if n == v and t.sums_outside:
+            for s_ in t.sums_outside:
+                emit(f"for i_{s_} in range({live[s_]}):")
+                ind += 1
+            chunk_rows()
+            break
         emit(f"for t_{n} in range({count(n, size)}):")
         ind += 1
         emit(start(n, size))
-    if init_strides is not None and t.form == "map":
-        emit(f"b_{INIT} = {_plus(_linear(icoef, set(t.outer) | {v}), 0)}")
-        for k, m in enumerate(members):
-            at = f"{INIT}, b_{INIT} + {value(icoef, 0, m)}"
-            emit(f"s{k} = " + (f"vload({at}, {V})" if icoef.get(v) == 1 else f"vsplat(sload({at}), {V})"))
-    else:
+
+    def start_sums():
+        if init_strides is not None and t.form == "map":
+            emit(f"b_{INIT} = {_plus(_linear(icoef, set(t.outer) | {v}), 0)}")
+            for k, m in enumerate(members):
+                at = f"{INIT}, b_{INIT} + {value(icoef, 0, m)}"
+                emit(f"s{k} = " + (f"vload({at}, {V})" if icoef.get(v) == 1 else f"vsplat(sload({at}), {V})"))
+        else:
+            for k in range(len(members)):
+                emit(f"s{k} = vsplat({zero}, {V})")
+
+    if t.sums_outside:      # the first step starts the sums, the others go on from the scratch
+        emit("if " + " and ".join(f"i_{s_} == 0" for s_ in t.sums_outside) + ":")
+        ind += 1
+        start_sums()
+        ind -= 1
+        emit("else:")
+        ind += 1
         for k in range(len(members)):
-            emit(f"s{k} = vsplat({zero}, {V})")
+            emit(f"s{k} = vload(acc, b_acc + {k * R}, {V})")
+        ind -= 1
+    else:
+        start_sums()
 
     # the operand with fewer loads per tap keeps them in registers; the other streams
     A, B = stmt.operands
@@ -426,10 +493,19 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     ind -= len(t.loops)
 
     coef, const = flat[out.name]
-    emit(f"b_{out.name} = {_plus(_linear(coef, set(t.outer) | ({v} if t.form == 'map' else set())), const)}")
+    if t.sums_outside:
+        for k in range(len(members)):
+            emit(f"vstore(acc, b_acc + {k * R}, s{k})")
+        ind -= 2 + len(t.sums_outside)      # out of the chunk's rows, its vector and the sums
+        chunk_rows()                        # the finished sums, from the scratch to the output
+        emit(out_base)
+        for k, m in enumerate(members):
+            emit(f"vstore(a_{out.name}, b_{out.name} + {value(coef, 0, m)}, vload(acc, b_acc + {k * R}, {V}))")
+    else:
+        emit(out_base)
     if init_strides is not None and t.form == "reduce":
         emit(f"b_{INIT} = {_plus(_linear(icoef, set(t.outer)), 0)}")
-    for k, m in enumerate(members):
+    for k, m in enumerate(members if not t.sums_outside else ()):
         off = value(coef, 0, m)
         if t.form == "map":
             emit(f"vstore(a_{out.name}, b_{out.name} + {off}, s{k})")
@@ -441,10 +517,13 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
 
     if t.parallel is not None:
         lines += ["", "", "@numba.njit(cache=True, parallel=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):",
-                  f"    for t_{p} in numba.prange({count(p, psize)}):", f"        tiles({args}, t_{p})"]
-    order = (*t.outer, *((v,) if t.form == "map" else ()), *t.loops)
+                  f"    for t_{p} in numba.prange({live[p] // t.chunk if t.sums_outside else count(p, psize)}):",
+                  f"        tiles({args}, t_{p})"]
+    order = (*t.outer, *t.sums_outside, *((v,) if t.form == "map" else ()), *t.loops)
+    outside = (f", {', '.join(t.sums_outside)} summed outside the vector into a scratch of {t.chunk} {t.parallel}"
+               if t.sums_outside else "")
     header = (f"# generated by einlocal.backends.numba_tiles for\n#   {plan}\n"
-              f"# {t.form} form{' (streaming: memory-bound)' if t.streaming else ''}: {V} lanes along {v}; blocks "
+              f"# {t.form} form{f' (streaming: memory-bound{outside})' if t.streaming else ''}: {V} lanes along {v}; blocks "
               f"{', '.join(f'{n}x{s}' for n, s in t.blocks) or '-'}; taps unrolled: {', '.join(t.taps) or '-'}; "
               f"prange over: {t.parallel or '-'}\n")
     return Kernel(header + "\n".join(lines) + "\n", tuple(a.name for a in stmt.operands), order, t.parallel, v,

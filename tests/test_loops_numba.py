@@ -112,7 +112,8 @@ def test_tiles_for_the_report_layers(numba_backend, dtype):
 def test_memory_bound_statements_stream(numba_backend):
     """Under one flop per byte each element is used about once.  A 1x1
     layer's sum unrolls: a streaming tile reads the input once for every
-    output channel (blocked whole), in memory order, batch parallel.  A 3x3
+    output channel (blocked whole), in memory order, batch parallel.  A long
+    sum (a weight gradient's batch) is looped outside the vector.  A 3x3
     layer on one image sums 27 terms per output: the general nest streams."""
     lc1 = _plans(el.locally_connected2d, x=(16, 4, 8, 16), weight=(2, 4, 1, 1, 8, 16))
     for name in ("forward", "dx"):
@@ -121,6 +122,10 @@ def test_memory_bound_statements_stream(numba_backend):
         head = _header(numba_backend.kernel(plan, dtype="float32"))
         assert f"map form (streaming: memory-bound): {LANES['float32']} lanes along w" in head, (name, head)
         assert ("blocks ox2" if name == "forward" else "blocks cx4") in head and "prange over: n" in head, head
+    # a batch of 20 is too long to unroll: dW sums it outside the vector, into a scratch of rows
+    plan = _plans(el.locally_connected2d, x=(20, 3, 64, 32), weight=(2, 3, 1, 1, 64, 32))["dwt"]
+    head = _header(numba_backend.kernel(plan, dtype="float32"))
+    assert "n summed outside the vector into a scratch of 8 h" in head and "blocks ox2, cx3" in head, head
     plan = _plans(el.locally_connected2d, x=(1, 3, 12, 12), weight=(4, 3, 3, 3, 10, 10))["forward"]
     assert plan.flops() < plan.min_elements() * 4
     assert "numba_codegen" in numba_backend.kernel(plan, dtype="float32").source
@@ -138,6 +143,10 @@ def test_stride_two_scatter_stays_a_general_nest(numba_backend):
     ("lc2d-w10", dict(x=(11, 3, 7, 12), weight=(5, 3, 2, 3, 6, 10), bias=(5, 6, 10))),
     # memory-bound 1x1 layers (streaming tiles), a 10-wide row; a batch summed whole in dW
     ("lc2d-1x1-stream", dict(x=(6, 3, 5, 10), weight=(2, 3, 1, 1, 5, 10), bias=(2, 5, 10))),
+    # sums too long to unroll, looped outside the vector into a scratch: the batch in dW; the
+    # channels in a forward that starts from the bias
+    ("lc2d-1x1-long-batch", dict(x=(20, 3, 4, 32), weight=(2, 3, 1, 1, 4, 32))),
+    ("lc2d-1x1-long-channels", dict(x=(3, 20, 4, 16), weight=(1, 20, 1, 1, 4, 16), bias=(1, 4, 16))),
     # 5 and 3 wide rows: 4 and 2 lanes
     ("lc2d-w5", dict(x=(13, 2, 6, 7), weight=(3, 2, 2, 3, 5, 5))),
     ("lc1d-w3", dict(x=(13, 2, 5), weight=(2, 2, 3, 3))),

@@ -5,8 +5,9 @@ Which nest: a scatter (the input gradient of a stride-1 conv) runs as its
 gather form (``plan.gather``: one sum per element, parallel over any output
 index); a plain output whose operands read some index contiguously runs as
 a register-tiled SIMD nest (``numba_tiles``), whose tiles at an operand's
-edge (padding) load only the lanes inside it; anything else runs as the
-general nest (``numba_codegen``).  Neither copies an operand.
+edge (padding) load only the lanes inside it, run in parallel by
+``numba_drive``; anything else runs as the general nest (``numba_codegen``).
+Neither copies an operand.
 
 Generated modules are written to ``einlocal.machine.cache_dir()/numba/<hash>.py``
 (hash of the source and the numba version) and imported from there with

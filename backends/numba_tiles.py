@@ -4,7 +4,7 @@ whole reduction and stored once (``numba_simd`` spells the vectors).
 
 For ``y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]`` (float32, AVX2)::
 
-    for t_h in numba.prange(26):              # the parallel output index
+    for t_h in numba.prange(26):              # the parallel index (numba_drive: a tile a call)
       for t_n in range(34):                   # a block of 3 n ...
         i_n = min(t_n * 3, 97)                #   (the last block overlaps: '=' writes)
         for t_o in range(4):                  # ... by 4 o: 12 accumulators
@@ -333,6 +333,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         if icoef.get(v, 0) not in (0, 1) or iconst:
             raise ValueError(f"init strides {tuple(init_strides)} step {icoef.get(v)} along the vector index {v}")
     lines = ["import numba", *(["import numpy as np"] if t.sums_outside else []),
+             *(["from einlocal.backends.numba_drive import Tiled"] if t.parallel is not None else []),
              "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vstore, sload, sstore, vfma, vsum",
              "", ""]
     ind = 1
@@ -355,8 +356,16 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     # are slow on a large one).
     loops = [(n, V if n == v else blocks.get(n, 1)) for n in (*t.outer, *((v,) if t.form == "map" else ()))]
     if t.parallel is not None:
+        # the tiles of the parallel index: a C callback on the arrays' first
+        # elements, run by ``numba_drive.Tiled`` (compiled once, not twice)
         p, psize = loops.pop(0)
-        lines += ["@numba.njit(cache=True, boundscheck=False)", f"def tiles({args}, t_{p}):"]
+        arrays = [(f"a_{out.name}", plan.out_shape, out_strides)] + \
+            [(f"a_{a.name}", plan.shape[a.name], strides[a.name]) for a in stmt.operands] + \
+            ([(INIT, plan.out_shape, init_strides)] if init_strides is not None else [])
+        lines += [f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, t_{p}):"]
+        for name, shape, st in arrays:      # each array from its first element to its last
+            extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
+            emit(f"{name} = numba.carray(p_{name}, ({extent},), numba.{dtype})")
         emit(start(p, psize) if not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
@@ -516,9 +525,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"sstore(a_{out.name}, b_{out.name} + {off}, vsum(s{k}))")
 
     if t.parallel is not None:
-        lines += ["", "", "@numba.njit(cache=True, parallel=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):",
-                  f"    for t_{p} in numba.prange({live[p] // t.chunk if t.sums_outside else count(p, psize)}):",
-                  f"        tiles({args}, t_{p})"]
+        tiles_count = live[p] // t.chunk if t.sums_outside else count(p, psize)
+        lines += ["", "", f"{KERNEL_NAME} = Tiled(tiles, {tiles_count}, {dtype!r})"]
     order = (*t.outer, *t.sums_outside, *((v,) if t.form == "map" else ()), *t.loops)
     outside = (f", {', '.join(t.sums_outside)} summed outside the vector into a scratch of {t.chunk} {t.parallel}"
                if t.sums_outside else "")

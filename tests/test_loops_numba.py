@@ -203,7 +203,9 @@ def test_strided_inputs_and_output(numba_backend):
 
 
 def _prange_indices(source: str) -> list[str]:
-    return [m for m in re.findall(r"for [it]_(\w+) in numba\.prange", source)]
+    """The parallel loops' indices: a general nest's prange, a tiled kernel's
+    tile index (numba_drive calls the tiles in parallel)."""
+    return re.findall(r"for [it]_(\w+) in numba\.prange", source) + re.findall(r"def tiles\(.*, t_(\w+)\):", source)
 
 
 @pytest.mark.parametrize("case", ["lc2d-stride2-pad1", "depthwise-m2-pad1-stride2", "conv2d-groups2-dilation2"])

@@ -9,7 +9,7 @@ compiled once per argument types and kept in numba's file cache, serves
 every kernel::
 
     def tiles(p_y, p_x, p_wt, t_c):          # generated: pointers, then the tile index
-        a_y = numba.carray(p_y, (1,), numba.float32)
+        a_y = numba.carray(p_y, (288,), numba.float32)   # the array's extent, in elements
         ...
     kernel = Tiled(tiles, 8, "float32")      # 8 tiles: kernel(y, x, wt) runs them in parallel
 """
@@ -75,7 +75,8 @@ class Tiled:
     parallel, over arrays of ``dtype`` (the tiles address them from their
     first element, with strides baked in).  ``compile(sig)`` builds the tiles
     (or loads them from numba's file cache) and the loop for ``sig``; calling
-    it compiles first if need be.  ``stats.cache_hits`` as a dispatcher's."""
+    it compiles the tiles first if need be (``loops_numba`` compiles first,
+    timing it).  ``stats.cache_hits`` as a dispatcher's."""
 
     def __init__(self, tiles, count: int, dtype: str):
         self.py_func, self.count, self.dtype = tiles, count, dtype
@@ -97,8 +98,13 @@ class Tiled:
         return self._cfunc
 
     def compile(self, sig) -> None:
+        """Build for argument types ``sig``: the tiles read raw pointers, so
+        arrays of another dtype are refused here, not misread."""
         if len(sig) != self.arity:
             raise TypeError(f"this kernel takes {self.arity} arrays, got {len(sig)}")
+        wrong = [f"argument {k}: {t}" for k, t in enumerate(sig) if str(getattr(t, "dtype", None)) != self.dtype]
+        if wrong:
+            raise TypeError(f"this kernel is generated for {self.dtype} arrays; {', '.join(wrong)}")
         self._tiles()
         _DRIVERS[self.arity].compile((types.intp, *sig, types.intp))
 

@@ -16,7 +16,7 @@ import pytest
 
 import einlocal as el
 from einlocal import registry
-from einlocal.backends.loops_numba import lowered
+from einlocal.backends.loops_numba import _c_strides, lowered
 from einlocal.backends.numba_simd import LANES
 
 pytestmark = pytest.mark.compiled
@@ -284,6 +284,21 @@ def test_errors_carry_the_source(numba_backend):
     with pytest.raises(el.BackendError) as info:
         numba_backend.execute(plan, bad)
     assert "--- generated source ---" in str(info.value) and "def kernel" in str(info.value)
+
+
+def test_tiled_kernel_refuses_another_dtype(numba_backend):
+    """A tiled kernel's tiles read raw pointers: arrays of a dtype other than
+    the one it was generated for are refused when it compiles."""
+    import numba
+    plan = _plans(el.depthwise_conv2d, x=(1, 16, 8, 8), weight=(16, 1, 3, 3), padding=1)["forward"]
+    k = numba_backend.kernel(plan, dtype="float32")
+    assert "Tiled(tiles" in k.source
+    run = lowered(plan)
+    strides = {a.name: _c_strides(run.shape[a.name]) for a in run.stmt.operands}
+    fn = numba_backend._compiled(run, "float32", strides, _c_strides(run.out_shape))[1]
+    arrays = (np.zeros(run.out_shape), *(np.zeros(run.shape[a.name], np.float32) for a in run.stmt.operands))
+    with pytest.raises(TypeError, match="generated for float32 arrays; argument 0: array\\(float64"):
+        fn.compile(tuple(numba.typeof(a) for a in arrays))
 
 
 def test_float16_is_a_backend_error(numba_backend):

@@ -82,9 +82,9 @@ def random_inputs(shapes: dict, dtype: str, seed: int) -> dict:
         if shape is None:
             out[name] = None
             continue
-        mag = rng.uniform(0.5, 1.5, size=shape)
-        sign = rng.choice([-1.0, 1.0], size=shape)
-        out[name] = (mag * sign).astype(np.float64 if dtype == "bfloat16" else dtype)
+        u = rng.uniform(-1.0, 1.0, size=shape)      # one draw: its sign is the value's, |u| + 0.5 its size
+        u += np.copysign(0.5, u)
+        out[name] = u if dtype in ("float64", "bfloat16") else u.astype(dtype)
     return out
 
 

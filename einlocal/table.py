@@ -237,8 +237,7 @@ def _markdown_table(records: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for label, row in sorted(rows.items(), key=sort_key):
         errors = [r["max_error"] for r in row.values() if r.get("max_error") is not None]
-        notes = [f"{PASS_SHORT[p]} {row[p]['status']}: {row[p].get('reason') or ''}".rstrip(": ")
-                 for p in passes if p in row and row[p].get("status") != "ok"]
+        notes = _status_notes(row, passes)
         cells = [label, *(time_cell(row.get(p)) for p in passes),
                  _per_pass(row, passes, _memory_cell), _per_pass(row, passes, _roofline_cell),
                  f"{max(errors):.1e}" if errors else "", "; ".join(notes)]
@@ -256,6 +255,21 @@ def _markdown_table(records: list[dict]) -> str:
         lines.append("")
         lines.extend(foot)
     return "\n".join(lines)
+
+
+def _status_notes(row: dict, passes) -> list[str]:
+    """The notes of a row's failed, skipped and >cap passes, one per distinct (status, reason):
+    "skipped: why" when every pass shares it, else "fwd / bwd >cap: why"."""
+    groups: dict[tuple, list[str]] = {}
+    for p in passes:
+        if p in row and row[p].get("status") != "ok":
+            groups.setdefault((row[p]["status"], row[p].get("reason") or ""), []).append(PASS_SHORT[p])
+    shown = [p for p in passes if p in row]
+    notes = []
+    for (status, reason), which in groups.items():
+        who = "" if len(which) == len(shown) and len(groups) == 1 else " / ".join(which) + " "
+        notes.append(f"{who}{status}: {reason}".rstrip(": "))
+    return notes
 
 
 def markdown(records: list[dict], *, title: str | None = None) -> str:

@@ -84,6 +84,17 @@ def test_skipped_and_capped_cells_show_status_and_reason(records):
     assert numba_row[1] == "skipped" and "numba is not installed" in numba_row[-1]
 
 
+def test_a_reason_shared_by_every_pass_is_written_once():
+    why = "numba is not installed"
+    both = [rec(**W3A, backend="loops:numba", **{"pass": p}, status="skipped", reason=why)
+            for p in ("forward", "backward")]
+    mixed = [rec(**W3A, backend="einsum:jax", median_s=0.01),
+             rec(**W3A, backend="einsum:jax", **{"pass": "backward"}, status=">cap", reason="over the cap")]
+    (w3,) = sections(markdown(both + mixed)).values()
+    assert row(w3, "loops:numba")[-1] == f"skipped: {why}"
+    assert row(w3, "einsum:jax")[-1] == "bwd >cap: over the cap"
+
+
 def test_memory_roofline_and_error_columns(records):
     w2 = next(v for k, v in sections(markdown(records)).items() if k.startswith("W2"))
     torch_row = row(w2, "bmm:torch [autodiff]")

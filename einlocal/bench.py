@@ -19,6 +19,7 @@ out= saves is noise next to it).  The child prints one line per step start
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -239,12 +240,21 @@ def reference_file(spec: dict, shapes: dict, params: dict, seed: int, backend: s
     return str(path)
 
 
+@functools.lru_cache(maxsize=1)
 def load_reference(path: str) -> dict:
-    """The dict `el.check(reference=...)` takes, from `reference_file`'s .npz."""
+    """The dict `el.check(reference=...)` takes, from `reference_file`'s .npz.
+
+    Read once per process for the jobs of one workload that follow each other
+    (a full-size reference is hundreds of MB); its arrays are read-only."""
     import numpy as np
     data = np.load(path)
     names = {k.split("__")[0] for k in data.files}
-    return {n: (data[f"{n}__value"], data[f"{n}__scale"], int(data[f"{n}__terms"])) for n in names}
+    out = {}
+    for n in names:
+        value, scale = data[f"{n}__value"], data[f"{n}__scale"]
+        value.flags.writeable = scale.flags.writeable = False
+        out[n] = (value, scale, int(data[f"{n}__terms"]))
+    return out
 
 
 def _bind(op, arrays: dict, params: dict):
@@ -575,6 +585,8 @@ class _JobRunner:
     # -- setup ---------------------------------------------------------------------------
 
     def _setup(self) -> None:
+        import numpy as np
+
         from .backends.namespaces import namespace
         from .check import random_inputs
         job = self.job
@@ -595,7 +607,9 @@ class _JobRunner:
             have = self.backend.grad_modes(self.library)
             self.modes = [m for m in (job["grad_modes"] or have) if m in have]
         self.xp = namespace(self.library)
-        arrays = random_inputs(self.shapes, job["dtype"], job["seed"])
+        # shapes and dtype only: the values come in the sets below
+        arrays = {n: np.empty(s, np.float64 if job["dtype"] == "bfloat16" else job["dtype"])
+                  for n, s in self.shapes.items()}
         self.call = _bind(self.op, arrays, self.params)
         nbytes = sum(a.nbytes for a in arrays.values()) + math.prod(self.call.out_shape) * arrays["x"].itemsize
         copies = max(1, min(4, math.ceil(2 * _llc_bytes() / max(nbytes, 1))))

@@ -44,6 +44,7 @@ JAX_STEADY_NOTE = ("jax has no out= (immutable arrays): its steady regime is rep
                    "whose buffers come from XLA's allocator")
 _STEP = "EINLOCAL_STEP "
 _FIRST = "EINLOCAL_FIRST "       # a timed step's first call returned
+_COMPILE = "EINLOCAL_COMPILE "   # the first call started ({"on": true}) or stopped compiling (CompileWatch)
 _RECORD = "EINLOCAL_RECORD "
 _START_TIMEOUT_S = 180.0   # imports of a framework on a busy machine
 
@@ -334,6 +335,37 @@ def run_jobs(jobs: list[dict], *, isolate: bool = True, threads: int | None = No
     return records
 
 
+def _compile_watched(job: dict) -> bool:
+    """Whether the child reports this job's compiles (`einlocal.compile_watch`): its first
+    calls' run time is then held to the cap alone, the compile to the allowance."""
+    from .compile_watch import WATCHED
+    return _library_of_job(job) in WATCHED and float(job.get("first_call_allowance_s", 0.0)) > 0
+
+
+class _FirstCall:
+    """The parent's clock for a watched first call: run and compile seconds apart.
+
+    The call may run ``cap + margin`` seconds and compile for the allowance; its
+    deadline is the earlier of the unwatched one (``_deadline_s``) and the time its
+    run seconds reach ``cap + margin``, which does not move while it compiles."""
+
+    def __init__(self, job: dict, step: dict, now: float):
+        self.limit = float(job["cap_s"]) + float(job.get("kill_margin_s", 15.0))
+        self.latest = now + _deadline_s(job, step)
+        self.ran, self.since, self.compiling = 0.0, now, False
+
+    def change(self, compiling: bool, now: float) -> None:
+        if compiling != self.compiling:
+            if not self.compiling:
+                self.ran += now - self.since
+            self.compiling, self.since = compiling, now
+
+    def deadline(self) -> float:
+        if self.compiling:
+            return self.latest
+        return min(self.latest, self.since + self.limit - self.ran)
+
+
 def _deadline_s(job: dict, step: dict, first_done: bool = False) -> float:
     """How long a step may run before it is killed (and recorded >cap).
 
@@ -374,6 +406,7 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
         proc.stdin.close()
         base = next_job
         current = None            # (job index, step) running now
+        watch = None              # its first call's run and compile seconds, where the child reports them
         deadline = time.monotonic() + _START_TIMEOUT_S
         outcome = "exit"
         while True:
@@ -390,10 +423,17 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
                 if current is not None and current[0] != i and progress:
                     progress("job", {"job": jobs[current[0]]})
                 current = (i, msg["step"])
-                deadline = time.monotonic() + _deadline_s(jobs[i], msg["step"])
+                now = time.monotonic()
+                watch = (_FirstCall(jobs[i], msg["step"], now)
+                         if msg["step"]["kind"] == "time" and _compile_watched(jobs[i]) else None)
+                deadline = watch.deadline() if watch else now + _deadline_s(jobs[i], msg["step"])
                 if progress:
                     progress("step", {"job": jobs[i], "step": msg["step"]})
+            elif line.startswith(_COMPILE) and watch is not None:
+                watch.change(json.loads(line[len(_COMPILE):])["on"], time.monotonic())
+                deadline = watch.deadline()
             elif line.startswith(_FIRST) and current is not None and current[1] is not None:
+                watch = None
                 deadline = time.monotonic() + _deadline_s(jobs[current[0]], current[1], first_done=True)
             elif line.startswith(_RECORD):
                 msg = json.loads(line[len(_RECORD):])
@@ -711,9 +751,10 @@ class _JobRunner:
                                                             if k["step"].get("grad_mode") else "")
         if k["why"] == "killed":
             if this is not None:
-                return {"status": ">cap", "reason": f"killed: a single call ran past the cap {self.job['cap_s']} s "
-                                                    f"(+ {self.job.get('first_call_allowance_s', 0):g} s for a "
-                                                    f"first call's compiling)"}
+                allowance = float(self.job.get("first_call_allowance_s", 0))
+                given = ("not counting up to " if _compile_watched(self.job) else "+ ") + f"{allowance:g} s"
+                return {"status": ">cap", "reason": f"killed: a single call ran past the cap {self.job['cap_s']} s"
+                                                    + (f" ({given} of a first call's compiling)" if allowance else "")}
             return {"status": ">cap", "reason": f"not run: {what} ran past the cap"}
         reason = f"the process crashed (exit {k['rc']}) during {what}"
         return {"status": "failed", "reason": reason}
@@ -877,13 +918,21 @@ class _JobRunner:
         if check is not None:
             self._next = 0        # the first call gets the reference's inputs
 
+        watch = _WATCH if _WATCH is not None and _compile_watched(job) else None
+        compiled = [None]          # seconds of the first call spent compiling, where watched
+
         def first(result):         # tell the parent (its deadline moves on), then check
+            if watch is not None:
+                compiled[0] = watch.disarm()
             self.emit("first", step)
             if check is not None:
                 check(result)
+        if watch is not None:
+            watch.arm()
         try:
             t = measure(fn, setup=self._next_set, budget_s=float(job["budget_s"]), cap_s=float(job["cap_s"]),
                         first_call_allowance_s=float(job.get("first_call_allowance_s", 0.0)),
+                        compile_s=(lambda: compiled[0]) if watch is not None else None,
                         warmup=int(job.get("warmup", 1)), min_reps=int(job.get("min_reps", 3)),
                         check=first, probe=probe)
         except _CheckFailed as e:
@@ -898,6 +947,9 @@ class _JobRunner:
         except Exception as e:  # noqa: BLE001
             self.record(step, status="failed", reason=f"{type(e).__name__}: {e}"[:400])
             return
+        finally:
+            if watch is not None:
+                watch.disarm()
         if step["regime"] == job["regimes"][0]:
             self.medians[key] = t.median_s
         fields = {"first_call_s": t.first_call_s, "n": t.n}
@@ -941,7 +993,12 @@ def _jax_compilation_cache() -> None:
         pass
 
 
+_WATCH = None    # the child's CompileWatch on its main thread (None in the parent and in-process runs)
+
+
 def _child_main() -> int:
+    global _WATCH
+    from .compile_watch import CompileWatch
     payload = json.loads(sys.stdin.read())
     if any(str(job.get("backend", "")).endswith(":jax") or "jax" in str(job.get("peer") or "")
            for job in payload["jobs"]):
@@ -952,17 +1009,22 @@ def _child_main() -> int:
     # keep library chatter away from the protocol
     real_stdout = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
+    lock = threading.Lock()        # the watch's thread writes too
+
+    def write(line: str) -> None:
+        with lock:
+            real_stdout.write(line + "\n")
+            real_stdout.flush()
+    _WATCH = CompileWatch(lambda on: write(_COMPILE + json.dumps({"on": on})))
     for j, job in enumerate(payload["jobs"]):
         def emit(kind, obj, j=j):
             if kind == "step":
-                real_stdout.write(_STEP + json.dumps({"job": j, "step": obj}) + "\n")
+                write(_STEP + json.dumps({"job": j, "step": obj}))
             elif kind == "first":
-                real_stdout.write(_FIRST + json.dumps({"job": j}) + "\n")
+                write(_FIRST + json.dumps({"job": j}))
             else:
                 rec, key, state = obj
-                real_stdout.write(_RECORD + json.dumps({"job": j, "record": rec, "step_key": key, "state": state},
-                                                       default=str) + "\n")
-            real_stdout.flush()
+                write(_RECORD + json.dumps({"job": j, "record": rec, "step_key": key, "state": state}, default=str))
         run_job(job, emit)
     return 0
 

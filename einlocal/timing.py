@@ -193,6 +193,7 @@ def measure(
     cap_s: float | None = None,
     clock: Any = None,
     first_call_allowance_s: float = 0.0,
+    compile_s: Callable[[], float | None] | None = None,
     check: Callable[[Any], None] | None = None,
     probe: Callable[[Callable[[], Any]], Any] | None = None,
 ) -> Timing:
@@ -213,6 +214,9 @@ def measure(
     first result is a CUDA torch tensor, else wall-clock).
     `first_call_allowance_s`: extra time the first call may take beyond the cap
     (a JIT's compile), not counted in the cap's total.
+    `compile_s()`: the seconds the first call spent compiling, where known (asked
+    after `check`; an `einlocal.compile_watch.CompileWatch`): the allowance then
+    credits only those.
     `check(result)`: called with the first call's result, untimed, before any
     other call; an exception it raises ends the measurement (a wrong result
     is never timed further).
@@ -256,11 +260,15 @@ def measure(
     def over(dt: float) -> bool:
         return cap_s is not None and dt > cap_s
 
-    if over(first - first_call_allowance_s):
+    allowance, spent_compiling = first_call_allowance_s, compile_s() if compile_s is not None else None
+    if spent_compiling is not None:
+        allowance = min(allowance, spent_compiling)
+    if over(first - allowance):
         return Timing(first, 0.0, first, first, 0, first, True, (),
                       f"first call {first:.3g} s > cap {cap_s:g} s"
-                      + (f" + {first_call_allowance_s:g} s for compiling" if first_call_allowance_s else ""))
-    total = max(0.0, first - first_call_allowance_s)
+                      + (f" + {spent_compiling:.3g} s compiling" if spent_compiling is not None
+                         else f" + {first_call_allowance_s:g} s for compiling" if first_call_allowance_s else ""))
+    total = max(0.0, first - allowance)
     for k in range(warmup):
         dt = run_probe() if (k == 0 and probe is not None) else call(clock)
         total += dt

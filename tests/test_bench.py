@@ -180,6 +180,43 @@ def test_a_slow_first_call_is_killed_at_cap_plus_allowance(tmp_path):
     assert _time.monotonic() - t0 < 30
 
 
+def test_a_watched_first_call_is_held_to_the_cap_once_it_stops_compiling(tmp_path):
+    """jax's first calls are watched (einlocal.compile_watch): a peer that compiles,
+    then runs 60 s, is killed about cap + margin after its compile ends, not after
+    the whole 30 s allowance for compiling."""
+    pytest.importorskip("jax", reason="jax is not installed")
+    import time as _time
+    peers = tmp_path / "peers.py"
+    peers.write_text("import time\nimport jax, jax.numpy as jnp\n"
+                     "def slow(x, weight, bias=None, **kw):\n"
+                     "    y = jax.jit(lambda a: jnp.sin(a) * 3.0)(jnp.asarray(x)).block_until_ready()\n"
+                     "    time.sleep(60)\n    return y\n"
+                     "PEERS = {'slow': (slow, None, 'jax', 'conv2d')}\n")
+    job = bench.make_job(bench.op_spec(el.conv2d), {"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}, {}, "peer:slow",
+                         peer={"library": "jax", "path": str(peers), "name": "slow", "op": "conv2d"},
+                         regimes=("fresh",), passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False,
+                         kill_margin_s=0.5, first_call_allowance_s=30.0, check_shapes=None)
+    assert bench._compile_watched(job)
+    t0 = _time.monotonic()
+    (rec,) = bench.run_jobs([job])
+    assert rec["status"] == ">cap" and "not counting up to 30 s" in rec["reason"]
+    assert _time.monotonic() - t0 < 20
+
+
+def test_a_watched_first_calls_deadline_does_not_move_while_it_compiles():
+    job = {"cap_s": 1.0, "first_call_allowance_s": 10.0, "kill_margin_s": 0.5, "memory": False}
+    step = {"kind": "time", "pass": "forward", "regime": "fresh", "grad_mode": None}
+    clock = bench._FirstCall(job, step, now=100.0)
+    assert clock.deadline() == 101.5                      # no compile reported: the run has cap + margin
+    clock.change(True, now=100.2)
+    assert clock.deadline() == 111.5                      # compiling: the unwatched deadline holds
+    clock.change(False, now=104.2)
+    assert clock.deadline() == pytest.approx(105.5)       # 0.2 s ran before: 1.3 s of run left
+    clock.change(True, now=105.0)
+    clock.change(False, now=111.0)
+    assert clock.deadline() == 111.5                      # never past cap + allowance + margin
+
+
 def test_steady_regime_only_in_the_grad_modes_asked_for():
     if "einsum:torch" not in registry.available():
         pytest.skip(registry.unavailable().get("einsum:torch", "einsum:torch unavailable"))

@@ -15,7 +15,11 @@ own.  A backend that fails a check or the memory guard is recorded with the
 reason and never timed.  A pass whose first regime took longer than
 ``steady_max_s`` a call is not measured again in the steady regime (what
 out= saves is noise next to it).  The child prints one line per step start
-(``EINLOCAL_STEP``) and per record (``EINLOCAL_RECORD``).
+(``EINLOCAL_STEP``), per record (``EINLOCAL_RECORD``), when a timed step's
+first call returns (``EINLOCAL_FIRST``) and, for jax and numba, when that
+first call starts or stops compiling (``EINLOCAL_COMPILE``, from
+`einlocal.compile_watch`): the compile then has the allowance and the run
+the cap.
 """
 from __future__ import annotations
 

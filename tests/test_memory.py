@@ -147,3 +147,14 @@ def test_machine_info_imports_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     numpy_version, cores, loaded = json.loads(out.stdout)
     assert numpy_version == np.__version__ and cores >= 1 and loaded == []
+
+
+def test_the_cpu_is_named_with_its_family_model_and_vector_unit(tmp_path):
+    from einlocal.machine import _cpu_model
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n"
+                    "flags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert _cpu_model(str(info)) == "AMD EPYC (family 25 model 1, AVX2)"
+    info.write_text("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: avx2 avx512f\n")
+    assert _cpu_model(str(info)) == "AMD EPYC (family 25 model 17, AVX-512)"
+    assert _cpu_model(str(tmp_path / "missing"))        # no /proc: the platform's name

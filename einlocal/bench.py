@@ -91,8 +91,8 @@ def benchmark(op, *, backends=None, passes=("forward", "backward"), regimes=("fr
     if reference:
         tmp = tempfile.TemporaryDirectory(prefix="einlocal-ref-")
         ref_path = reference_file(spec, shapes, params, seed, reference, Path(tmp.name) / "ref.npz")
-    from .machine import copy_bandwidth, matmul_rate
-    roof = {"bandwidth": copy_bandwidth(), "rate": matmul_rate()}
+    from .machine import roof as machine_roof
+    roof = machine_roof()
     jobs = [make_job(spec, shapes, params, name, passes=passes, regimes=regimes, grad_modes=grad_modes,
                      budget_s=budget_s, cap_s=cap_s, dtype=dtype, memory=memory, seed=seed,
                      check_shapes=check_shapes, reference=ref_path, workload=workload, roofline=roof,
@@ -518,11 +518,8 @@ def run_job(job: dict, emit: Callable[[str, Any], None]) -> None:
 
 
 def _llc_bytes() -> int:
-    try:
-        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
-        return int(text[:-1]) * {"K": 2**10, "M": 2**20}.get(text[-1], 1) if text[-1] in "KM" else int(text)
-    except (OSError, ValueError):
-        return 32 * 2**20
+    from .machine import llc_bytes
+    return llc_bytes() or 32 * 2**20
 
 
 def _threads_text() -> str:

@@ -164,9 +164,13 @@ def _machine_rates() -> tuple[float, float]:
         entry = json.loads(_cache_path().read_text()).get(_machine_key(), {})
     except (OSError, ValueError, AttributeError):
         entry = {}
-    bw = next((v for k, v in entry.items() if k.startswith("copy_bandwidth")), _DEFAULT_BANDWIDTH)
-    rate = next((v for k, v in entry.items() if k.startswith("matmul_rate")), _DEFAULT_RATE)
-    return float(bw), float(rate)
+
+    def largest(prefix: str, default: float) -> float:
+        """The measurement of the largest size (the DRAM copy, not the cache-resident one)."""
+        sized = [(int(k.partition(":")[2] or 0), v) for k, v in entry.items()
+                 if k.startswith(prefix) and isinstance(v, (int, float)) and k.partition(":")[2].isdigit()]
+        return float(max(sized)[1]) if sized else default
+    return largest("copy_bandwidth", _DEFAULT_BANDWIDTH), largest("matmul_rate", _DEFAULT_RATE)
 
 
 def _efficiency(backend, library: str, plan) -> float:

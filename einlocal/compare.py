@@ -203,7 +203,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     `Settings` key. Writes results.md/.csv/.json/.png into `outdir` (None: nothing).
     """
     from . import registry
-    from .machine import copy_bandwidth, machine_info, matmul_rate
+    from .machine import machine_info, roof as machine_roof, roof_text
     settings = Settings({**(QUICK if quick else SETTINGS), **overrides})
     ids = list(workloads) if workloads else list(WORKLOADS)
     chosen = [get(i) for i in ids if str(i).upper() != "W4"]
@@ -212,10 +212,10 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     if backends:
         names = [n for n in names if any(n == b or n.startswith(b) for b in backends)]
     peer_table = load_peers() if peers else {}
-    roof = {"bandwidth": copy_bandwidth(), "rate": matmul_rate()}
+    roof = machine_roof()
     tmp = tempfile.TemporaryDirectory(prefix="einlocal-compare-")
     jobs, pre = [], []
-    notes = [ISOLATION_NOTE]
+    notes = [ISOLATION_NOTE, roof_text(roof)]
     for w0 in chosen:
         w = w0.sized(reduced) if reduced else w0.batch_divided(settings.get("batch_divisor", 1))
         spec = op_spec(w.op_fn())

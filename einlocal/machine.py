@@ -15,7 +15,10 @@ from pathlib import Path
 __all__ = [
     "cache_dir",
     "copy_bandwidth",
+    "cache_copy_bandwidth",
+    "llc_bytes",
     "matmul_rate",
+    "roof",
     "machine_info",
     "roofline_time",
     "roofline_fraction",
@@ -130,6 +133,49 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, *, repeats: int = 5, refresh: bool
     return _cached(f"copy_bandwidth:{nbytes}", run, refresh)
 
 
+def llc_bytes() -> int | None:
+    """The last-level cache's size (Linux's index3, else index2), or None where the system does not say."""
+    for index in ("index3", "index2"):
+        try:
+            text = Path(f"/sys/devices/system/cpu/cpu0/cache/{index}/size").read_text().strip()
+        except OSError:
+            continue
+        try:
+            return int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1] in "KMG" else int(text)
+        except (ValueError, IndexError):
+            continue
+    return None
+
+
+def cache_copy_bandwidth(*, repeats: int = 50, refresh: bool = False) -> float | None:
+    """`copy_bandwidth` of a copy whose source and destination together fill half the
+    last-level cache (so both stay in it); None where its size is unknown."""
+    llc = llc_bytes()
+    if not llc:
+        return None
+    nbytes = llc // 4 // 4096 * 4096
+    return copy_bandwidth(nbytes, repeats=repeats, refresh=refresh)
+
+
+def roof(refresh: bool = False) -> dict:
+    """The roofline's parameters for `roofline_fraction`: the copy bandwidth of DRAM
+    (`bandwidth`) and of the last-level cache (`cache_bandwidth`, for ops whose
+    bytes fit in its `cache_bytes`), and the matmul rate (`rate`), measured once."""
+    return {"bandwidth": copy_bandwidth(refresh=refresh), "rate": matmul_rate(refresh=refresh),
+            "cache_bandwidth": cache_copy_bandwidth(refresh=refresh), "cache_bytes": llc_bytes()}
+
+
+def roof_text(r: dict) -> str:
+    """How `roofline_fraction` reads with roof `r`, for a table's notes."""
+    copy = f"{r['bandwidth'] / 1e9:.1f} GB/s (DRAM)"
+    if r.get("cache_bandwidth") and r.get("cache_bytes"):
+        copy += (f", or {r['cache_bandwidth'] / 1e9:.1f} GB/s (last-level cache) where the min bytes fit in its "
+                 f"{r['cache_bytes'] / 2**20:.0f} MiB")
+    return (f"% roofline = roofline time / measured time; roofline time = max(flops / {r['rate'] / 1e9:.0f} GFLOP/s "
+            f"(float32 matmul), min bytes / copy bandwidth); min bytes = the inputs read once and the output written "
+            f"once; copy bandwidth = {copy}")
+
+
 def matmul_rate(n: int = 2048, *, repeats: int = 5, refresh: bool = False) -> float:
     """FLOP/s of a float32 n x n `np.matmul` into `out=` (2 n^3 flops)."""
 
@@ -166,13 +212,15 @@ def machine_info() -> dict:
     return info
 
 
-def roofline_time(flops: float, min_bytes: float, *, bandwidth: float, rate: float) -> float:
-    """Lower bound on time: max(flops / rate, min_bytes / bandwidth)."""
+def roofline_time(flops: float, min_bytes: float, *, bandwidth: float, rate: float,
+                  cache_bandwidth: float | None = None, cache_bytes: int | None = None) -> float:
+    """Lower bound on time: max(flops / rate, min_bytes / bandwidth), the bandwidth
+    being `cache_bandwidth` where given and `min_bytes` fit in `cache_bytes`."""
+    if cache_bandwidth and cache_bytes and min_bytes <= cache_bytes:
+        bandwidth = max(bandwidth, cache_bandwidth)
     return max(flops / rate, min_bytes / bandwidth)
 
 
-def roofline_fraction(
-    time_s: float, flops: float, min_bytes: float, *, bandwidth: float, rate: float
-) -> float:
-    """roofline_time / time_s: 1.0 means at the machine's limit."""
-    return roofline_time(flops, min_bytes, bandwidth=bandwidth, rate=rate) / time_s
+def roofline_fraction(time_s: float, flops: float, min_bytes: float, **roof_params) -> float:
+    """roofline_time / time_s: 1.0 means at the machine's limit (`roof()`'s keys)."""
+    return roofline_time(flops, min_bytes, **roof_params) / time_s

@@ -132,12 +132,20 @@ def test_isolated_run_streams_records_from_a_child_process():
     assert "own process" in recs[0]["isolation"]
 
 
-def test_a_step_past_its_deadline_is_killed_and_recorded_over_the_cap(monkeypatch):
+def test_a_step_past_its_deadline_is_killed_and_recorded_over_the_cap(monkeypatch, tmp_path):
+    """Every step past its deadline is killed; the process started again goes on with the next."""
     monkeypatch.setattr(bench, "_deadline_s", lambda job, step, first_done=False: 0.0)
-    recs = el.benchmark(el.conv2d, backends=["bmm:numpy"], regimes=("fresh",), budget_s=0.005, memory=False,
-                        x=(1, 2, 5, 5), weight=(3, 2, 3, 3))
+    peers = tmp_path / "peers.py"
+    peers.write_text("import time\n"
+                     "def slow(x, weight, bias=None, **kw):\n    time.sleep(5)\n"
+                     "def slow_backward(dy, x, weight, bias=None, **kw):\n    time.sleep(5)\n"
+                     "PEERS = {'slow': (slow, slow_backward, 'numpy', 'conv2d')}\n")
+    job = bench.make_job(bench.op_spec(el.conv2d), {"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}, {}, "peer:slow",
+                         peer={"library": "numpy", "path": str(peers), "name": "slow", "op": "conv2d"},
+                         regimes=("fresh",), budget_s=0.005, memory=False, check_shapes=None)
+    recs = bench.run_jobs([job])
     assert sorted(r["pass"] for r in recs) == ["backward", "forward"]
-    assert all(r["status"] == ">cap" and r["median_s"] is None for r in recs)
+    assert all(r["status"] == ">cap" and "killed" in r["reason"] and r["median_s"] is None for r in recs)
 
 
 @pytest.mark.parametrize("killed, step, implied", [

@@ -128,6 +128,26 @@ def test_roofline_time_and_fraction():
     assert machine.roofline_time(2e10, 1e6, **kw) == pytest.approx(0.2)
 
 
+def test_an_op_whose_bytes_fit_in_the_cache_has_the_caches_bandwidth_for_roof():
+    kw = dict(bandwidth=10e9, rate=100e9, cache_bandwidth=40e9, cache_bytes=32 * 2**20)
+    assert machine.roofline_time(0.0, 16 * 2**20, **kw) == pytest.approx(16 * 2**20 / 40e9)
+    assert machine.roofline_time(0.0, 64 * 2**20, **kw) == pytest.approx(64 * 2**20 / 10e9)
+    assert machine.roofline_fraction(0.01, 0.0, 64 * 2**20, **{**kw, "cache_bandwidth": None}) == \
+        pytest.approx(64 * 2**20 / 10e9 / 0.01)
+
+
+def test_roof_measures_dram_and_cache_copies_and_says_how_it_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(machine, "llc_bytes", lambda: 4 * 2**20)
+    monkeypatch.setattr(machine, "copy_bandwidth", lambda nbytes=256 * 2**20, **kw: 1e9 * (1 + (nbytes < 2**24)))
+    monkeypatch.setattr(machine, "matmul_rate", lambda **kw: 5e10)
+    r = machine.roof()
+    assert r == {"bandwidth": 1e9, "rate": 5e10, "cache_bandwidth": 2e9, "cache_bytes": 4 * 2**20}
+    text = machine.roof_text(r)
+    assert "1.0 GB/s (DRAM)" in text and "2.0 GB/s (last-level cache)" in text and "4 MiB" in text
+    assert "(last-level cache)" not in machine.roof_text({**r, "cache_bandwidth": None})
+
+
 def test_measurements_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path))
     assert machine.cache_dir() == tmp_path

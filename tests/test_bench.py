@@ -13,6 +13,15 @@ from einlocal.table import markdown
 table_module = importlib.import_module("einlocal.table")
 
 SHAPES = dict(x=(2, 3, 6, 6), weight=(4, 3, 3, 3, 4, 4))
+SMALL_CONV = {"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}
+
+
+def peer_job(tmp_path, source: str, name: str, library: str = "numpy", shapes=SMALL_CONV, **settings):
+    """A benchmark job for the conv2d peer `name` of a peers file holding `source`."""
+    peers = tmp_path / "peers.py"
+    peers.write_text(source)
+    return bench.make_job(bench.op_spec(el.conv2d), shapes, {}, f"peer:{name}",
+                          peer={"library": library, "path": str(peers), "name": name, "op": "conv2d"}, **settings)
 
 
 def test_in_process_records_every_backend_pass_and_regime():
@@ -135,14 +144,11 @@ def test_isolated_run_streams_records_from_a_child_process():
 def test_a_step_past_its_deadline_is_killed_and_recorded_over_the_cap(monkeypatch, tmp_path):
     """Every step past its deadline is killed; the process started again goes on with the next."""
     monkeypatch.setattr(bench, "_deadline_s", lambda job, step, first_done=False: 0.0)
-    peers = tmp_path / "peers.py"
-    peers.write_text("import time\n"
-                     "def slow(x, weight, bias=None, **kw):\n    time.sleep(5)\n"
-                     "def slow_backward(dy, x, weight, bias=None, **kw):\n    time.sleep(5)\n"
-                     "PEERS = {'slow': (slow, slow_backward, 'numpy', 'conv2d')}\n")
-    job = bench.make_job(bench.op_spec(el.conv2d), {"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}, {}, "peer:slow",
-                         peer={"library": "numpy", "path": str(peers), "name": "slow", "op": "conv2d"},
-                         regimes=("fresh",), budget_s=0.005, memory=False, check_shapes=None)
+    job = peer_job(tmp_path, "import time\n"
+                   "def slow(x, weight, bias=None, **kw):\n    time.sleep(5)\n"
+                   "def slow_backward(dy, x, weight, bias=None, **kw):\n    time.sleep(5)\n"
+                   "PEERS = {'slow': (slow, slow_backward, 'numpy', 'conv2d')}\n", "slow",
+                   regimes=("fresh",), budget_s=0.005, memory=False, check_shapes=None)
     recs = bench.run_jobs([job])
     assert sorted(r["pass"] for r in recs) == ["backward", "forward"]
     assert all(r["status"] == ">cap" and "killed" in r["reason"] and r["median_s"] is None for r in recs)
@@ -174,14 +180,11 @@ def test_a_slow_first_call_is_killed_at_cap_plus_allowance(tmp_path):
     end of the whole step's deadline: a peer that sleeps 60 s is recorded
     >cap within seconds."""
     import time as _time
-    peers = tmp_path / "peers.py"
-    peers.write_text("import time\n"
-                     "def slow(x, weight, bias=None, **kw):\n    time.sleep(60)\n"
-                     "PEERS = {'slow': (slow, None, 'numpy', 'conv2d')}\n")
-    job = bench.make_job(bench.op_spec(el.conv2d), {"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}, {}, "peer:slow",
-                         peer={"library": "numpy", "path": str(peers), "name": "slow", "op": "conv2d"},
-                         regimes=("fresh",), passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False,
-                         kill_margin_s=0.5, first_call_allowance_s=0.0)
+    job = peer_job(tmp_path, "import time\n"
+                   "def slow(x, weight, bias=None, **kw):\n    time.sleep(60)\n"
+                   "PEERS = {'slow': (slow, None, 'numpy', 'conv2d')}\n", "slow",
+                   regimes=("fresh",), passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False,
+                   kill_margin_s=0.5, first_call_allowance_s=0.0)
     t0 = _time.monotonic()
     (rec,) = bench.run_jobs([job])
     assert rec["status"] == ">cap" and "killed" in rec["reason"]
@@ -194,16 +197,13 @@ def test_a_watched_first_call_is_held_to_the_cap_once_it_stops_compiling(tmp_pat
     the whole 30 s allowance for compiling."""
     pytest.importorskip("jax", reason="jax is not installed")
     import time as _time
-    peers = tmp_path / "peers.py"
-    peers.write_text("import time\nimport jax, jax.numpy as jnp\n"
-                     "def slow(x, weight, bias=None, **kw):\n"
-                     "    y = jax.jit(lambda a: jnp.sin(a) * 3.0)(jnp.asarray(x)).block_until_ready()\n"
-                     "    time.sleep(60)\n    return y\n"
-                     "PEERS = {'slow': (slow, None, 'jax', 'conv2d')}\n")
-    job = bench.make_job(bench.op_spec(el.conv2d), {"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}, {}, "peer:slow",
-                         peer={"library": "jax", "path": str(peers), "name": "slow", "op": "conv2d"},
-                         regimes=("fresh",), passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False,
-                         kill_margin_s=0.5, first_call_allowance_s=30.0, check_shapes=None)
+    job = peer_job(tmp_path, "import time\nimport jax, jax.numpy as jnp\n"
+                   "def slow(x, weight, bias=None, **kw):\n"
+                   "    y = jax.jit(lambda a: jnp.sin(a) * 3.0)(jnp.asarray(x)).block_until_ready()\n"
+                   "    time.sleep(60)\n    return y\n"
+                   "PEERS = {'slow': (slow, None, 'jax', 'conv2d')}\n", "slow", library="jax",
+                   regimes=("fresh",), passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False,
+                   kill_margin_s=0.5, first_call_allowance_s=30.0, check_shapes=None)
     assert bench._compile_watched(job)
     t0 = _time.monotonic()
     (rec,) = bench.run_jobs([job])
@@ -242,8 +242,7 @@ def test_a_restarted_child_goes_on_from_what_it_knew(tmp_path):
     what the fresh regime showed too slow for it: it carries the first
     process's decisions (here steady_max_s=0: every steady step skipped)."""
     calls = tmp_path / "calls.txt"
-    peers = tmp_path / "peers.py"
-    peers.write_text(
+    source = (
         "import time\nimport numpy as np\n"
         f"CALLS = {str(calls)!r}\n"
         "def _conv(x, w):\n"
@@ -267,10 +266,9 @@ def test_a_restarted_child_goes_on_from_what_it_knew(tmp_path):
         "            dx[:, :, i:i + ho, j:j + wo] += np.einsum('nohw,oc->nchw', dy, weight[:, :, i, j])\n"
         "    return dx, dw, None\n"
         "PEERS = {'half-slow': (fwd, bwd, 'numpy', 'conv2d')}\n")
-    job = bench.make_job(bench.op_spec(el.conv2d), {"x": (3, 2, 6, 6), "weight": (3, 2, 3, 3)}, {}, "peer:half-slow",
-                         peer={"library": "numpy", "path": str(peers), "name": "half-slow", "op": "conv2d"},
-                         regimes=("fresh", "steady"), budget_s=0.005, cap_s=0.2, memory=False, kill_margin_s=0.5,
-                         check_shapes={"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}, steady_max_s=0.0)
+    job = peer_job(tmp_path, source, "half-slow", shapes={"x": (3, 2, 6, 6), "weight": (3, 2, 3, 3)},
+                   regimes=("fresh", "steady"), budget_s=0.005, cap_s=0.2, memory=False, kill_margin_s=0.5,
+                   check_shapes=SMALL_CONV, steady_max_s=0.0)
     recs = {(r["regime"], r["pass"]): r for r in bench.run_jobs([job])}
     assert recs[("fresh", "forward")]["status"] == "ok", recs[("fresh", "forward")]["reason"]
     assert recs[("fresh", "backward")]["status"] == ">cap" and "killed" in recs[("fresh", "backward")]["reason"]

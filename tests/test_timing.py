@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from einlocal.timing import CudaEventClock, Timing, measure, no_sync, sync_for, thread_info
+from einlocal.timing import FIRST_CALL_RETRY, CudaEventClock, Timing, measure, no_sync, sync_for, thread_info
 
 
 class FakeClock:
@@ -147,9 +147,28 @@ def test_first_call_allowance_lets_a_compile_through_but_not_a_slow_call():
     t = measure(fn, sync=sync, clock=FakeClock([3.0, 2.0], []), cap_s=1.0, first_call_allowance_s=5.0,
                 budget_s=1, warmup=0, min_reps=1)
     assert t.capped and "repetition" in t.note
-    # a first call past cap + allowance is not waited for again
-    t = measure(fn, sync=sync, clock=FakeClock([7.0], []), cap_s=1.0, first_call_allowance_s=5.0)
+    # a first call far past cap + allowance is not waited for again
+    t = measure(fn, sync=sync, clock=FakeClock([9.0], []), cap_s=1.0, first_call_allowance_s=5.0)
     assert t.capped and t.n == 0 and "for compiling" in t.note
+
+
+def test_a_first_call_a_little_past_the_cap_gets_one_more_call():
+    """A library's first use of a pass (thread pools, page faults) may push the first
+    call past the cap: the next call decides, and is the first repetition."""
+    log = []
+    fn, sync = logged(log)
+    t = measure(fn, sync=sync, clock=FakeClock([0.6, 0.1, 0.1, 0.1], log), cap_s=0.5, budget_s=0.25, warmup=1,
+                min_reps=1)
+    assert not t.capped and t.first_call_s == 0.6 and t.times == (0.1, 0.1, 0.1) and t.median_s == 0.1
+    assert "first call 0.6 s past the cap" in t.note and log.count("fn") == 4
+    # the next call past the cap too: >cap, nothing more run
+    log.clear()
+    t = measure(fn, sync=sync, clock=FakeClock([0.6, 0.7, 0.1], log), cap_s=0.5, budget_s=1, warmup=0, min_reps=1)
+    assert t.capped and t.n == 0 and t.first_call_s == 0.6 and "the next 0.7 s" in t.note and log.count("fn") == 2
+    # more than FIRST_CALL_RETRY caps past it: >cap at once
+    log.clear()
+    t = measure(fn, sync=sync, clock=FakeClock([0.6 + FIRST_CALL_RETRY * 0.5, 0.1], log), cap_s=0.5, warmup=0)
+    assert t.capped and log.count("fn") == 1
 
 
 def test_cap_total_reached_reports_the_median_of_what_was_measured():

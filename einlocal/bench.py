@@ -7,23 +7,30 @@ is killed and recorded as ``>cap``, and the process restarts for the rest.
 
 A job = one backend (or peer) on one op and shape. Its steps, in order:
 ``check reduced`` (against the float64 loops at the workload's reduced
-shapes), then per regime the timed passes.  The first call of each pass in
-the first regime runs on the full-size reference's inputs and its result is
-checked against that reference (computed once by a trusted float64
-lowering) before any other call: the full-size check costs no call of its
-own.  A backend that fails a check or the memory guard is recorded with the
-reason and never timed.  A pass whose first regime took longer than
-``steady_max_s`` a call is not measured again in the steady regime (what
-out= saves is noise next to it).  The child prints one line per step start
-(``EINLOCAL_STEP``), per record (``EINLOCAL_RECORD``), when a timed step's
-first call returns (``EINLOCAL_FIRST``) and, for jax and numba, when that
-first call starts or stops compiling (``EINLOCAL_COMPILE``, from
+shapes, computed once per run), for a backend whose first call compiles
+(numba, jax) one ``warm`` call per pass at the timed size, then per regime
+the timed passes.  Checks and warm-ups come first, for every job, in two
+processes at once (nothing is timed then, so they may share the cores);
+their kernels land in the caches on disk, and what they decided goes on to
+the timing processes, which run one at a time.  The first call of each pass
+in the first regime runs on the full-size reference's inputs (computed once
+by a trusted float64 lowering) and its result is checked against it before
+any other call: the full-size check costs no call of its own, and is the
+warm-up's where there is one.  A backend that fails a check or the memory
+guard is recorded with the reason and never timed.  A pass whose first
+regime took longer than ``steady_max_s`` a call is not measured again in the
+steady regime (what out= saves is noise next to it).  The child prints one
+line per step start (``EINLOCAL_STEP``), per record (``EINLOCAL_RECORD``),
+when a check or warm-up step ends (``EINLOCAL_STATE``), when a timed step's
+first call returns (``EINLOCAL_FIRST``) and, for jax and numba, when a first
+call starts or stops compiling (``EINLOCAL_COMPILE``, from
 `einlocal.compile_watch`): the compile then has the allowance and the run
 the cap.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -50,6 +57,7 @@ _STEP = "EINLOCAL_STEP "
 _FIRST = "EINLOCAL_FIRST "       # a timed step's first call returned
 _COMPILE = "EINLOCAL_COMPILE "   # the first call started ({"on": true}) or stopped compiling (CompileWatch)
 _RECORD = "EINLOCAL_RECORD "
+_STATE = "EINLOCAL_STATE "       # a check or warm-up step finished: what the runner knows now
 _START_TIMEOUT_S = 180.0   # imports of a framework on a busy machine
 
 
@@ -151,7 +159,7 @@ def make_job(spec: dict, shapes: dict, params: dict, backend: str, **kw) -> dict
                          ("memory", True), ("seed", 0), ("check_shapes", None), ("reference", None),
                          ("workload", None), ("roofline", None), ("peer", None), ("note", None),
                          ("kill_margin_s", 15.0), ("first_call_allowance_s", 0.0), ("steady_max_s", None),
-                         ("steady_grad_modes", None)):
+                         ("steady_grad_modes", None), ("check_reference", None), ("inputs_dir", None)):
         value = kw.pop(key, default)
         job[key] = list(value) if isinstance(value, tuple) else value
     if kw:
@@ -238,11 +246,41 @@ def reference_file(spec: dict, shapes: dict, params: dict, seed: int, backend: s
         bshape = dict(call.arg_shapes)[call.bias[0]]
         out["d" + call.bias[0]] = (dy_s.sum(axis=axes).reshape(bshape), np.abs(dy_s).sum(axis=axes).reshape(bshape),
                                    math.prod(call.plan.out_shape) // math.prod(bshape))
+    return _save_reference(out, path)
+
+
+def check_reference_file(spec: dict, shapes: dict, params: dict, seed: int, path: Path) -> str:
+    """`el.check`'s float64 loops reference at (reduced) `shapes` for `seed`, with its
+    VJP's finite-difference error, saved as .npz (`load_check_reference` reads it).
+
+    `run_jobs` computes it once per op and shape for every job's reduced check:
+    the literal loops are the slowest part of a check, and each library's process
+    would otherwise compute the same values again."""
+    from .check import _reference
+    ref, vjp_error = _reference(_build_op(spec), seed, shapes, params)
+    return _save_reference(ref, path, vjp_error=vjp_error)
+
+
+def _save_reference(ref: dict, path: Path, vjp_error: float | None = None) -> str:
+    import numpy as np
     flat = {}
-    for name, (value, scale, n) in out.items():
+    for name, (value, scale, n) in ref.items():
         flat[f"{name}__value"], flat[f"{name}__scale"], flat[f"{name}__terms"] = value, scale, np.array(n)
+    if vjp_error is not None:
+        flat["vjp_error"] = np.array(vjp_error)
     np.savez(path, **flat)
     return str(path)
+
+
+def _read_reference(path: str) -> tuple[dict, float | None]:
+    import numpy as np
+    data = np.load(path)
+    out = {}
+    for n in {k.split("__")[0] for k in data.files if "__" in k}:
+        value, scale = data[f"{n}__value"], data[f"{n}__scale"]
+        value.flags.writeable = scale.flags.writeable = False
+        out[n] = (value, scale, int(data[f"{n}__terms"]))
+    return out, (float(data["vjp_error"]) if "vjp_error" in data.files else None)
 
 
 @functools.lru_cache(maxsize=1)
@@ -251,14 +289,30 @@ def load_reference(path: str) -> dict:
 
     Read once per process for the jobs of one workload that follow each other
     (a full-size reference is hundreds of MB); its arrays are read-only."""
-    import numpy as np
-    data = np.load(path)
-    names = {k.split("__")[0] for k in data.files}
-    out = {}
-    for n in names:
-        value, scale = data[f"{n}__value"], data[f"{n}__scale"]
-        value.flags.writeable = scale.flags.writeable = False
-        out[n] = (value, scale, int(data[f"{n}__terms"]))
+    return _read_reference(path)[0]
+
+
+@functools.lru_cache(maxsize=16)
+def load_check_reference(path: str) -> tuple[dict, float]:
+    """(reference dict, its VJP's error / tolerance) from `check_reference_file`'s .npz."""
+    ref, vjp_error = _read_reference(path)
+    return ref, vjp_error
+
+
+def check_references(jobs: list[dict], folder: Path) -> list[dict]:
+    """`jobs` with ``check_reference`` set: one reference file in `folder` per op,
+    reduced shapes, parameters and seed, computed here once."""
+    paths: dict[str, str] = {}
+    out = []
+    for job in jobs:
+        if job.get("check_shapes") and not job.get("check_reference"):
+            key = json.dumps([job["spec"], job["check_shapes"], job["params"], job["seed"]], sort_keys=True)
+            if key not in paths:
+                shapes = {k: tuple(v) for k, v in job["check_shapes"].items()}
+                paths[key] = check_reference_file(job["spec"], shapes, _tuples(job["params"]), job["seed"],
+                                                  Path(folder) / f"check{len(paths)}.npz")
+            job = {**job, "check_reference": paths[key]}
+        out.append(job)
     return out
 
 
@@ -310,8 +364,15 @@ def step_key(step: dict) -> tuple:
 def run_jobs(jobs: list[dict], *, isolate: bool = True, threads: int | None = None,
              progress: Callable[[str, dict], None] | None = None) -> list[dict]:
     """Run jobs, one process per library (in job order within it) when `isolate`;
-    returns every record. `progress(event, info)`: "step" (info: the step and job)
-    and "job" (a job finished)."""
+    returns every record. The float64 loops reference of the reduced checks is
+    computed here, once per op and shape, and read by every job's check.
+    `progress(event, info)`: "step" (info: the step and job) and "job" (a job finished)."""
+    with tempfile.TemporaryDirectory(prefix="einlocal-run-") as folder:
+        jobs = [{**job, "inputs_dir": job.get("inputs_dir") or folder} for job in check_references(jobs, Path(folder))]
+        return _run_jobs(jobs, isolate, threads, progress)
+
+
+def _run_jobs(jobs: list[dict], isolate: bool, threads: int | None, progress) -> list[dict]:
     note = ISOLATION_NOTE if isolate else IN_PROCESS_NOTE
     records: list[dict] = []
     if not isolate:
@@ -329,13 +390,97 @@ def run_jobs(jobs: list[dict], *, isolate: bool = True, threads: int | None = No
             if progress:
                 progress("job", {"job": job})
         return records
-    by_library: dict[str, list[dict]] = {}
-    for job in jobs:
-        by_library.setdefault(_library_of_job(job), []).append(job)
-    for library, group in by_library.items():
-        for rec in _run_group(group, threads, progress):
-            rec.setdefault("isolation", note)
-            records.append(rec)
+    by_library: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_library.setdefault(_library_of_job(job), []).append(i)
+    states = [{"done": [], "killed": [], "runner": None} for _ in jobs]
+    kinds, spawned = None, {}
+    try:
+        if any(_prepares(job) for job in jobs):
+            # the timing processes start (import their library) while the prepare phase runs
+            spawned = {library: _spawn(library, threads) for library in by_library}
+            records += _prepare(jobs, list(by_library.values()), states, threads, progress)
+            kinds = ("time",)
+        for library, group in by_library.items():
+            records += _run_group([jobs[i] for i in group], threads, progress, [states[i] for i in group], kinds,
+                                  first_proc=spawned.pop(library, None))
+    finally:
+        for proc in spawned.values():     # not used (an error on the way): stop them
+            _kill(proc)
+            proc.wait()
+    for rec in records:
+        rec.setdefault("isolation", note)
+    return records
+
+
+# -- the prepare phase: checks and compiles, two libraries at a time --------------------------------
+
+PREPARE_WORKERS = 2
+
+# a job's share of the prepare phase, per pass that compiles, relative to jax's (its programs
+# compile and run in ~0.8 s a pass on 2 cores): numba's tiled kernels take ~1.7 s a pass
+_COMPILE_WEIGHT = {"numba": 2.0}
+
+
+def _prepares(job: dict) -> bool:
+    """Whether a job has work before its timing: a reduced check, or first calls that compile."""
+    return bool(job.get("check_shapes")) or float(job.get("first_call_allowance_s") or 0) > 0
+
+
+def _prepare_cost(job: dict) -> float:
+    """A job's share of the prepare phase, roughly: a check, and each pass's compile
+    (in the check at the reduced size and in the warm-up at the timed size)."""
+    compiles = len(job["passes"]) * _COMPILE_WEIGHT.get(_library_of_job(job), 1.0) \
+        if float(job.get("first_call_allowance_s") or 0) > 0 else 0.0
+    return (1.0 + compiles) * bool(job.get("check_shapes")) + compiles
+
+
+def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], threads, progress) -> list[dict]:
+    """Run every job's check and warm-up steps before anything is timed, in up to
+    `PREPARE_WORKERS` processes at once, one library each (a library's thread pools
+    take every core: two processes of one library would fight over them), the
+    costliest library first.  Nothing here is timed; what these processes decide
+    (check outcomes, in `states`) and compile (kernels, in the caches on disk) the
+    timing processes take over.  Returns the records of steps killed here (none in
+    a clean run)."""
+    todo = sorted((c for c in ([i for i in g if _prepares(jobs[i])] for g in groups) if c),
+                  key=lambda c: -sum(_prepare_cost(jobs[i]) for i in c))
+    workers = max(1, min(PREPARE_WORKERS, os.cpu_count() or 1, len(todo)))
+    lock = threading.Lock()
+
+    def next_chunk() -> list[int] | None:
+        with lock:
+            return todo.pop(0) if todo else None
+
+    def quiet(event: str, info: dict) -> None:     # step descriptions only: jobs are counted when timed
+        if progress and event == "step":
+            with lock:
+                progress(event, info)
+
+    records: list[dict] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while not errors:
+            chunk = next_chunk()
+            if chunk is None:
+                return
+            try:
+                got = _run_group([jobs[i] for i in chunk], threads, quiet, [states[i] for i in chunk],
+                                 ("check", "warm"), count_jobs=False)
+            except BaseException as e:  # noqa: BLE001 — raised in the caller's thread below
+                errors.append(e)
+                return
+            with lock:
+                records.extend(got)
+
+    pool = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise errors[0]
     return records
 
 
@@ -354,7 +499,8 @@ class _FirstCall:
     run seconds reach ``cap + margin``, which does not move while it compiles."""
 
     def __init__(self, job: dict, step: dict, now: float):
-        self.limit = float(job["cap_s"]) + float(job.get("kill_margin_s", 15.0))
+        # a warm-up is there to compile: once its run passes the cap, nothing more is learnt
+        self.limit = float(job["cap_s"]) + (0.0 if step["kind"] == "warm" else float(job.get("kill_margin_s", 15.0)))
         self.latest = now + _deadline_s(job, step)
         self.ran, self.since, self.compiling = 0.0, now, False
 
@@ -373,7 +519,8 @@ class _FirstCall:
 def _deadline_s(job: dict, step: dict, first_done: bool = False) -> float:
     """How long a step may run before it is killed (and recorded >cap).
 
-    A timed step's first call may take the cap plus the compile allowance;
+    A timed step's first call (or a warm-up step, which is one) may take the
+    cap plus the compile allowance;
     once it has returned, the rest takes at most ~2x the cap (`measure`
     starts no call once first call + warm-up + repetitions pass the cap, and
     that last call is itself under it), plus one more call when memory is
@@ -388,20 +535,37 @@ def _deadline_s(job: dict, step: dict, first_done: bool = False) -> float:
     return (3.0 if job.get("memory") else 2.0) * cap + margin
 
 
-def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
-    """Run one library's jobs in a child process; restart it after a kill or a crash."""
+def _spawn(library: str, threads: int | None) -> subprocess.Popen:
+    """A benchmark child for `library`'s jobs: it imports the library, then waits
+    for its jobs on stdin (so it may be started early, while other work runs)."""
+    argv = [sys.executable, "-m", "einlocal.bench", "--child", "--library", library]
+    if threads:
+        argv += ["--threads", str(int(threads))]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _run_group(jobs: list[dict], threads: int | None, progress, state: list[dict] | None = None,
+               kinds=None, count_jobs: bool = True, first_proc: subprocess.Popen | None = None) -> list[dict]:
+    """Run one library's jobs in a child process; restart it after a kill or a crash.
+
+    `state`: per job, the step keys done and killed and what its runner had
+    decided (``_JobRunner._state``), updated here (a later phase goes on from
+    it); `kinds`: the step kinds to run (None: check and time); `count_jobs`:
+    whether to send progress "job" events; `first_proc`: a child already
+    started by `_spawn` for these jobs' library."""
     records: list[dict] = []
-    # per job: step keys emitted / killed, and what its runner had decided (``_JobRunner._state``)
-    state = [{"done": [], "killed": [], "runner": None} for _ in jobs]
+    state = state if state is not None else [{"done": [], "killed": [], "runner": None} for _ in jobs]
+    if not count_jobs:
+        inner = progress
+        progress = (lambda event, info: inner(event, info) if event != "job" else None) if inner else None
     next_job = 0
     stalls = 0
     while next_job < len(jobs):
-        payload = {"threads": threads,
-                   "jobs": [{**jobs[i], "done": state[i]["done"], "killed": state[i]["killed"],
-                             "state": state[i]["runner"]} for i in range(next_job, len(jobs))]}
-        proc = subprocess.Popen([sys.executable, "-m", "einlocal.bench", "--child"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        payload = {"jobs": [{**jobs[i], "done": state[i]["done"], "killed": state[i]["killed"],
+                             "state": state[i]["runner"], "kinds": list(kinds) if kinds else None}
+                            for i in range(next_job, len(jobs))]}
+        proc, first_proc = (first_proc or _spawn(_library_of_job(jobs[next_job]), threads)), None
         lines: queue.Queue = queue.Queue()
         err_tail: list[str] = []
         threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
@@ -429,7 +593,7 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
                 current = (i, msg["step"])
                 now = time.monotonic()
                 watch = (_FirstCall(jobs[i], msg["step"], now)
-                         if msg["step"]["kind"] == "time" and _compile_watched(jobs[i]) else None)
+                         if msg["step"]["kind"] in ("time", "warm") and _compile_watched(jobs[i]) else None)
                 deadline = watch.deadline() if watch else now + _deadline_s(jobs[i], msg["step"])
                 if progress:
                     progress("step", {"job": jobs[i], "step": msg["step"]})
@@ -439,10 +603,11 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
             elif line.startswith(_FIRST) and current is not None and current[1] is not None:
                 watch = None
                 deadline = time.monotonic() + _deadline_s(jobs[current[0]], current[1], first_done=True)
-            elif line.startswith(_RECORD):
-                msg = json.loads(line[len(_RECORD):])
+            elif line.startswith((_RECORD, _STATE)):
+                msg = json.loads(line[len(_RECORD if line.startswith(_RECORD) else _STATE):])
                 i = base + msg["job"]
-                records.append(msg["record"])
+                if "record" in msg:
+                    records.append(msg["record"])
                 state[i]["runner"] = msg.get("state", state[i]["runner"])
                 key = msg.get("step_key")
                 if key is not None and key not in state[i]["done"]:
@@ -470,9 +635,12 @@ def _run_group(jobs: list[dict], threads: int | None, progress) -> list[dict]:
             next_job = i
             continue
         stalls = 0
+        next_job = i
+        if step["kind"] == "warm":   # only a warm-up: the timed steps find out for themselves
+            state[i]["done"].append(list(step_key(step)))
+            continue
         why = "killed" if outcome == "timeout" else "crashed"
         state[i]["killed"].append({"step": step, "why": why, "rc": rc, "stderr": "".join(err_tail)[-300:]})
-        next_job = i
     return records
 
 
@@ -598,6 +766,7 @@ class _JobRunner:
         self.errors: dict = {}                             # "forward" / mode -> worst err/tol
         self.medians: dict = {}                            # (pass, grad mode) -> median of its first regime
         self.checked = False                               # the reduced check has run
+        self.full_checked: set = set()                     # (pass, grad mode) checked at full size
         self._restore(job.get("state"))
         self.reference = load_reference(job["reference"]) if job.get("reference") else None
 
@@ -607,7 +776,7 @@ class _JobRunner:
         """What the steps so far decided (check outcome, errors, medians, caps), as JSON:
         a process started again after a kill goes on from it instead of checking and
         timing again what it already knows."""
-        return {"checked": self.checked, "fail_all": self.fail_all,
+        return {"checked": self.checked, "fail_all": self.fail_all, "full_checked": sorted(self.full_checked, key=str),
                 "fail_mode": [[m, list(v)] for m, v in self.fail_mode.items()],
                 "over_cap": [[list(k), v] for k, v in self.over_cap.items()],
                 "errors": [[k, v] for k, v in self.errors.items()],
@@ -617,6 +786,7 @@ class _JobRunner:
         if not state:
             return
         self.checked = bool(state["checked"])
+        self.full_checked = {tuple(k) for k in state.get("full_checked", ())}
         self.fail_all = tuple(state["fail_all"]) if state["fail_all"] else None
         self.fail_mode = {m: tuple(v) for m, v in state["fail_mode"]}
         self.over_cap = {tuple(k): v for k, v in state["over_cap"]}
@@ -629,7 +799,6 @@ class _JobRunner:
         import numpy as np
 
         from .backends.namespaces import namespace
-        from .check import random_inputs
         job = self.job
         self.op = _build_op(job["spec"])
         if self.peer:
@@ -652,23 +821,22 @@ class _JobRunner:
         arrays = {n: np.empty(s, np.float64 if job["dtype"] == "bfloat16" else job["dtype"])
                   for n, s in self.shapes.items()}
         self.call = _bind(self.op, arrays, self.params)
-        nbytes = sum(a.nbytes for a in arrays.values()) + math.prod(self.call.out_shape) * arrays["x"].itemsize
-        copies = max(1, min(4, math.ceil(2 * _llc_bytes() / max(nbytes, 1))))
-        self.sets = []
-        for k in range(copies):
-            if k == 0 and self.reference is not None:   # the reference's own inputs: the first call is checked
-                arrs = {n: a.astype(job["dtype"]) for n, a in random_inputs(self.shapes, "float64", job["seed"]).items()}
-                dy = random_inputs({"dy": self.call.out_shape}, "float64", job["seed"] + 2)["dy"].astype(job["dtype"])
-            else:
-                arrs = random_inputs(self.shapes, job["dtype"], job["seed"] + 10 + k)
-                dy = random_inputs({"dy": self.call.out_shape}, job["dtype"], job["seed"] + 20 + k)["dy"]
-            conv = {n: self.xp.from_numpy(a, "cpu") for n, a in arrs.items()}
-            conv["dy"] = self.xp.from_numpy(dy, "cpu")
-            self.sets.append(conv)
         self.itemsize = arrays["x"].itemsize
         self._next = 0
         if self.backend is not None:
             self._guard()
+
+    @functools.cached_property
+    def sets(self) -> list[dict]:
+        """The inputs of the timed calls: copies that together exceed the last-level
+        cache (the first one the full-size reference's inputs), made at first use."""
+        job = self.job
+        nbytes = (sum(math.prod(s) for s in self.shapes.values()) + math.prod(self.call.out_shape)) * self.itemsize
+        copies = max(1, min(4, math.ceil(2 * _llc_bytes() / max(nbytes, 1))))
+        made = _input_sets(tuple(self.shapes.items()), tuple(self.call.out_shape), job["dtype"], job["seed"],
+                           copies, self.reference is not None, job.get("inputs_dir"))
+        # each job its own copy: a backend that wrote into its inputs would spoil only its own
+        return [{n: self.xp.from_numpy(a.copy(), "cpu") for n, a in arrays.items()} for arrays in made]
 
     def _guard(self) -> None:
         from .budget import check_budget
@@ -686,10 +854,18 @@ class _JobRunner:
                     self.fail_mode[m] = ("skipped", f"memory guard (backward): {e}")
 
     def steps(self) -> list[dict]:
+        """The check at reduced size, the warm-up calls, the timed passes: those of
+        the kinds the job asks for (``kinds``, by default check and time)."""
         job = self.job
+        kinds = job.get("kinds") or ("check", "time")
         out = []
-        if job["check_shapes"]:
+        if job["check_shapes"] and "check" in kinds:
             out.append({"kind": "check", "pass": "reduced"})
+        if "warm" in kinds and float(job.get("first_call_allowance_s") or 0) > 0:
+            out += [{"kind": "warm", "pass": p, "regime": job["regimes"][0], "grad_mode": m}
+                    for p in job["passes"] for m in ([None] if p == "forward" else self.modes)]
+        if "time" not in kinds:
+            return out
         for regime in job["regimes"]:
             for pass_ in job["passes"]:
                 for mode in ([None] if pass_ == "forward" else self.modes):
@@ -742,10 +918,14 @@ class _JobRunner:
                     self.record(step, **self._killed_fields(cause, None))
                 continue
             self.emit("step", step)
+            if step["kind"] == "time":
+                self._time(step)
+                continue
             if step["kind"] == "check":
                 self._check(step)
             else:
-                self._time(step)
+                self._warm(step)
+            self.emit("state", (list(key), self._state()))
 
     def _killed_fields(self, k: dict, this) -> dict:
         what = f"{k['step']['kind']} {k['step']['pass']}" + (f"[{k['step']['grad_mode']}]"
@@ -769,13 +949,19 @@ class _JobRunner:
         job = self.job
         shapes = {k: tuple(v) for k, v in job["check_shapes"].items()}
         modes = tuple(job["grad_modes"]) if job.get("grad_modes") else None
+        ref = None
         try:
+            if job.get("check_reference"):
+                ref, vjp_error = load_check_reference(job["check_reference"])
+                if not vjp_error <= 1.0:
+                    raise AssertionError(f"the reference's VJP is {vjp_error:.3g} x tolerance off its finite "
+                                         f"difference")
             if self.peer:
-                self._check_peer(shapes)
+                self._check_peer(shapes, ref)
             else:
                 from .check import check
                 report = check(self.op, backends=[self.name], dtype=job["dtype"], seed=job["seed"],
-                               grad_modes=modes, **shapes, **self.params)
+                               grad_modes=modes, reference=ref, **shapes, **self.params)
                 row = report.rows[0]
                 if row.status == "skipped":
                     self.fail_all = ("skipped", row.reason)
@@ -791,7 +977,8 @@ class _JobRunner:
         """A `measure` check for the first call of this step's pass: its result
         against the full-size reference; None where nothing is left to check
         (no reference, or this pass was checked in an earlier regime)."""
-        if self.reference is None or step["regime"] != self.job["regimes"][0]:
+        key = [step["pass"], step.get("grad_mode")]
+        if self.reference is None or step["regime"] != self.job["regimes"][0] or tuple(key) in self.full_checked:
             return None
         from .check import _compare
         ref, dtype, args = self.reference, self.job["dtype"], self.call.args
@@ -817,10 +1004,12 @@ class _JobRunner:
             grads_err = [v for k, v in errors.items() if k != "y"]
             if grads_err:
                 self.errors[step.get("grad_mode")] = max(grads_err)
+            self.full_checked.add(tuple(key))
         return compare
 
-    def _check_peer(self, shapes: dict) -> dict:
-        """The peer's forward and backward at ``shapes`` against the loops."""
+    def _check_peer(self, shapes: dict, ref: dict | None = None) -> dict:
+        """The peer's forward and backward at ``shapes`` against the loops
+        (`ref`: their outputs on these inputs, computed once per run)."""
         import numpy as np
 
         from .check import _compare, random_inputs, reference_outputs
@@ -828,7 +1017,7 @@ class _JobRunner:
         arrays = random_inputs(shapes, "float64", job["seed"])
         call = _bind(self.op, arrays, self.params)
         dy = random_inputs({"dy": call.out_shape}, "float64", job["seed"] + 2)["dy"]
-        ref = reference_outputs(call, arrays, dy)
+        ref = ref if ref is not None else reference_outputs(call, arrays, dy)
         conv = {n: (None if a is None else self.xp.from_numpy(a.astype(job["dtype"]), "cpu")) for n, a in arrays.items()}
         kw = peer_params(self.peer, self.peer_params, arrays["x"].shape)
         y = self.peer_fwd(conv["x"], conv["weight"], conv.get("bias"), **kw)
@@ -884,10 +1073,54 @@ class _JobRunner:
             return bwd
         return lambda s: (fwd(s), bwd(s))
 
+    def _failure(self, step: dict) -> tuple[str, str] | None:
+        """(status, reason) where an earlier step ruled this pass out, else None."""
+        return self.fail_all or (self.fail_mode.get(step["grad_mode"]) if step["pass"] != "forward" else None)
+
+    def _fail(self, step: dict, what: str) -> str:
+        """Rule this pass out (the forward: every pass) as failed; returns the reason."""
+        reason = (f"full-size {step['pass']}" + (f"[{step['grad_mode']}]" if step.get("grad_mode") else "")
+                  + f" {what}")[:400]
+        if step["pass"] == "forward":
+            self.fail_all = ("failed", reason)
+        else:
+            self.fail_mode[step.get("grad_mode")] = ("failed", reason)
+        return reason
+
+    def _warm(self, step: dict) -> None:
+        """One untimed call of a pass at the timed size, before anything is timed: a
+        JIT compiles its kernels then (into the caches on disk, which the timing
+        process loads), and where there is a full-size reference the result is the
+        pass's full-size check (the timed first call then checks nothing)."""
+        if self._failure(step):
+            return
+        from .timing import sync_for
+        fn = self._callable(step["pass"], step["regime"], step.get("grad_mode"))
+        check = self._full_check(step)
+        if check is not None:
+            self._next = 0        # the reference's inputs
+        watch = _WATCH if _WATCH is not None and _compile_watched(self.job) else None
+        if watch is not None:
+            watch.arm()
+        try:
+            result = fn(self._next_set())
+            sync_for(result)(result)
+        except Exception as e:  # noqa: BLE001 — the timed call would fail the same way
+            self._fail(step, f"first call failed: {type(e).__name__}: {e}")
+            return
+        finally:
+            if watch is not None:
+                watch.disarm()
+        if check is not None:
+            try:
+                check(result)
+            except _CheckFailed as e:
+                self._fail(step, f"check failed: {e}")
+
     def _time(self, step: dict) -> None:
         from .timing import measure
         job = self.job
-        fail = self.fail_all or (self.fail_mode.get(step["grad_mode"]) if step["pass"] != "forward" else None)
+        fail = self._failure(step)
         if fail:
             self.record(step, status=fail[0], reason=fail[1])
             return
@@ -937,13 +1170,7 @@ class _JobRunner:
                         warmup=int(job.get("warmup", 1)), min_reps=int(job.get("min_reps", 3)),
                         check=first, probe=probe)
         except _CheckFailed as e:
-            reason = (f"full-size {step['pass']}" + (f"[{step['grad_mode']}]" if step.get("grad_mode") else "")
-                      + f" check failed: {e}")[:400]
-            if step["pass"] == "forward":
-                self.fail_all = ("failed", reason)
-            else:
-                self.fail_mode[step.get("grad_mode")] = ("failed", reason)
-            self.record(step, status="failed", reason=reason)
+            self.record(step, status="failed", reason=self._fail(step, f"check failed: {e}"))
             return
         except Exception as e:  # noqa: BLE001
             self.record(step, status="failed", reason=f"{type(e).__name__}: {e}"[:400])
@@ -976,6 +1203,45 @@ class _JobRunner:
         self.record(step, **fields)
 
 
+@functools.lru_cache(maxsize=1)
+def _input_sets(shapes: tuple, out_shape: tuple, dtype: str, seed: int, copies: int, reference: bool,
+                folder: str | None = None) -> list[dict]:
+    """`copies` sets of random inputs and ``dy`` (numpy, `dtype`), the first one
+    `el.check`'s float64 inputs for `seed` when `reference` (`shapes` in argument
+    order: one generator draws them in turn): read once per process for the jobs
+    of one workload that follow each other, and made once per run: the first
+    process to need them saves them in `folder` (read-only maps for the others)."""
+    import numpy as np
+    path = None
+    if folder is not None and dtype != "bfloat16":
+        key = json.dumps([shapes, out_shape, dtype, seed, copies, reference])
+        path = Path(folder) / f"inputs-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+        if path.exists():
+            data = np.load(path)
+            return [{n.split("__", 1)[1]: data[n] for n in data.files if n.startswith(f"{k}__")} for k in range(copies)]
+    sets = _make_input_sets(dict(shapes), out_shape, dtype, seed, copies, reference)
+    if path is not None:
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{f"{k}__{n}": a for k, arrs in enumerate(sets) for n, a in arrs.items() if a is not None})
+        os.replace(tmp, path)
+    return sets
+
+
+def _make_input_sets(shapes: dict, out_shape: tuple, dtype: str, seed: int, copies: int, reference: bool) -> list:
+    from .check import random_inputs
+    sets = []
+    for k in range(copies):
+        if k == 0 and reference:   # the reference's own inputs: the first call is checked
+            arrs = {n: a.astype(dtype) for n, a in random_inputs(shapes, "float64", seed).items()}
+            arrs["dy"] = random_inputs({"dy": out_shape}, "float64", seed + 2)["dy"].astype(dtype)
+        else:
+            arrs = random_inputs(shapes, dtype, seed + 10 + k)
+            arrs["dy"] = random_inputs({"dy": out_shape}, dtype, seed + 20 + k)["dy"]
+        sets.append(arrs)
+    return sets
+
+
 def _zeros(shape, dtype):
     import numpy as np
     return np.zeros(shape, dtype=dtype)
@@ -997,16 +1263,28 @@ def _jax_compilation_cache() -> None:
 _WATCH = None    # the child's CompileWatch on its main thread (None in the parent and in-process runs)
 
 
-def _child_main() -> int:
+_PRELOAD = {"torch": "torch", "jax": "jax.numpy", "numba": "numba", "cupy": "cupy"}
+
+
+def _child_main(library: str | None = None, threads: int | None = None) -> int:
     global _WATCH
+    import importlib
+
     from .compile_watch import CompileWatch
-    payload = json.loads(sys.stdin.read())
-    if any(str(job.get("backend", "")).endswith(":jax") or "jax" in str(job.get("peer") or "")
-           for job in payload["jobs"]):
-        _jax_compilation_cache()
-    if payload.get("threads"):
+    if threads:                      # before jax is imported: XLA reads its flags once
         from .timing import set_threads
-        set_threads(int(payload["threads"]))
+        set_threads(threads)
+    if library == "jax":
+        _jax_compilation_cache()
+    if library in _PRELOAD:
+        try:
+            importlib.import_module(_PRELOAD[library])
+        except ImportError:          # the jobs report it
+            pass
+    payload = json.loads(sys.stdin.read())
+    if library != "jax" and any(str(job.get("backend", "")).endswith(":jax") or "jax" in str(job.get("peer") or "")
+                                for job in payload["jobs"]):
+        _jax_compilation_cache()
     # keep library chatter away from the protocol
     real_stdout = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -1023,6 +1301,9 @@ def _child_main() -> int:
                 write(_STEP + json.dumps({"job": j, "step": obj}))
             elif kind == "first":
                 write(_FIRST + json.dumps({"job": j}))
+            elif kind == "state":
+                key, state = obj
+                write(_STATE + json.dumps({"job": j, "step_key": key, "state": state}, default=str))
             else:
                 rec, key, state = obj
                 write(_RECORD + json.dumps({"job": j, "record": rec, "step_key": key, "state": state}, default=str))
@@ -1031,6 +1312,10 @@ def _child_main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--child"]:
-        sys.exit(_child_main())
-    sys.exit("usage: python -m einlocal.bench --child  (internal: run benchmark jobs read from stdin)")
+    args = sys.argv[1:]
+    if args[:1] == ["--child"] and len(args) % 2 == 1:
+        opts = dict(zip(args[1::2], args[2::2]))
+        if set(opts) <= {"--library", "--threads"}:
+            sys.exit(_child_main(opts.get("--library"), int(opts["--threads"]) if "--threads" in opts else None))
+    sys.exit("usage: python -m einlocal.bench --child [--library NAME] [--threads N]  "
+             "(internal: run benchmark jobs read from stdin)")

@@ -16,6 +16,17 @@ SHAPES = dict(x=(2, 3, 6, 6), weight=(4, 3, 3, 3, 4, 4))
 SMALL_CONV = {"x": (1, 2, 5, 5), "weight": (3, 2, 3, 3)}
 
 
+# a stride-1 valid conv2d in numpy, for peers written into a test's peers.py
+CONV_SOURCE = (
+    "def _conv(x, w):\n"
+    "    n, c, h, ww = x.shape; o, _, kh, kw = w.shape\n"
+    "    y = np.zeros((n, o, h - kh + 1, ww - kw + 1), x.dtype)\n"
+    "    for i in range(kh):\n"
+    "        for j in range(kw):\n"
+    "            y += np.einsum('nchw,oc->nohw', x[:, :, i:i + y.shape[2], j:j + y.shape[3]], w[:, :, i, j])\n"
+    "    return y\n")
+
+
 def peer_job(tmp_path, source: str, name: str, library: str = "numpy", shapes=SMALL_CONV, **settings):
     """A benchmark job for the conv2d peer `name` of a peers file holding `source`."""
     peers = tmp_path / "peers.py"
@@ -245,13 +256,7 @@ def test_a_restarted_child_goes_on_from_what_it_knew(tmp_path):
     source = (
         "import time\nimport numpy as np\n"
         f"CALLS = {str(calls)!r}\n"
-        "def _conv(x, w):\n"
-        "    n, c, h, ww = x.shape; o, _, kh, kw = w.shape\n"
-        "    y = np.zeros((n, o, h - kh + 1, ww - kw + 1), x.dtype)\n"
-        "    for i in range(kh):\n"
-        "        for j in range(kw):\n"
-        "            y += np.einsum('nchw,oc->nohw', x[:, :, i:i + y.shape[2], j:j + y.shape[3]], w[:, :, i, j])\n"
-        "    return y\n"
+        + CONV_SOURCE +
         "def fwd(x, weight, bias=None, **kw):\n"
         "    open(CALLS, 'a').write(f'fwd {x.shape[0]}\\n')\n"
         "    return _conv(x, weight)\n"
@@ -277,3 +282,99 @@ def test_a_restarted_child_goes_on_from_what_it_knew(tmp_path):
     assert recs[("steady", "backward")]["status"] == ">cap"
     reduced = [line for line in calls.read_text().split() if line == "1"]
     assert len(reduced) == 1          # the check (batch 1) ran once, in the first process
+
+
+LOGGED_PEER = (
+    "import os, time\nimport numpy as np\n"
+    "LOG = {log!r}\n"
+    + CONV_SOURCE +
+    "def fwd(x, weight, bias=None, **kw):\n"
+    "    first = not os.path.exists(LOG)\n"
+    "    open(LOG, 'a').write(f'{{os.getpid()}} fwd {{x.shape[0]}}\\n')\n"
+    "    {body}\n"
+    "    return _conv(x, weight)\n"
+    "PEERS = {{'logged': (fwd, None, 'numpy', 'conv2d')}}\n")
+FULL = {"x": (3, 2, 6, 6), "weight": (3, 2, 3, 3)}
+
+
+def logged_job(tmp_path, body="pass", **settings):
+    log = tmp_path / "calls.txt"
+    settings = {"regimes": ("fresh",), "passes": ("forward",), "budget_s": 0.005, "memory": False,
+                "kill_margin_s": 0.5, "first_call_allowance_s": 0.5, **settings}
+    return log, peer_job(tmp_path, LOGGED_PEER.format(log=str(log), body=body), "logged", shapes=FULL, **settings)
+
+
+def test_checks_and_warm_ups_run_before_anything_is_timed(tmp_path):
+    """A job's check (reduced size) and its warm-up call (timed size) run in a
+    process of the prepare phase; its timed calls in another, after them."""
+    log, job = logged_job(tmp_path, check_shapes=SMALL_CONV)
+    (rec,) = bench.run_jobs([job])
+    assert rec["status"] == "ok", rec
+    calls = [line.split() for line in log.read_text().splitlines()]
+    pids = list(dict.fromkeys(pid for pid, _, _ in calls))
+    assert len(pids) == 2
+    prepare = [n for pid, _, n in calls if pid == pids[0]]
+    timed = [n for pid, _, n in calls if pid == pids[1]]
+    assert prepare == ["1", "3"]                     # the check, then the warm-up at the timed size
+    assert timed and set(timed) == {"3"}
+    assert calls.index([pids[1], "fwd", "3"]) > calls.index([pids[0], "fwd", "3"])
+
+
+def test_a_warm_up_that_fails_the_full_size_check_is_never_timed(tmp_path):
+    """The warm-up's result is the timed size's check: a peer wrong at that size
+    fails there, and nothing of it is timed."""
+    log, job = logged_job(tmp_path)
+    spec = bench.op_spec(el.conv2d)
+    ref = bench.reference_file(spec, FULL, {}, 0, "bmm:numpy", tmp_path / "ref.npz")
+    source = (tmp_path / "peers.py").read_text().replace("return _conv(x, weight)", "return 2 * _conv(x, weight)")
+    (tmp_path / "peers.py").write_text(source)
+    # the same peer unchecked (no reference) after it: its warm-up and timing show the phases' processes
+    wrong, unchecked = bench.run_jobs([{**job, "reference": ref}, job])
+    assert wrong["status"] == "failed" and "full-size forward check failed" in wrong["reason"]
+    assert unchecked["status"] == "ok"
+    pids = [line.split()[0] for line in log.read_text().splitlines()]
+    assert pids[0] == pids[1] and pids.count(pids[0]) == 2    # two warm-ups, and the wrong one never again
+    assert len(pids) > 2 and pids[0] not in pids[2:]
+
+
+def test_a_killed_warm_up_leaves_the_timing_to_decide(tmp_path):
+    """A warm-up past its deadline is killed and forgotten: the timing process
+    times the pass (here fast once its first call has passed)."""
+    log, job = logged_job(tmp_path, body="if first: time.sleep(60)", cap_s=0.2)
+    (rec,) = bench.run_jobs([job])
+    assert rec["status"] == "ok" and rec["median_s"] < 0.2, rec
+    assert len({line.split()[0] for line in log.read_text().splitlines()}) == 2
+
+
+def test_the_reduced_reference_is_computed_once_per_run(monkeypatch, tmp_path):
+    check_module = importlib.import_module("einlocal.check")
+    spec = bench.op_spec(el.locally_connected2d)
+    jobs = [bench.make_job(spec, SHAPES, {}, name, regimes=("fresh",), passes=("forward",), budget_s=0.005,
+                           memory=False, check_shapes=SHAPES) for name in ("bmm:numpy", "einsum:numpy")]
+    other = bench.make_job(spec, SHAPES, {}, "bmm:numpy", check_shapes={**SHAPES, "x": (1, 3, 6, 6)})
+    with_refs = bench.check_references(jobs + [other], tmp_path)
+    assert len({j["check_reference"] for j in with_refs}) == 2
+    ref, vjp_error = bench.load_check_reference(with_refs[0]["check_reference"])
+    assert set(ref) == {"y", "dx", "dweight"} and vjp_error <= 1
+    computed = []
+    real = check_module._reference
+    monkeypatch.setattr(check_module, "_reference", lambda *a: computed.append(a) or real(*a))
+    recs = bench.run_jobs(jobs, isolate=False)
+    assert all(r["status"] == "ok" for r in recs) and len(computed) == 1
+
+
+def test_input_sets_are_made_once_per_run(monkeypatch, tmp_path):
+    key = ((("x", (2, 3, 4, 4)), ("weight", (5, 3, 3, 3))), (2, 5, 2, 2), "float32", 0, 2, True, str(tmp_path))
+    bench._input_sets.cache_clear()
+    made = bench._input_sets(*key)
+    assert len(list(tmp_path.glob("inputs-*.npz"))) == 1
+    bench._input_sets.cache_clear()
+    monkeypatch.setattr(bench, "_make_input_sets", lambda *a: pytest.fail("made again"))
+    again = bench._input_sets(*key)
+    bench._input_sets.cache_clear()
+    assert [sorted(s) for s in again] == [sorted(s) for s in made] == [["dy", "weight", "x"]] * 2
+    for a, b in zip(made, again):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    from einlocal.check import random_inputs     # the first set is the reference's inputs
+    np.testing.assert_array_equal(made[0]["x"], random_inputs(dict(key[0]), "float64", 0)["x"].astype("float32"))

@@ -253,3 +253,11 @@ PEERS = {
     "F.conv2d(groups) (torch)": (grouped_conv2d_torch, grouped_conv2d_torch_vjp, "torch", "conv2d"),
     "conv_general_dilated (jax)": (grouped_conv2d_jax, grouped_conv2d_jax_vjp, "jax", "conv2d"),
 }
+
+# peers that make the very library call a native backend makes (its forward, and autograd through
+# it for the backward): `einlocal compare --quick` times the native one and lists these as such
+SAME_CALL = {
+    "conv_general_dilated_local (jax)": "native:jax",
+    "F.conv2d(groups) (torch)": "native:torch",
+    "conv_general_dilated (jax)": "native:jax",
+}

@@ -5,6 +5,7 @@ import importlib.util
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ REFERENCE_CANDIDATES = ("einsum:numpy", "bmm:numpy")
 
 
 class Settings(dict):
-    """Run settings: passes, regimes, budget_s, cap_s, memory, full_check, prune_over_cap,
+    """Run settings: passes, regimes, budget_s, cap_s, memory, full_check (at the timed size, against a
+    trusted float64 lowering), reduced_check (every backend against the loops at the reduced size), prune_over_cap,
     steady_max_s (a pass slower than this a call fresh is not timed again steady),
     steady_grad_modes (the backward's grad modes timed steady)."""
 
@@ -31,12 +33,15 @@ SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"),
                     batch_divisor=1, kill_margin_s=2.0, ragged_sets=1000, first_call_allowance_s=10.0,
                     steady_max_s=0.5, steady_grad_modes=("vjp",))
 # --quick: the same workloads with the batch divided by 8, every library, forward and backward[vjp]
-# only, fresh regime, checked at the reduced size only, small budgets, a 0.5 s cap per call (see
-# `einlocal.timing.measure`), and the cost model's two likeliest array strategies per library
+# only, fresh regime, small budgets, a 0.5 s cap per call (see `einlocal.timing.measure`), and the
+# cost model's two likeliest array strategies per library, a peer that makes a native backend's
+# very call left to that backend.  Each timed kernel is checked at the size
+# it is timed at, against a float64 lowering that passed the loops' check at the reduced size; the
+# backends are not checked again at the reduced size (a JIT would compile a second set of kernels)
 QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=0.5,
-                 warmup=0, min_reps=1, memory=False, full_check=False, prune_over_cap=True,
-                 batch_divisor=8, kill_margin_s=2.0, ragged_sets=125, per_library=2,
-                 first_call_allowance_s=10.0)
+                 warmup=0, min_reps=1, memory=False, full_check=True, reduced_check=False, prune_over_cap=True,
+                 batch_divisor=8, kill_margin_s=1.0, ragged_sets=125, per_library=2,
+                 first_call_allowance_s=10.0, dedupe_peers=True)
 # the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
 # backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
 PRUNE_SHARE = 0.25
@@ -72,6 +77,8 @@ def load_peers() -> dict[str, dict]:
 
     The module may hold `PEERS = {name: (forward, backward, library, op)}` (or dicts with
     those keys); otherwise its public functions (not ending in _backward/_vjp) are the peers.
+    `SAME_CALL = {name: backend}` marks a peer that makes the very call a native backend makes
+    (its entry gets ``same_as``: --quick times only the native one).
     """
     path = peers_path()
     if path is None:
@@ -89,10 +96,13 @@ def load_peers() -> dict[str, dict]:
         items = [(n, f) for n, f in vars(mod).items()
                  if callable(f) and not n.startswith("_") and getattr(f, "__module__", None) == mod.__name__
                  and not n.endswith(("_backward", "_vjp")) and not isinstance(f, type)]
+    same = getattr(mod, "SAME_CALL", {})
     out = {}
     for n, e in items:
         op = e[3] if isinstance(e, tuple) and len(e) > 3 else e.get("op") if isinstance(e, dict) else None
         out[n] = {"library": _guess_library(n, e), "path": str(path), "name": n, "op": op}
+        if same.get(n):
+            out[n]["same_as"] = same[n]
     return out
 
 
@@ -146,6 +156,29 @@ def trusted_reference(w: Workload) -> tuple[str | None, str]:
     return None, "no float64 lowering passed the reduced check"
 
 
+def reference_files(workloads: list[Workload], folder: Path) -> dict[str, tuple[str | None, str]]:
+    """Workload id -> (its full-size reference file, or None; why): each workload's
+    `trusted_reference` and its float64 outputs at the timed size, two workloads at a
+    time in forked processes (nothing is being timed yet), or one after the other in
+    this process where jax is loaded (its threads make a fork unsafe)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    workers = max(1, min(2, len(workloads), os.cpu_count() or 1))
+    if workers == 1 or "jax" in sys.modules:
+        return {w.id: _reference_of(w, folder) for w in workloads}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {w.id: pool.submit(_reference_of, w, folder) for w in workloads}
+        return {k: f.result() for k, f in futures.items()}
+
+
+def _reference_of(w: Workload, folder: Path) -> tuple[str | None, str]:
+    name, why = trusted_reference(w)
+    if name is None:
+        return None, why
+    return reference_file(op_spec(w.op_fn()), w.shapes, w.params, 0, name, Path(folder) / f"{w.id}.npz"), why
+
+
 # -- compare ------------------------------------------------------------------------------------------
 
 
@@ -196,7 +229,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     """Run the report workloads; returns (records, written paths).
 
     `workloads`: ids (default: all, W4 when `einlocal.ragged` exists);
-    `quick`: smaller budgets, the fresh regime, checks at reduced size only,
+    `quick`: smaller budgets, the fresh regime, each backend checked at its timed size only,
     backends the cost model puts far over the cap skipped (same workloads);
     `reduced`: the workloads at their reduced shapes (for tests); `backends`:
     names or prefixes (default: every available one); `overrides`: any
@@ -216,27 +249,26 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     tmp = tempfile.TemporaryDirectory(prefix="einlocal-compare-")
     jobs, pre = [], []
     notes = [ISOLATION_NOTE, roof_text(roof)]
-    for w0 in chosen:
-        w = w0.sized(reduced) if reduced else w0.batch_divided(settings.get("batch_divisor", 1))
+    sized = [w0.sized(reduced) if reduced else w0.batch_divided(settings.get("batch_divisor", 1)) for w0 in chosen]
+    references = reference_files(sized, Path(tmp.name)) if settings.full_check else {}
+    for w in sized:
         spec = op_spec(w.op_fn())
+        ref_path = None
+        if settings.full_check:
+            ref_path, why = references[w.id]
+            notes.append(f"{w.id}: checked at the timed size against {why}" if ref_path is not None
+                         else f"{w.id}: {why}; checked at reduced size only")
         common = dict(passes=settings.passes, regimes=settings.regimes, grad_modes=settings.get("grad_modes"),
                       budget_s=settings.budget_s, warmup=settings.get("warmup", 1),
                       min_reps=settings.get("min_reps", 3),
                       cap_s=settings.cap_s, dtype=w.dtype, memory=settings.memory, seed=0,
-                      check_shapes=w.reduced, workload=w.id, roofline=roof,
+                      check_shapes=w.reduced if settings.get("reduced_check", True) or ref_path is None else None,
+                      workload=w.id, roofline=roof,
                       kill_margin_s=settings.get("kill_margin_s", 8.0),
                       first_call_allowance_s=settings.get("first_call_allowance_s", 0.0),
                       steady_max_s=settings.get("steady_max_s"),
                       steady_grad_modes=settings.get("steady_grad_modes"))
-        ref_path = None
-        if settings.full_check:
-            ref_name, why = trusted_reference(w)
-            if ref_name is not None:
-                ref_path = reference_file(spec, w.shapes, w.params, 0, ref_name,
-                                          Path(tmp.name) / f"{w.id}.npz")
-                notes.append(f"{w.id}: full-size check against {why}")
-            else:
-                notes.append(f"{w.id}: {why}; checked at reduced size only")
+        timed = set()
         for name in names:
             b = registry.get(name)
             call_ok = _can_run(w, b)
@@ -254,12 +286,17 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, name, reference=ref_path,
                                  **_allowance(common, b.compile_s)))
+            timed.add(name)
         for wanted in w.peers:
             peer = _peer_for(wanted, peer_table)
             if peer is None:
                 continue
             info = peer_info(w, peer_table[peer])
             if backends and not any(f"peer:{peer}".startswith(b) or b == "peer" for b in backends):
+                continue
+            if settings.get("dedupe_peers") and info.get("same_as") in timed:
+                pre.append(_skip_records(w, f"peer:{peer}", settings, f"the same library call as "
+                                         f"{info['same_as']}, timed here (--quick); einlocal compare times both"))
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
                                  note="peer", **_allowance({**common, "regimes": ("fresh",)},
@@ -268,9 +305,13 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
         notes.append(f"--quick: batch divided by {settings.get('batch_divisor')} (the shapes say so), the cost "
                      f"model's {settings.get('per_library')} likeliest array strategies per library, fresh regime, "
                      f"backward in vjp mode only, {settings.budget_s:g} s budgets, a {settings.cap_s:g} s cap, "
-                     f"checked at reduced size only")
+                     f"each backend checked at the size it is timed at (not again at the reduced size)")
     records = [r for group in pre for r in group]
+    # what this process imports after the jobs (W4's library, the plot's), it imports while they check
+    preload = threading.Thread(target=_preload, args=(want_ragged, outdir is not None), daemon=True)
+    preload.start()
     records += _run_with_progress(jobs, threads, show_progress, console)
+    preload.join()
     if want_ragged:
         records += _ragged_records(settings, reduced)
     tmp.cleanup()
@@ -283,6 +324,17 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
         paths = write_results(records, outdir, command=cmd, machine=info, name="results", notes=notes,
                               x_key="flops")
     return records, paths
+
+
+def _preload(ragged: bool, plot: bool) -> None:
+    """Import torch (W4 runs on it here) and matplotlib (results.png) ahead of their use."""
+    import importlib
+    for module, wanted in (("torch", ragged), ("matplotlib.figure", plot), ("matplotlib.backends.backend_agg", plot)):
+        if wanted and importlib.util.find_spec(module.split(".")[0]) is not None:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 — the use itself reports it
+                pass
 
 
 def _allowance(common: dict, compile_s: float) -> dict:
@@ -305,8 +357,9 @@ def _can_run(w: Workload, b) -> str | None:
 
 def _skip_records(w: Workload, name: str, settings: Settings, reason: str) -> list[dict]:
     from .table import make_record
+    peer = {"peer": True, "note": "peer"} if name.startswith("peer:") else {}
     return [make_record(workload=w.id, op=w.op, shape=w.shape, backend=name, **{"pass": p}, regime=r,
-                        status="skipped", reason=reason, dtype=w.dtype)
+                        status="skipped", reason=reason, dtype=w.dtype, **peer)
             for r in settings.regimes for p in settings.passes]
 
 

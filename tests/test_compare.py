@@ -35,7 +35,7 @@ def test_compare_checks_at_full_size_then_times(tmp_path):
     assert all(r["status"] == "ok" and r["max_error"] is not None and r["max_error"] <= 1 for r in records)
     run = json.loads(paths["json"].read_text())
     assert run["command"] == "einlocal compare" and run["machine"]["cores"]
-    assert "full-size check against" in paths["md"].read_text()
+    assert "checked at the timed size against" in paths["md"].read_text()
 
 
 def test_peers_are_matched_by_name(monkeypatch, tmp_path):
@@ -89,3 +89,23 @@ def test_only_backends_that_compile_get_the_first_call_allowance():
     for name in ("loops:numba", "einsum:jax", "native:jax"):
         if name in registry.available():
             assert registry.get(name).compile_s > 0, name
+
+
+def test_quick_checks_each_backend_at_its_timed_size_and_leaves_duplicate_peers(monkeypatch):
+    """--quick: no check at the reduced size (every job checks its first call against the
+    timed size's reference instead), and a peer that makes a native backend's very call is
+    listed as such, not timed."""
+    if "native:torch" not in registry.available():
+        pytest.skip(registry.unavailable().get("native:torch", "native:torch unavailable"))
+    jobs = []
+    real = compare_module.run_jobs
+    monkeypatch.setattr(compare_module, "run_jobs", lambda js, **kw: jobs.extend(js) or real(js, **kw))
+    records, _ = compare(["W3a"], quick=True, reduced=True, backends=["native:torch", "bmm:numpy", "peer:F.conv2d"],
+                         outdir=None, show_progress=False)
+    assert "native:torch" in {j["backend"] for j in jobs} and not any(j["backend"].startswith("peer:") for j in jobs)
+    assert all(j["check_shapes"] is None and j["reference"] for j in jobs)
+    timed = [r for r in records if not r["backend"].startswith("peer:")]
+    assert timed and all(r["status"] == "ok" and r["max_error"] <= 1 for r in timed)
+    peer = [r for r in records if r["backend"] == "peer:F.conv2d(groups) (torch)"]
+    assert peer and all(r["status"] == "skipped" and "same library call as native:torch" in r["reason"]
+                        and r["peer"] for r in peer)

@@ -7,9 +7,9 @@ is killed and recorded as ``>cap``, and the process restarts for the rest.
 
 A job = one backend (or peer) on one op and shape. Its steps, in order:
 ``check reduced`` (against the float64 loops at the workload's reduced
-shapes, computed once per run), for a backend whose first call compiles
-(numba, jax) one ``warm`` call per pass at the timed size, then per regime
-the timed passes.  Checks and warm-ups come first, for every job, in two
+shapes, computed once per run), where the job asks for warm-ups
+(``warm_up``) and its first call compiles (numba, jax) one ``warm`` call per
+pass at the timed size, then per regime the timed passes.  Checks and warm-ups come first, for every job, in two
 processes at once (nothing is timed then, so they may share the cores);
 their kernels land in the caches on disk, and what they decided goes on to
 the timing processes, which run one at a time.  The first call of each pass
@@ -159,7 +159,8 @@ def make_job(spec: dict, shapes: dict, params: dict, backend: str, **kw) -> dict
                          ("memory", True), ("seed", 0), ("check_shapes", None), ("reference", None),
                          ("workload", None), ("roofline", None), ("peer", None), ("note", None),
                          ("kill_margin_s", 15.0), ("first_call_allowance_s", 0.0), ("steady_max_s", None),
-                         ("steady_grad_modes", None), ("check_reference", None), ("inputs_dir", None)):
+                         ("steady_grad_modes", None), ("check_reference", None), ("inputs_dir", None),
+                         ("warm_up", False)):
         value = kw.pop(key, default)
         job[key] = list(value) if isinstance(value, tuple) else value
     if kw:
@@ -422,9 +423,14 @@ PREPARE_WORKERS = 2
 _COMPILE_WEIGHT = {"numba": 2.0}
 
 
+def _warms(job: dict) -> bool:
+    """Whether a job warms up before its timing: asked to (``warm_up``), and its first calls compile."""
+    return bool(job.get("warm_up")) and float(job.get("first_call_allowance_s") or 0) > 0
+
+
 def _prepares(job: dict) -> bool:
-    """Whether a job has work before its timing: a reduced check, or first calls that compile."""
-    return bool(job.get("check_shapes")) or float(job.get("first_call_allowance_s") or 0) > 0
+    """Whether a job has work before its timing: a reduced check, or warm-up calls."""
+    return bool(job.get("check_shapes")) or _warms(job)
 
 
 def _prepare_cost(job: dict) -> float:
@@ -432,7 +438,7 @@ def _prepare_cost(job: dict) -> float:
     (in the check at the reduced size and in the warm-up at the timed size)."""
     compiles = len(job["passes"]) * _COMPILE_WEIGHT.get(_library_of_job(job), 1.0) \
         if float(job.get("first_call_allowance_s") or 0) > 0 else 0.0
-    return (1.0 + compiles) * bool(job.get("check_shapes")) + compiles
+    return (1.0 + compiles) * bool(job.get("check_shapes")) + compiles * _warms(job)
 
 
 def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], threads, progress) -> list[dict]:
@@ -861,7 +867,7 @@ class _JobRunner:
         out = []
         if job["check_shapes"] and "check" in kinds:
             out.append({"kind": "check", "pass": "reduced"})
-        if "warm" in kinds and float(job.get("first_call_allowance_s") or 0) > 0:
+        if "warm" in kinds and _warms(job):
             out += [{"kind": "warm", "pass": p, "regime": job["regimes"][0], "grad_mode": m}
                     for p in job["passes"] for m in ([None] if p == "forward" else self.modes)]
         if "time" not in kinds:

@@ -41,7 +41,7 @@ SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"),
 QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=0.5,
                  warmup=0, min_reps=1, memory=False, full_check=True, reduced_check=False, prune_over_cap=True,
                  batch_divisor=8, kill_margin_s=1.0, ragged_sets=125, per_library=2,
-                 first_call_allowance_s=10.0, dedupe_peers=True)
+                 first_call_allowance_s=10.0, dedupe_peers=True, warm_up=True)
 # the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
 # backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
 PRUNE_SHARE = 0.25
@@ -267,7 +267,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                       kill_margin_s=settings.get("kill_margin_s", 8.0),
                       first_call_allowance_s=settings.get("first_call_allowance_s", 0.0),
                       steady_max_s=settings.get("steady_max_s"),
-                      steady_grad_modes=settings.get("steady_grad_modes"))
+                      steady_grad_modes=settings.get("steady_grad_modes"), warm_up=settings.get("warm_up", False))
         timed = set()
         for name in names:
             b = registry.get(name)

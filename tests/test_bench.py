@@ -300,7 +300,7 @@ FULL = {"x": (3, 2, 6, 6), "weight": (3, 2, 3, 3)}
 def logged_job(tmp_path, body="pass", **settings):
     log = tmp_path / "calls.txt"
     settings = {"regimes": ("fresh",), "passes": ("forward",), "budget_s": 0.005, "memory": False,
-                "kill_margin_s": 0.5, "first_call_allowance_s": 0.5, **settings}
+                "kill_margin_s": 0.5, "first_call_allowance_s": 0.5, "warm_up": True, **settings}
     return log, peer_job(tmp_path, LOGGED_PEER.format(log=str(log), body=body), "logged", shapes=FULL, **settings)
 
 
@@ -308,6 +308,8 @@ def test_checks_and_warm_ups_run_before_anything_is_timed(tmp_path):
     """A job's check (reduced size) and its warm-up call (timed size) run in a
     process of the prepare phase; its timed calls in another, after them."""
     log, job = logged_job(tmp_path, check_shapes=SMALL_CONV)
+    assert bench._warms(job) and not bench._warms({**job, "warm_up": False})
+    assert not bench._warms({**job, "first_call_allowance_s": 0.0})      # nothing compiles: nothing to warm
     (rec,) = bench.run_jobs([job])
     assert rec["status"] == "ok", rec
     calls = [line.split() for line in log.read_text().splitlines()]

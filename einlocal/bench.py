@@ -398,9 +398,10 @@ def _run_jobs(jobs: list[dict], isolate: bool, threads: int | None, progress) ->
     kinds, spawned = None, {}
     try:
         if any(_prepares(job) for job in jobs):
-            # the timing processes start (import their library) while the prepare phase runs
-            spawned = {library: _spawn(library, threads) for library in by_library}
-            records += _prepare(jobs, list(by_library.values()), states, threads, progress)
+            def start_timing_processes() -> None:     # they import their library while the prepare phase ends
+                spawned.update({lib: _spawn(lib, threads) for lib in by_library if lib not in spawned})
+            records += _prepare(jobs, list(by_library.values()), states, threads, progress,
+                                on_idle=start_timing_processes)
             kinds = ("time",)
         for library, group in by_library.items():
             records += _run_group([jobs[i] for i in group], threads, progress, [states[i] for i in group], kinds,
@@ -441,22 +442,31 @@ def _prepare_cost(job: dict) -> float:
     return (1.0 + compiles) * bool(job.get("check_shapes")) + compiles * _warms(job)
 
 
-def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], threads, progress) -> list[dict]:
+def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], threads, progress,
+             on_idle: Callable[[], None] | None = None) -> list[dict]:
     """Run every job's check and warm-up steps before anything is timed, in up to
     `PREPARE_WORKERS` processes at once, one library each (a library's thread pools
     take every core: two processes of one library would fight over them), the
     costliest library first.  Nothing here is timed; what these processes decide
     (check outcomes, in `states`) and compile (kernels, in the caches on disk) the
-    timing processes take over.  Returns the records of steps killed here (none in
-    a clean run)."""
+    timing processes take over.  `on_idle()` runs once, when the first worker finds
+    nothing left to do (its core is free).  Returns the records of steps killed here
+    (none in a clean run)."""
     todo = sorted((c for c in ([i for i in g if _prepares(jobs[i])] for g in groups) if c),
                   key=lambda c: -sum(_prepare_cost(jobs[i]) for i in c))
     workers = max(1, min(PREPARE_WORKERS, os.cpu_count() or 1, len(todo)))
     lock = threading.Lock()
 
+    idle = [on_idle]
+
     def next_chunk() -> list[int] | None:
         with lock:
-            return todo.pop(0) if todo else None
+            if todo:
+                return todo.pop(0)
+            call, idle[0] = idle[0], None
+        if call is not None:
+            call()
+        return None
 
     def quiet(event: str, info: dict) -> None:     # step descriptions only: jobs are counted when timed
         if progress and event == "step":
@@ -487,6 +497,8 @@ def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], thre
         t.join()
     if errors:
         raise errors[0]
+    if idle[0] is not None:
+        idle[0]()
     return records
 
 

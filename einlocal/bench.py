@@ -8,11 +8,12 @@ is killed and recorded as ``>cap``, and the process restarts for the rest.
 A job = one backend (or peer) on one op and shape. Its steps, in order:
 ``check reduced`` (against the float64 loops at the workload's reduced
 shapes, computed once per run), where the job asks for warm-ups
-(``warm_up``) and its first call compiles (numba, jax) one ``warm`` call per
-pass at the timed size, then per regime the timed passes.  Checks and warm-ups come first, for every job, in two
-processes at once (nothing is timed then, so they may share the cores);
-their kernels land in the caches on disk, and what they decided goes on to
-the timing processes, which run one at a time.  The first call of each pass
+(``warm_up``) and its first call compiles (numba, jax) one ``warm`` call
+per pass at the timed size, then per regime the timed passes.  Checks and
+warm-ups come first, for every job, in two processes at once (nothing is
+timed then, so they may share the cores); their kernels land in the caches
+on disk, and what they decided goes on to the timing processes, which run
+one at a time.  The first call of each pass
 in the first regime runs on the full-size reference's inputs (computed once
 by a trusted float64 lowering) and its result is checked against it before
 any other call: the full-size check costs no call of its own, and is the

@@ -297,8 +297,7 @@ def load_reference(path: str) -> dict:
 @functools.lru_cache(maxsize=16)
 def load_check_reference(path: str) -> tuple[dict, float]:
     """(reference dict, its VJP's error / tolerance) from `check_reference_file`'s .npz."""
-    ref, vjp_error = _read_reference(path)
-    return ref, vjp_error
+    return _read_reference(path)
 
 
 def check_references(jobs: list[dict], folder: Path) -> list[dict]:
@@ -401,8 +400,7 @@ def _run_jobs(jobs: list[dict], isolate: bool, threads: int | None, progress) ->
         if any(_prepares(job) for job in jobs):
             def start_timing_processes() -> None:     # they import their library while the prepare phase ends
                 spawned.update({lib: _spawn(lib, threads) for lib in by_library if lib not in spawned})
-            records += _prepare(jobs, list(by_library.values()), states, threads, progress,
-                                on_idle=start_timing_processes)
+            _prepare(jobs, list(by_library.values()), states, threads, progress, on_idle=start_timing_processes)
             kinds = ("time",)
         for library, group in by_library.items():
             records += _run_group([jobs[i] for i in group], threads, progress, [states[i] for i in group], kinds,
@@ -444,15 +442,15 @@ def _prepare_cost(job: dict) -> float:
 
 
 def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], threads, progress,
-             on_idle: Callable[[], None] | None = None) -> list[dict]:
+             on_idle: Callable[[], None] | None = None) -> None:
     """Run every job's check and warm-up steps before anything is timed, in up to
     `PREPARE_WORKERS` processes at once, one library each (a library's thread pools
     take every core: two processes of one library would fight over them), the
     costliest library first.  Nothing here is timed; what these processes decide
     (check outcomes, in `states`) and compile (kernels, in the caches on disk) the
-    timing processes take over.  `on_idle()` runs once, when the first worker finds
-    nothing left to do (its core is free).  Returns the records of steps killed here
-    (none in a clean run)."""
+    timing processes take over (check and warm-up steps record nothing themselves:
+    a killed check is recorded by the timed steps it rules out).  `on_idle()` runs
+    once, when the first worker finds nothing left to do (its core is free)."""
     todo = sorted((c for c in ([i for i in g if _prepares(jobs[i])] for g in groups) if c),
                   key=lambda c: -sum(_prepare_cost(jobs[i]) for i in c))
     workers = max(1, min(PREPARE_WORKERS, os.cpu_count() or 1, len(todo)))
@@ -474,7 +472,6 @@ def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], thre
             with lock:
                 progress(event, info)
 
-    records: list[dict] = []
     errors: list[BaseException] = []
 
     def work() -> None:
@@ -483,13 +480,10 @@ def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], thre
             if chunk is None:
                 return
             try:
-                got = _run_group([jobs[i] for i in chunk], threads, quiet, [states[i] for i in chunk],
-                                 ("check", "warm"), count_jobs=False)
+                _run_group([jobs[i] for i in chunk], threads, quiet, [states[i] for i in chunk], ("check", "warm"))
             except BaseException as e:  # noqa: BLE001 — raised in the caller's thread below
                 errors.append(e)
                 return
-            with lock:
-                records.extend(got)
 
     pool = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
     for t in pool:
@@ -500,7 +494,6 @@ def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], thre
         raise errors[0]
     if idle[0] is not None:
         idle[0]()
-    return records
 
 
 def _compile_watched(job: dict) -> bool:
@@ -565,19 +558,15 @@ def _spawn(library: str, threads: int | None) -> subprocess.Popen:
 
 
 def _run_group(jobs: list[dict], threads: int | None, progress, state: list[dict] | None = None,
-               kinds=None, count_jobs: bool = True, first_proc: subprocess.Popen | None = None) -> list[dict]:
+               kinds=None, first_proc: subprocess.Popen | None = None) -> list[dict]:
     """Run one library's jobs in a child process; restart it after a kill or a crash.
 
     `state`: per job, the step keys done and killed and what its runner had
     decided (``_JobRunner._state``), updated here (a later phase goes on from
-    it); `kinds`: the step kinds to run (None: check and time); `count_jobs`:
-    whether to send progress "job" events; `first_proc`: a child already
-    started by `_spawn` for these jobs' library."""
+    it); `kinds`: the step kinds to run (None: check and time); `first_proc`:
+    a child already started by `_spawn` for these jobs' library."""
     records: list[dict] = []
     state = state if state is not None else [{"done": [], "killed": [], "runner": None} for _ in jobs]
-    if not count_jobs:
-        inner = progress
-        progress = (lambda event, info: inner(event, info) if event != "job" else None) if inner else None
     next_job = 0
     stalls = 0
     while next_job < len(jobs):
@@ -1229,7 +1218,7 @@ def _input_sets(shapes: tuple, out_shape: tuple, dtype: str, seed: int, copies: 
     `el.check`'s float64 inputs for `seed` when `reference` (`shapes` in argument
     order: one generator draws them in turn): read once per process for the jobs
     of one workload that follow each other, and made once per run: the first
-    process to need them saves them in `folder` (read-only maps for the others)."""
+    process to need them saves them in `folder`, where the others read them."""
     import numpy as np
     path = None
     if folder is not None and dtype != "bfloat16":

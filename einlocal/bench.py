@@ -13,20 +13,28 @@ per pass at the timed size, then per regime the timed passes.  Checks and
 warm-ups come first, for every job, in two processes at once (nothing is
 timed then, so they may share the cores); their kernels land in the caches
 on disk, and what they decided goes on to the timing processes, which run
-one at a time.  The first call of each pass
-in the first regime runs on the full-size reference's inputs (computed once
-by a trusted float64 lowering) and its result is checked against it before
-any other call: the full-size check costs no call of its own, and is the
-warm-up's where there is one.  A backend that fails a check or the memory
-guard is recorded with the reason and never timed.  A pass whose first
-regime took longer than ``steady_max_s`` a call is not measured again in the
-steady regime (what out= saves is noise next to it).  The child prints one
-line per step start (``EINLOCAL_STEP``), per record (``EINLOCAL_RECORD``),
-when a check or warm-up step ends (``EINLOCAL_STATE``), when a timed step's
-first call returns (``EINLOCAL_FIRST``) and, for jax and numba, when a first
-call starts or stops compiling (``EINLOCAL_COMPILE``, from
+one at a time.  A warm-up killed past its deadline is forgotten (the timing
+decides), unless the job prunes over the cap (``prune_over_cap``) and the
+call ran past cap + margin after its compile: its pass is then ``>cap``.
+
+The first call of each pass in the first regime runs on the full-size
+reference's inputs (computed once by a trusted float64 lowering) and its
+result is checked against it before any other call: the full-size check
+costs no call of its own, and is the warm-up's where there is one.  A
+backend that fails a check or the memory guard is recorded with the reason
+and never timed.  A pass whose first regime took longer than
+``steady_max_s`` a call is not measured again in the steady regime (what
+out= saves is noise next to it).
+
+The child prints one line per step start (``EINLOCAL_STEP``), per record
+(``EINLOCAL_RECORD``), when a check or warm-up step ends
+(``EINLOCAL_STATE``), when a timed step's first call or a warm-up's call
+returns (``EINLOCAL_FIRST``) and, for jax and numba, when a first call
+starts or stops compiling (``EINLOCAL_COMPILE``, from
 `einlocal.compile_watch`): the compile then has the allowance and the run
-the cap.
+the cap.  The harness's own work (a job's setup, its input sets, the
+full-size reference, the process's exit) happens between steps, where the
+deadline is generous: a step's clock is its backend's alone.
 """
 from __future__ import annotations
 
@@ -55,11 +63,14 @@ IN_PROCESS_NOTE = "all libraries measured in one process (not isolated)"
 JAX_STEADY_NOTE = ("jax has no out= (immutable arrays): its steady regime is repeated calls "
                    "whose buffers come from XLA's allocator")
 _STEP = "EINLOCAL_STEP "
-_FIRST = "EINLOCAL_FIRST "       # a timed step's first call returned
+_FIRST = "EINLOCAL_FIRST "       # a timed step's first call, or a warm-up's call, returned
 _COMPILE = "EINLOCAL_COMPILE "   # the first call started ({"on": true}) or stopped compiling (CompileWatch)
 _RECORD = "EINLOCAL_RECORD "
 _STATE = "EINLOCAL_STATE "       # a check or warm-up step finished: what the runner knows now
 _START_TIMEOUT_S = 180.0   # imports of a framework on a busy machine
+# between steps: the harness's own work (a job's setup and its input sets, the process's exit),
+# which is no backend's time and is never recorded >cap
+_BETWEEN_STEPS_S = 120.0
 
 
 # -- the public entry point ------------------------------------------------------------
@@ -161,7 +172,7 @@ def make_job(spec: dict, shapes: dict, params: dict, backend: str, **kw) -> dict
                          ("workload", None), ("roofline", None), ("peer", None), ("note", None),
                          ("kill_margin_s", 15.0), ("first_call_allowance_s", 0.0), ("steady_max_s", None),
                          ("steady_grad_modes", None), ("check_reference", None), ("inputs_dir", None),
-                         ("warm_up", False)):
+                         ("warm_up", False), ("prune_over_cap", False)):
         value = kw.pop(key, default)
         job[key] = list(value) if isinstance(value, tuple) else value
     if kw:
@@ -511,8 +522,8 @@ class _FirstCall:
     run seconds reach ``cap + margin``, which does not move while it compiles."""
 
     def __init__(self, job: dict, step: dict, now: float):
-        # a warm-up is there to compile: once its run passes the cap, nothing more is learnt
-        self.limit = float(job["cap_s"]) + (0.0 if step["kind"] == "warm" else float(job.get("kill_margin_s", 15.0)))
+        # a warm-up too: it shares the machine, and a kill costs a fresh process and its imports
+        self.limit = float(job["cap_s"]) + float(job.get("kill_margin_s", 15.0))
         self.latest = now + _deadline_s(job, step)
         self.ran, self.since, self.compiling = 0.0, now, False
 
@@ -526,6 +537,10 @@ class _FirstCall:
         if self.compiling:
             return self.latest
         return min(self.latest, self.since + self.limit - self.ran)
+
+    def ran_out(self, now: float) -> bool:
+        """Whether the call's run (not its compile) has reached ``cap + margin`` by `now`."""
+        return not self.compiling and self.ran + now - self.since >= self.limit
 
 
 def _deadline_s(job: dict, step: dict, first_done: bool = False) -> float:
@@ -622,6 +637,8 @@ def _run_group(jobs: list[dict], threads: int | None, progress, state: list[dict
                     state[i]["done"].append(key)
                 if current is not None and current[1] is not None and key == list(step_key(current[1])):
                     current = (i, None)   # finished: a stop now is between steps
+                    watch, deadline = None, time.monotonic() + _BETWEEN_STEPS_S
+        ran_out = outcome == "timeout" and watch is not None and watch.ran_out(time.monotonic())
         if outcome == "timeout":
             _kill(proc)
         rc = proc.wait()
@@ -644,10 +661,10 @@ def _run_group(jobs: list[dict], threads: int | None, progress, state: list[dict
             continue
         stalls = 0
         next_job = i
-        if step["kind"] == "warm":   # only a warm-up: the timed steps find out for themselves
-            state[i]["done"].append(list(step_key(step)))
-            continue
         why = "killed" if outcome == "timeout" else "crashed"
+        if step["kind"] == "warm" and not (ran_out and jobs[i].get("prune_over_cap")):
+            state[i]["done"].append(list(step_key(step)))   # only a warm-up: the timed steps find out
+            continue
         state[i]["killed"].append({"step": step, "why": why, "rc": rc, "stderr": "".join(err_tail)[-300:]})
     return records
 
@@ -776,7 +793,11 @@ class _JobRunner:
         self.checked = False                               # the reduced check has run
         self.full_checked: set = set()                     # (pass, grad mode) checked at full size
         self._restore(job.get("state"))
-        self.reference = load_reference(job["reference"]) if job.get("reference") else None
+
+    @functools.cached_property
+    def reference(self) -> dict | None:
+        """The full-size reference (read at first use: once the checks are done, never)."""
+        return load_reference(self.job["reference"]) if self.job.get("reference") else None
 
     # -- what a restarted process carries on with ------------------------------------------
 
@@ -842,7 +863,7 @@ class _JobRunner:
         nbytes = (sum(math.prod(s) for s in self.shapes.values()) + math.prod(self.call.out_shape)) * self.itemsize
         copies = max(1, min(4, math.ceil(2 * _llc_bytes() / max(nbytes, 1))))
         made = _input_sets(tuple(self.shapes.items()), tuple(self.call.out_shape), job["dtype"], job["seed"],
-                           copies, self.reference is not None, job.get("inputs_dir"))
+                           copies, bool(job.get("reference")), job.get("inputs_dir"))
         # each job its own copy: a backend that wrote into its inputs would spoil only its own
         return [{n: self.xp.from_numpy(a.copy(), "cpu") for n, a in arrays.items()} for arrays in made]
 
@@ -925,6 +946,8 @@ class _JobRunner:
                 if step["kind"] == "time":
                     self.record(step, **self._killed_fields(cause, None))
                 continue
+            if step["kind"] != "check" and not self._failure(step):
+                self._ready(step)
             self.emit("step", step)
             if step["kind"] == "time":
                 self._time(step)
@@ -935,6 +958,13 @@ class _JobRunner:
                 self._warm(step)
             self.emit("state", (list(key), self._state()))
 
+    def _ready(self, step: dict) -> None:
+        """The harness's work for a warm-up or timed step, done before the step starts
+        (between steps): its clock is then the backend's alone."""
+        self.sets  # noqa: B018 — the input sets
+        if self._full_check(step) is not None:
+            self.reference  # noqa: B018 — the full-size reference its first call is checked against
+
     def _killed_fields(self, k: dict, this) -> dict:
         what = f"{k['step']['kind']} {k['step']['pass']}" + (f"[{k['step']['grad_mode']}]"
                                                             if k["step"].get("grad_mode") else "")
@@ -944,6 +974,11 @@ class _JobRunner:
                 given = ("not counting up to " if _compile_watched(self.job) else "+ ") + f"{allowance:g} s"
                 return {"status": ">cap", "reason": f"killed: a single call ran past the cap {self.job['cap_s']} s"
                                                     + (f" ({given} of a first call's compiling)" if allowance else "")}
+            if k["step"]["kind"] == "warm":    # a job that prunes over the cap takes its warm-up's word
+                cap, margin = float(self.job["cap_s"]), float(self.job.get("kill_margin_s", 15.0))
+                return {"status": ">cap", "reason": f"not run: its warm-up's call ran past {cap + margin:g} s "
+                                                    f"(the cap {cap:g} s + {margin:g} s) after compiling, beside "
+                                                    f"another process"}
             return {"status": ">cap", "reason": f"not run: {what} ran past the cap"}
         reason = f"the process crashed (exit {k['rc']}) during {what}"
         return {"status": "failed", "reason": reason}
@@ -986,7 +1021,8 @@ class _JobRunner:
         against the full-size reference; None where nothing is left to check
         (no reference, or this pass was checked in an earlier regime)."""
         key = [step["pass"], step.get("grad_mode")]
-        if self.reference is None or step["regime"] != self.job["regimes"][0] or tuple(key) in self.full_checked:
+        if not self.job.get("reference") or step["regime"] != self.job["regimes"][0] \
+                or tuple(key) in self.full_checked:
             return None
         from .check import _compare
         ref, dtype, args = self.reference, self.job["dtype"], self.call.args
@@ -1119,6 +1155,7 @@ class _JobRunner:
         finally:
             if watch is not None:
                 watch.disarm()
+        self.emit("first", step)      # the call is over: its check is not on the call's clock
         if check is not None:
             try:
                 check(result)
@@ -1271,13 +1308,31 @@ def _jax_compilation_cache() -> None:
 _WATCH = None    # the child's CompileWatch on its main thread (None in the parent and in-process runs)
 
 
-_PRELOAD = {"torch": "torch", "jax": "jax.numpy", "numba": "numba", "cupy": "cupy"}
+_PRELOAD = {"numpy": "numpy", "torch": "torch", "jax": "jax.numpy", "numba": "numba", "cupy": "cupy"}
+
+
+def _start_library(library: str) -> None:
+    """Import `library` and einlocal's backends on it, and start what a process's
+    first use of it starts (numba's compiler and CPU target: ~0.3 s), so that a
+    timed first call pays for its own kernels alone."""
+    import importlib
+
+    from . import registry
+    from .errors import BackendError
+    importlib.import_module(_PRELOAD[library])
+    for name in registry.NAMES:
+        if name.endswith(":" + library):
+            try:
+                registry.get(name)
+            except BackendError:      # the jobs report it
+                pass
+    if library == "numba":
+        import numba
+        numba.njit(lambda x: x + 1)(1)
 
 
 def _child_main(library: str | None = None, threads: int | None = None) -> int:
     global _WATCH
-    import importlib
-
     from .compile_watch import CompileWatch
     if threads:                      # before jax is imported: XLA reads its flags once
         from .timing import set_threads
@@ -1286,7 +1341,7 @@ def _child_main(library: str | None = None, threads: int | None = None) -> int:
         _jax_compilation_cache()
     if library in _PRELOAD:
         try:
-            importlib.import_module(_PRELOAD[library])
+            _start_library(library)
         except ImportError:          # the jobs report it
             pass
     payload = json.loads(sys.stdin.read())
@@ -1324,6 +1379,11 @@ if __name__ == "__main__":
     if args[:1] == ["--child"] and len(args) % 2 == 1:
         opts = dict(zip(args[1::2], args[2::2]))
         if set(opts) <= {"--library", "--threads"}:
-            sys.exit(_child_main(opts.get("--library"), int(opts["--threads"]) if "--threads" in opts else None))
+            rc = _child_main(opts.get("--library"), int(opts["--threads"]) if "--threads" in opts else None)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # every line and file is written: skip the interpreter's teardown (torch's takes ~0.5 s,
+            # and the next library's timing waits for this process to end)
+            os._exit(rc)
     sys.exit("usage: python -m einlocal.bench --child [--library NAME] [--threads N]  "
              "(internal: run benchmark jobs read from stdin)")

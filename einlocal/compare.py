@@ -21,8 +21,9 @@ REFERENCE_CANDIDATES = ("einsum:numpy", "bmm:numpy")
 
 class Settings(dict):
     """Run settings: passes, regimes, budget_s, cap_s, memory, full_check (at the timed size, against a
-    trusted float64 lowering), reduced_check (every backend against the loops at the reduced size), prune_over_cap,
-    steady_max_s (a pass slower than this a call fresh is not timed again steady),
+    trusted float64 lowering), reduced_check (every backend against the loops at the reduced size), prune_over_cap
+    (not run: a backend the cost model puts far over the cap, and a pass whose warm-up call ran past the cap and
+    the kill margin after compiling), steady_max_s (a pass slower than this a call fresh is not timed again steady),
     steady_grad_modes (the backward's grad modes timed steady)."""
 
     __getattr__ = dict.__getitem__
@@ -267,7 +268,8 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                       kill_margin_s=settings.get("kill_margin_s", 8.0),
                       first_call_allowance_s=settings.get("first_call_allowance_s", 0.0),
                       steady_max_s=settings.get("steady_max_s"),
-                      steady_grad_modes=settings.get("steady_grad_modes"), warm_up=settings.get("warm_up", False))
+                      steady_grad_modes=settings.get("steady_grad_modes"), warm_up=settings.get("warm_up", False),
+                      prune_over_cap=settings.get("prune_over_cap", False))
         timed = set()
         for name in names:
             b = registry.get(name)

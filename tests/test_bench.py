@@ -380,3 +380,82 @@ def test_input_sets_are_made_once_per_run(monkeypatch, tmp_path):
             np.testing.assert_array_equal(a[name], b[name])
     from einlocal.check import random_inputs     # the first set is the reference's inputs
     np.testing.assert_array_equal(made[0]["x"], random_inputs(dict(key[0]), "float64", 0)["x"].astype("float32"))
+
+
+def test_the_harness_works_between_steps_not_on_a_steps_clock(tmp_path):
+    """A job's input sets and the full-size reference are made before the step
+    that needs them is announced (its deadline starts then): their cost is the
+    harness's, never the backend's."""
+    events = []
+    spec = bench.op_spec(el.conv2d)
+    ref = bench.reference_file(spec, FULL, {}, 0, "bmm:numpy", tmp_path / "ref.npz")
+    job = bench.make_job(spec, FULL, {}, "bmm:numpy", regimes=("fresh",), passes=("forward",), budget_s=0.005,
+                         memory=False, reference=ref, warm_up=True, first_call_allowance_s=1.0)
+    job["kinds"] = ["warm", "time"]
+    runner = bench._JobRunner(job, lambda kind, obj: events.append(
+        (kind, obj.get("kind") if kind == "step" else None, "sets" in runner.__dict__,
+         "reference" in runner.__dict__)))
+    runner.run()
+    steps = [e for e in events if e[0] == "step"]
+    assert [kind for _, kind, _, _ in steps] == ["warm", "time"]
+    assert all(has_sets and has_ref for _, _, has_sets, has_ref in steps)
+
+
+def test_a_long_pause_between_steps_is_not_a_kill(monkeypatch):
+    """Between steps the child does the harness's work (the next job's setup, its
+    input sets, its exit): a pause there, longer than any step's deadline, kills
+    nothing and starts no second process."""
+    script = (
+        "import json, sys, time\nsys.stdin.read()\n"
+        "step = {'kind': 'time', 'pass': 'forward', 'regime': 'fresh', 'grad_mode': None}\n"
+        "for j in range(2):\n"
+        "    time.sleep(1.0)\n"
+        "    print('EINLOCAL_STEP ' + json.dumps({'job': j, 'step': step}), flush=True)\n"
+        "    rec = {'backend': 'bmm:numpy', 'status': 'ok', 'job': j}\n"
+        "    print('EINLOCAL_RECORD ' + json.dumps({'job': j, 'record': rec, 'state': None,\n"
+        "          'step_key': ['time', 'forward', 'fresh', None]}), flush=True)\n"
+        "    time.sleep(1.0)\n")
+    spawned = []
+
+    def spawn(library, threads):
+        import subprocess
+        import sys
+        spawned.append(library)
+        return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    monkeypatch.setattr(bench, "_spawn", spawn)
+    monkeypatch.setattr(bench, "_deadline_s", lambda job, step, first_done=False: 0.3)
+    spec = bench.op_spec(el.conv2d)
+    jobs = [bench.make_job(spec, SMALL_CONV, {}, "bmm:numpy", regimes=("fresh",), passes=("forward",))] * 2
+    recs = bench._run_group(jobs, None, None)
+    assert [r["job"] for r in recs] == [0, 1] and spawned == ["numpy"]
+
+
+JAX_SLOW_PEER = (
+    "import os, time\nimport jax, jax.numpy as jnp\n"
+    "LOG = {log!r}\n"
+    "def slow(x, weight, bias=None, **kw):\n"
+    "    open(LOG, 'a').write(f'{{os.getpid()}}\\n')\n"
+    "    y = jax.jit(lambda a: jnp.sin(a) * 3.0)(jnp.asarray(x)).block_until_ready()\n"
+    "    time.sleep(60)\n    return y\n"
+    "PEERS = {{'slow': (slow, None, 'jax', 'conv2d')}}\n")
+
+
+@pytest.mark.parametrize("prune", [True, False], ids=["prune_over_cap", "no_pruning"])
+def test_a_warm_up_that_runs_past_the_cap_after_compiling(tmp_path, prune):
+    """With `prune_over_cap`, a warm-up whose call runs past cap + margin once its
+    compile is over rules its pass out as >cap, and nothing times it again;
+    without, the timing process finds out for itself."""
+    pytest.importorskip("jax", reason="jax is not installed")
+    log = tmp_path / "calls.txt"
+    job = peer_job(tmp_path, JAX_SLOW_PEER.format(log=str(log)), "slow", library="jax", regimes=("fresh",),
+                   passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False, kill_margin_s=0.5,
+                   first_call_allowance_s=30.0, warm_up=True, prune_over_cap=prune)
+    (rec,) = bench.run_jobs([job])
+    assert rec["status"] == ">cap"
+    calls = log.read_text().split()
+    if prune:
+        assert "warm-up" in rec["reason"] and "0.7 s" in rec["reason"], rec["reason"]
+        assert len(calls) == 1                       # the warm-up's call alone
+    else:
+        assert "killed" in rec["reason"] and len(set(calls)) == 2      # the warm-up's process, then the timing's

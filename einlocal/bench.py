@@ -26,18 +26,21 @@ and never timed.  A pass whose first regime took longer than
 ``steady_max_s`` a call is not measured again in the steady regime (what
 out= saves is noise next to it).
 
-The child prints one line per step start (``EINLOCAL_STEP``), per record
+The parent sends a child one job (a line of JSON) at a time; the child prints
+one line per step start (``EINLOCAL_STEP``), per record
 (``EINLOCAL_RECORD``), when a check or warm-up step ends
 (``EINLOCAL_STATE``), when a timed step's first call or a warm-up's call
-returns (``EINLOCAL_FIRST``) and, for jax and numba, when a first call
-starts or stops compiling (``EINLOCAL_COMPILE``, from
-`einlocal.compile_watch`): the compile then has the allowance and the run
-the cap.  The harness's own work (a job's setup, its input sets, the
+returns (``EINLOCAL_FIRST``), for jax and numba when a first call starts or
+stops compiling (``EINLOCAL_COMPILE``, from `einlocal.compile_watch`: the
+compile then has the allowance and the run the cap), and when it is done
+with a job (``EINLOCAL_NEXT``: the parent sends the next or closes its
+input).  The harness's own work (a job's setup, its input sets, the
 full-size reference, the process's exit) happens between steps, where the
 deadline is generous: a step's clock is its backend's alone.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
@@ -67,6 +70,7 @@ _FIRST = "EINLOCAL_FIRST "       # a timed step's first call, or a warm-up's cal
 _COMPILE = "EINLOCAL_COMPILE "   # the first call started ({"on": true}) or stopped compiling (CompileWatch)
 _RECORD = "EINLOCAL_RECORD "
 _STATE = "EINLOCAL_STATE "       # a check or warm-up step finished: what the runner knows now
+_NEXT = "EINLOCAL_NEXT "         # a job is done: the parent sends the next, or closes stdin
 _START_TIMEOUT_S = 180.0   # imports of a framework on a busy machine
 # between steps: the harness's own work (a job's setup and its input sets, the process's exit),
 # which is no backend's time and is never recorded >cap
@@ -428,6 +432,7 @@ def _run_jobs(jobs: list[dict], isolate: bool, threads: int | None, progress) ->
 # -- the prepare phase: checks and compiles, two libraries at a time --------------------------------
 
 PREPARE_WORKERS = 2
+STEAL_MIN = 2      # jobs left in a library's queue for a second process of it to be worth its start
 
 # a job's share of the prepare phase, per pass that compiles, relative to jax's (its programs
 # compile and run in ~0.8 s a pass on 2 cores): numba's tiled kernels take ~1.7 s a pass
@@ -455,24 +460,35 @@ def _prepare_cost(job: dict) -> float:
 def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], threads, progress,
              on_idle: Callable[[], None] | None = None) -> None:
     """Run every job's check and warm-up steps before anything is timed, in up to
-    `PREPARE_WORKERS` processes at once, one library each (a library's thread pools
-    take every core: two processes of one library would fight over them), the
-    costliest library first.  Nothing here is timed; what these processes decide
-    (check outcomes, in `states`) and compile (kernels, in the caches on disk) the
-    timing processes take over (check and warm-up steps record nothing themselves:
-    a killed check is recorded by the timed steps it rules out).  `on_idle()` runs
-    once, when the first worker finds nothing left to do (its core is free)."""
-    todo = sorted((c for c in ([i for i in g if _prepares(jobs[i])] for g in groups) if c),
-                  key=lambda c: -sum(_prepare_cost(jobs[i]) for i in c))
-    workers = max(1, min(PREPARE_WORKERS, os.cpu_count() or 1, len(todo)))
+    `PREPARE_WORKERS` processes at once, the costliest library first, one library
+    a process (a library's thread pools take every core).  A worker with no library
+    left to start helps the one with most jobs left (`STEAL_MIN` or more), from
+    the back of its queue, in a second process of that library: nearly all of this
+    phase is compiling, on one thread.  Nothing here is timed; what these processes
+    decide (check outcomes, in `states`) and compile (kernels, in the caches on
+    disk) the timing processes take over (check and warm-up steps record nothing
+    themselves: a killed check is recorded by the timed steps it rules out).
+    `on_idle()` runs once, when the first worker finds nothing left to do (its
+    core is free)."""
+    feeds = sorted(([i for i in g if _prepares(jobs[i])] for g in groups),
+                   key=lambda c: -sum(_prepare_cost(jobs[i]) for i in c))
+    feeds = [_Feed(c) for c in feeds if c]
+    workers = max(1, min(PREPARE_WORKERS, os.cpu_count() or 1, sum(map(len, feeds))))
+    running = [0] * len(feeds)          # processes at work on each library's feed
     lock = threading.Lock()
-
     idle = [on_idle]
 
-    def next_chunk() -> list[int] | None:
+    def next_feed() -> tuple[int, bool] | None:
         with lock:
-            if todo:
-                return todo.pop(0)
+            for k, feed in enumerate(feeds):
+                if not running[k] and len(feed):
+                    running[k] += 1
+                    return k, False
+            left = [(len(feed), k) for k, feed in enumerate(feeds) if running[k] == 1]
+            if left and max(left)[0] >= STEAL_MIN:
+                k = max(left)[1]
+                running[k] += 1
+                return k, True
             call, idle[0] = idle[0], None
         if call is not None:
             call()
@@ -487,14 +503,18 @@ def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], thre
 
     def work() -> None:
         while not errors:
-            chunk = next_chunk()
-            if chunk is None:
+            got = next_feed()
+            if got is None:
                 return
+            k, back = got
             try:
-                _run_group([jobs[i] for i in chunk], threads, quiet, [states[i] for i in chunk], ("check", "warm"))
+                _run_group(jobs, threads, quiet, states, ("check", "warm"), feed=feeds[k], back=back)
             except BaseException as e:  # noqa: BLE001 — raised in the caller's thread below
                 errors.append(e)
                 return
+            finally:
+                with lock:
+                    running[k] -= 1
 
     pool = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
     for t in pool:
@@ -505,6 +525,26 @@ def _prepare(jobs: list[dict], groups: list[list[int]], states: list[dict], thre
         raise errors[0]
     if idle[0] is not None:
         idle[0]()
+
+
+class _Feed:
+    """Jobs (indices) handed to a library's processes one at a time, as each asks
+    for its next: a second process may take from the back while the first takes
+    from the front."""
+
+    def __init__(self, indices):
+        self._todo = collections.deque(indices)
+        self._lock = threading.Lock()
+
+    def take(self, back: bool = False) -> int | None:
+        with self._lock:
+            if not self._todo:
+                return None
+            return self._todo.pop() if back else self._todo.popleft()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._todo)
 
 
 def _compile_watched(job: dict) -> bool:
@@ -573,30 +613,44 @@ def _spawn(library: str, threads: int | None) -> subprocess.Popen:
 
 
 def _run_group(jobs: list[dict], threads: int | None, progress, state: list[dict] | None = None,
-               kinds=None, first_proc: subprocess.Popen | None = None) -> list[dict]:
-    """Run one library's jobs in a child process; restart it after a kill or a crash.
+               kinds=None, first_proc: subprocess.Popen | None = None, feed: _Feed | None = None,
+               back: bool = False) -> list[dict]:
+    """Run one library's jobs in a child process, which asks for each next job
+    when it is done with one (``EINLOCAL_NEXT``); restart it after a kill or a
+    crash, on the job it was running.
 
     `state`: per job, the step keys done and killed and what its runner had
     decided (``_JobRunner._state``), updated here (a later phase goes on from
     it); `kinds`: the step kinds to run (None: check and time); `first_proc`:
-    a child already started by `_spawn` for these jobs' library."""
+    a child already started by `_spawn` for these jobs' library; `feed`: the
+    jobs (indices into `jobs`) to run, default all, shared with another process
+    of the library where it takes from the other end (from the back when `back`)."""
     records: list[dict] = []
     state = state if state is not None else [{"done": [], "killed": [], "runner": None} for _ in jobs]
-    next_job = 0
+    feed = feed if feed is not None else _Feed(range(len(jobs)))
+    job = feed.take(back)           # the job the child was last given (None: it was told there are no more)
     stalls = 0
-    while next_job < len(jobs):
-        payload = {"jobs": [{**jobs[i], "done": state[i]["done"], "killed": state[i]["killed"],
-                             "state": state[i]["runner"], "kinds": list(kinds) if kinds else None}
-                            for i in range(next_job, len(jobs))]}
-        proc, first_proc = (first_proc or _spawn(_library_of_job(jobs[next_job]), threads)), None
+    while job is not None:
+        proc, first_proc = (first_proc or _spawn(_library_of_job(jobs[job]), threads)), None
         lines: queue.Queue = queue.Queue()
         err_tail: list[str] = []
         threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
         threading.Thread(target=_tail, args=(proc.stderr, err_tail), daemon=True).start()
-        proc.stdin.write(json.dumps(payload))
-        proc.stdin.close()
-        base = next_job
-        current = None            # (job index, step) running now
+
+        def give(i: int | None, proc=proc) -> None:
+            try:
+                if i is None:
+                    proc.stdin.close()
+                    return
+                proc.stdin.write(json.dumps({**jobs[i], "index": i, "done": state[i]["done"],
+                                             "killed": state[i]["killed"], "state": state[i]["runner"],
+                                             "kinds": list(kinds) if kinds else None}) + "\n")
+                proc.stdin.flush()
+            except OSError:       # the child is gone: its exit tells why
+                pass
+        give(job)
+        heard = False             # any line from the child yet
+        current = None            # the step running now (None: between steps)
         watch = None              # its first call's run and compile seconds, where the child reports them
         deadline = time.monotonic() + _START_TIMEOUT_S
         outcome = "exit"
@@ -608,64 +662,69 @@ def _run_group(jobs: list[dict], threads: int | None, progress, state: list[dict
                 break
             if line is None:
                 break
-            if line.startswith(_STEP):
-                msg = json.loads(line[len(_STEP):])
-                i = base + msg["job"]
-                if current is not None and current[0] != i and progress:
-                    progress("job", {"job": jobs[current[0]]})
-                current = (i, msg["step"])
-                now = time.monotonic()
-                watch = (_FirstCall(jobs[i], msg["step"], now)
-                         if msg["step"]["kind"] in ("time", "warm") and _compile_watched(jobs[i]) else None)
-                deadline = watch.deadline() if watch else now + _deadline_s(jobs[i], msg["step"])
+            heard = heard or line.startswith("EINLOCAL_")
+            if line.startswith(_NEXT):
                 if progress:
-                    progress("step", {"job": jobs[i], "step": msg["step"]})
+                    progress("job", {"job": jobs[job]})
+                job = feed.take(back)
+                give(job)
+                current, watch, deadline = None, None, time.monotonic() + _BETWEEN_STEPS_S
+            elif line.startswith(_STEP):
+                current = json.loads(line[len(_STEP):])["step"]
+                now = time.monotonic()
+                watch = (_FirstCall(jobs[job], current, now)
+                         if current["kind"] in ("time", "warm") and _compile_watched(jobs[job]) else None)
+                deadline = watch.deadline() if watch else now + _deadline_s(jobs[job], current)
+                if progress:
+                    progress("step", {"job": jobs[job], "step": current})
             elif line.startswith(_COMPILE) and watch is not None:
                 watch.change(json.loads(line[len(_COMPILE):])["on"], time.monotonic())
                 deadline = watch.deadline()
-            elif line.startswith(_FIRST) and current is not None and current[1] is not None:
+            elif line.startswith(_FIRST) and current is not None:
                 watch = None
-                deadline = time.monotonic() + _deadline_s(jobs[current[0]], current[1], first_done=True)
+                deadline = time.monotonic() + _deadline_s(jobs[job], current, first_done=True)
             elif line.startswith((_RECORD, _STATE)):
                 msg = json.loads(line[len(_RECORD if line.startswith(_RECORD) else _STATE):])
-                i = base + msg["job"]
                 if "record" in msg:
                     records.append(msg["record"])
-                state[i]["runner"] = msg.get("state", state[i]["runner"])
+                state[job]["runner"] = msg.get("state", state[job]["runner"])
                 key = msg.get("step_key")
-                if key is not None and key not in state[i]["done"]:
-                    state[i]["done"].append(key)
-                if current is not None and current[1] is not None and key == list(step_key(current[1])):
-                    current = (i, None)   # finished: a stop now is between steps
+                if key is not None and key not in state[job]["done"]:
+                    state[job]["done"].append(key)
+                if current is not None and key == list(step_key(current)):
+                    current = None        # finished: a stop now is between steps
                     watch, deadline = None, time.monotonic() + _BETWEEN_STEPS_S
         ran_out = outcome == "timeout" and watch is not None and watch.ran_out(time.monotonic())
         if outcome == "timeout":
             _kill(proc)
         rc = proc.wait()
-        if outcome == "exit" and rc == 0:
-            if current is not None and progress:
-                progress("job", {"job": jobs[current[0]]})
+        if job is None:           # told there were no more: whatever ended it, nothing is left undone
             break
-        if current is not None and current[1] is None and outcome == "exit" and rc == 0:
-            break
-        # killed or crashed in the middle of `current`: record it and go on after it
-        if current is None:
+        # killed or crashed during `job`: record what it was running, and go on with it in a new process
+        if not heard:
             raise RuntimeError(f"benchmark child failed before its first step (exit {rc}):\n"
                                + "".join(err_tail)[-3000:])
-        i, step = current
-        if step is None:          # stopped between steps: nothing to blame, go on
+        if current is None:       # stopped between steps: nothing to blame, go on
             stalls += 1
             if stalls > 3:
                 raise RuntimeError("benchmark child keeps stopping between steps:\n" + "".join(err_tail)[-3000:])
-            next_job = i
             continue
         stalls = 0
-        next_job = i
         why = "killed" if outcome == "timeout" else "crashed"
-        if step["kind"] == "warm" and not (ran_out and jobs[i].get("prune_over_cap")):
-            state[i]["done"].append(list(step_key(step)))   # only a warm-up: the timed steps find out
+        killed = {"step": current, "why": why, "rc": rc, "stderr": "".join(err_tail)[-300:]}
+        if current["kind"] == "warm":
+            # only a warm-up: the timed steps find out for themselves (unless pruning takes its word), and
+            # this job's other warm-ups are left to its timed first calls too: no new process for them
+            if ran_out and jobs[job].get("prune_over_cap"):
+                state[job]["killed"].append(killed)
+            else:
+                state[job]["done"].append(list(step_key(current)))
+            job = feed.take(back)
             continue
-        state[i]["killed"].append({"step": step, "why": why, "rc": rc, "stderr": "".join(err_tail)[-300:]})
+        state[job]["killed"].append(killed)
+    if first_proc is not None:    # nothing to run: the child started for it is not needed
+        _kill(first_proc)
+        first_proc.wait()
     return records
 
 
@@ -1313,8 +1372,9 @@ _PRELOAD = {"numpy": "numpy", "torch": "torch", "jax": "jax.numpy", "numba": "nu
 
 def _start_library(library: str) -> None:
     """Import `library` and einlocal's backends on it, and start what a process's
-    first use of it starts (numba's compiler and CPU target: ~0.3 s), so that a
-    timed first call pays for its own kernels alone."""
+    first use of it starts, so that a timed first call pays for its own work
+    alone: numba's compiler and CPU target (~0.3 s), torch's first
+    ``autograd.grad`` (it imports sympy: ~0.4 s), jax's first compile (~0.1 s)."""
     import importlib
 
     from . import registry
@@ -1329,6 +1389,13 @@ def _start_library(library: str) -> None:
     if library == "numba":
         import numba
         numba.njit(lambda x: x + 1)(1)
+    elif library == "torch":
+        import torch
+        t = torch.ones(2, requires_grad=True)
+        torch.autograd.grad(t.sum(), t, torch.ones(()))
+    elif library == "jax":
+        import jax
+        jax.jit(lambda x: x + 1)(jax.numpy.ones(2)).block_until_ready()
 
 
 def _child_main(library: str | None = None, threads: int | None = None) -> int:
@@ -1344,10 +1411,6 @@ def _child_main(library: str | None = None, threads: int | None = None) -> int:
             _start_library(library)
         except ImportError:          # the jobs report it
             pass
-    payload = json.loads(sys.stdin.read())
-    if library != "jax" and any(str(job.get("backend", "")).endswith(":jax") or "jax" in str(job.get("peer") or "")
-                                for job in payload["jobs"]):
-        _jax_compilation_cache()
     # keep library chatter away from the protocol
     real_stdout = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -1358,7 +1421,15 @@ def _child_main(library: str | None = None, threads: int | None = None) -> int:
             real_stdout.write(line + "\n")
             real_stdout.flush()
     _WATCH = CompileWatch(lambda on: write(_COMPILE + json.dumps({"on": on})))
-    for j, job in enumerate(payload["jobs"]):
+    while True:                    # a job a line, each sent when the last is done; no more at end of input
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        job = json.loads(line)
+        j = job.pop("index")
+        if str(job.get("backend", "")).endswith(":jax") or "jax" in str(job.get("peer") or ""):
+            _jax_compilation_cache()
+
         def emit(kind, obj, j=j):
             if kind == "step":
                 write(_STEP + json.dumps({"job": j, "step": obj}))
@@ -1371,7 +1442,7 @@ def _child_main(library: str | None = None, threads: int | None = None) -> int:
                 rec, key, state = obj
                 write(_RECORD + json.dumps({"job": j, "record": rec, "step_key": key, "state": state}, default=str))
         run_job(job, emit)
-    return 0
+        write(_NEXT + json.dumps({"job": j}))
 
 
 if __name__ == "__main__":

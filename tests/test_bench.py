@@ -405,16 +405,18 @@ def test_a_long_pause_between_steps_is_not_a_kill(monkeypatch):
     """Between steps the child does the harness's work (the next job's setup, its
     input sets, its exit): a pause there, longer than any step's deadline, kills
     nothing and starts no second process."""
-    script = (
-        "import json, sys, time\nsys.stdin.read()\n"
+    script = (       # the child's side of the protocol, with pauses where the harness works
+        "import json, sys, time\n"
         "step = {'kind': 'time', 'pass': 'forward', 'regime': 'fresh', 'grad_mode': None}\n"
-        "for j in range(2):\n"
+        "for line in iter(sys.stdin.readline, ''):\n"
+        "    j = json.loads(line)['index']\n"
         "    time.sleep(1.0)\n"
         "    print('EINLOCAL_STEP ' + json.dumps({'job': j, 'step': step}), flush=True)\n"
         "    rec = {'backend': 'bmm:numpy', 'status': 'ok', 'job': j}\n"
         "    print('EINLOCAL_RECORD ' + json.dumps({'job': j, 'record': rec, 'state': None,\n"
         "          'step_key': ['time', 'forward', 'fresh', None]}), flush=True)\n"
-        "    time.sleep(1.0)\n")
+        "    time.sleep(1.0)\n"
+        "    print('EINLOCAL_NEXT ' + json.dumps({'job': j}), flush=True)\n")
     spawned = []
 
     def spawn(library, threads):
@@ -459,3 +461,32 @@ def test_a_warm_up_that_runs_past_the_cap_after_compiling(tmp_path, prune):
         assert len(calls) == 1                       # the warm-up's call alone
     else:
         assert "killed" in rec["reason"] and len(set(calls)) == 2      # the warm-up's process, then the timing's
+
+
+def test_an_idle_prepare_worker_helps_with_the_library_left(tmp_path, monkeypatch):
+    """With no library left to start, the second prepare worker takes jobs from the
+    back of the busy library's queue, in a second process of it; every job's
+    warm-up runs once."""
+    monkeypatch.setattr(bench, "PREPARE_WORKERS", 2)
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    log, job = logged_job(tmp_path, body="time.sleep(0.3)")
+    jobs = [job] * 6
+    states = [{"done": [], "killed": [], "runner": None} for _ in jobs]
+    bench._prepare(jobs, [list(range(6))], states, None, None)
+    pids = [line.split()[0] for line in log.read_text().splitlines()]
+    assert len(pids) == 6 and len(set(pids)) == 2
+    assert all(["warm", "forward", "fresh", None] in s["done"] for s in states)
+
+
+def test_a_child_starts_its_library_before_any_timed_call():
+    """What a process's first use of a library loads (torch: the modules its first
+    autograd.grad imports), a benchmark child loads before its jobs come."""
+    pytest.importorskip("torch", reason="torch is not installed")
+    import subprocess
+    import sys
+    code = ("import sys\nfrom einlocal import bench\nbench._start_library('torch')\nimport torch\n"
+            "before = set(sys.modules)\nx = torch.ones(3, 4, requires_grad=True)\n"
+            "torch.autograd.grad((x * 2).sum(), x, torch.ones(()))\n"
+            "print(sorted(set(sys.modules) - before))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

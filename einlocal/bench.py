@@ -1409,7 +1409,7 @@ def _child_main(library: str | None = None, threads: int | None = None) -> int:
     if library in _PRELOAD:
         try:
             _start_library(library)
-        except ImportError:          # the jobs report it
+        except Exception:  # noqa: BLE001 — only a head start: the jobs meet whatever failed, and report it
             pass
     # keep library chatter away from the protocol
     real_stdout = os.fdopen(os.dup(1), "w", buffering=1)

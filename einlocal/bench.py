@@ -800,11 +800,12 @@ def load_peer(peer: dict):
     `<name>_vjp`). Arrays in API.md's layouts.
     """
     import importlib.util
-    spec = importlib.util.spec_from_file_location("einlocal_bench_peers", peer["path"])
-    mod = sys.modules.get("einlocal_bench_peers")
+    name = "einlocal_bench_peers_" + hashlib.sha256(str(Path(peer["path"]).resolve()).encode()).hexdigest()[:16]
+    mod = sys.modules.get(name)         # one module per peers file, loaded once per process
     if mod is None:
+        spec = importlib.util.spec_from_file_location(name, peer["path"])
         mod = importlib.util.module_from_spec(spec)
-        sys.modules["einlocal_bench_peers"] = mod
+        sys.modules[name] = mod
         spec.loader.exec_module(mod)
     table = getattr(mod, "PEERS", None)
     if isinstance(table, dict) and peer["name"] in table:

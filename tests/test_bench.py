@@ -490,3 +490,18 @@ def test_a_child_starts_its_library_before_any_timed_call():
             "print(sorted(set(sys.modules) - before))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_peers_from_two_files_in_one_process_stay_apart(tmp_path):
+    """Each peers file is its own module: a second file's peer of the same name is
+    its own, not the first file's."""
+    jobs = []
+    for tag in ("a", "b"):
+        folder = tmp_path / tag
+        folder.mkdir()
+        source = LOGGED_PEER.format(log=str(folder / "calls.txt"), body="pass")
+        jobs.append(peer_job(folder, source, "logged", shapes=FULL, regimes=("fresh",), passes=("forward",),
+                             budget_s=0.005, memory=False))
+    recs = bench.run_jobs(jobs)
+    assert [r["status"] for r in recs] == ["ok", "ok"]
+    assert (tmp_path / "a" / "calls.txt").exists() and (tmp_path / "b" / "calls.txt").exists()

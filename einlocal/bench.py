@@ -1022,7 +1022,7 @@ class _JobRunner:
         """The harness's work for a warm-up or timed step, done before the step starts
         (between steps): its clock is then the backend's alone."""
         self.sets  # noqa: B018 — the input sets
-        if self._full_check(step) is not None:
+        if self._checks_full_size(step):
             self.reference  # noqa: B018 — the full-size reference its first call is checked against
 
     def _killed_fields(self, k: dict, this) -> dict:
@@ -1076,14 +1076,19 @@ class _JobRunner:
             self.fail_all = ("failed", f"check at reduced size failed: {type(e).__name__}: {e}"[:400])
         self.checked = True
 
+    def _checks_full_size(self, step: dict) -> bool:
+        """Whether this step's first call is checked against the full-size reference:
+        there is one, and this pass was not checked in an earlier step or regime."""
+        return (bool(self.job.get("reference")) and step["regime"] == self.job["regimes"][0]
+                and (step["pass"], step.get("grad_mode")) not in self.full_checked)
+
     def _full_check(self, step: dict):
         """A `measure` check for the first call of this step's pass: its result
         against the full-size reference; None where nothing is left to check
-        (no reference, or this pass was checked in an earlier regime)."""
-        key = [step["pass"], step.get("grad_mode")]
-        if not self.job.get("reference") or step["regime"] != self.job["regimes"][0] \
-                or tuple(key) in self.full_checked:
+        (`_checks_full_size`)."""
+        if not self._checks_full_size(step):
             return None
+        key = [step["pass"], step.get("grad_mode")]
         from .check import _compare
         ref, dtype, args = self.reference, self.job["dtype"], self.call.args
 

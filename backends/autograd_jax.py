@@ -38,7 +38,7 @@ def apply(call, backend, arrays: dict):
 # -- evaluation ------------------------------------------------------------------
 
 def _forward(*xs, call, backend, names):
-    from einlocal.call import run_forward
+    from einlocal.run import run_forward
     return run_forward(call, backend, dict(zip(names, xs)))
 
 
@@ -89,7 +89,7 @@ ad.primitive_jvps[einlocal_p] = _jvp
 def _jitted_grad(call, backend, names, wrt):
     """ct, defined arguments -> gradient of argument ``wrt`` (jitted, so the
     placeholder for the unknown argument costs nothing)."""
-    from einlocal.call import run_vjp
+    from einlocal.run import run_vjp
     shapes = dict(call.arg_shapes)
 
     def grad(ct, *defined):
@@ -136,17 +136,14 @@ def _batch(axis_data, xs, dims, *, call, backend, names):
 
 
 def _fold_batch(call, backend, names, xs):
-    """A catalogue op with only x batched: (B, N, ...) runs as (B*N, ...)."""
-    from einlocal.catalogue import CATALOGUE
-    op = CATALOGUE.get(call.kind)
-    if op is None:
-        return None
+    """An op with only x batched, whose kind rebinds to another batch
+    (catalogue ops): (B, N, ...) runs as (B*N, ...)."""
     x = xs[0]
     B, N = x.shape[:2]
+    big = call.with_batch(B * N)
+    if big is None:
+        return None
     x2 = x.reshape((B * N,) + x.shape[2:])
-    params = {k: v for k, v in call.param.items() if k != "multiplier"}
-    spec = dict(zip(names, xs))
-    big = op.bind(x2, spec["weight"], spec.get("bias"), **params)
     y = einlocal_p.bind(x2, *xs[1:], call=big, backend=backend, names=names)
     return y.reshape((B, N) + y.shape[1:])
 

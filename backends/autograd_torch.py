@@ -17,7 +17,7 @@ def wants_grad(arrays: dict) -> bool:
 class _EinlocalFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call, backend, names, *tensors):
-        from ..call import run_forward
+        from ..run import run_forward
         ctx.call, ctx.backend, ctx.names = call, backend, names
         ctx.save_for_backward(*tensors)
         return run_forward(call, backend, dict(zip(names, tensors)))
@@ -25,7 +25,7 @@ class _EinlocalFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        from ..call import run_vjp
+        from ..run import run_vjp
         tensors = ctx.saved_tensors
         wrt = tuple(n for n, need in zip(ctx.names, ctx.needs_input_grad[3:]) if need)
         grads = run_vjp(ctx.call, ctx.backend, dy.contiguous(), dict(zip(ctx.names, tensors)), wrt)
@@ -34,7 +34,7 @@ class _EinlocalFunction(torch.autograd.Function):
 
 def apply(call, backend, arrays: dict, grad: str):
     """The forward pass, recorded for autograd."""
-    from ..call import run_forward
+    from ..run import run_forward
     if grad == "autodiff":     # torch differentiates the forward lowering itself
         return run_forward(call, backend, arrays)
     names = tuple(n for n in call.args if arrays.get(n) is not None)

@@ -10,11 +10,6 @@ from .namespaces import namespace
 
 __all__ = ["Backend", "ArrayBackend", "missing_modules", "add_bias"]
 
-# The libraries with automatic differentiation, where grad="autodiff" exists.
-AUTODIFF = frozenset({"torch", "jax"})
-# XLA compiling one op's forward or backward program on a 2-core CPU
-JAX_COMPILE_S = 4.0
-
 
 def missing_modules(*mods) -> str | None:
     """The reason a backend is unavailable, or None: checks that modules are
@@ -53,7 +48,7 @@ class Backend:
         return None
 
     def grad_modes(self, library: str) -> tuple[str, ...]:
-        return ("vjp", "autodiff") if library in AUTODIFF else ("vjp",)
+        return ("vjp", "autodiff") if namespace(library).autodiff else ("vjp",)
 
     def workspace(self, plan) -> tuple[int, str]:
         """(elements, description) of the largest intermediate."""
@@ -91,16 +86,11 @@ class ArrayBackend(Backend):
     def __init__(self, engine: str):
         self.engine = engine
         self.takes = (engine,)
-        self.compile_s = JAX_COMPILE_S if engine == "jax" else 0.0   # jax lowerings are jitted per plan
-        self.requires = {"jax": ("jax",), "cupy": ("cupy",), "torch": ("torch",)}.get(engine, ())
+        self.compile_s = namespace(engine).compile_s    # a functional library's lowerings are jitted per plan
+        self.requires = namespace(engine).requires
 
     def unavailable(self) -> str | None:
-        reason = missing_modules(*self.requires)
-        if reason is None and self.engine == "cupy":
-            import cupy
-            if not cupy.is_available():
-                return "cupy is installed but no CUDA device is available (cupy.is_available() is False)"
-        return reason
+        return namespace(self.engine).unavailable()
 
     @property
     def xp(self):
@@ -121,7 +111,7 @@ class ArrayBackend(Backend):
         return _workspace(self, plan)
 
     def execute(self, plan, operands: dict, out=None):
-        if self.engine == "jax":
+        if self.xp.functional:
             return _jitted(self, plan)(operands)
         return execute(self, self.xp, plan, operands, out)
 
@@ -130,7 +120,7 @@ def add_bias(y, bias):
     """``y + bias``: in place where the library allows."""
     if bias is None:
         return y
-    from ..arrays import library_of
+    from .namespaces import library_of
     xp = namespace(library_of(y))
     if xp.functional:
         return y + bias
@@ -143,20 +133,14 @@ def _workspace(backend, plan):
     return largest_intermediate(plan, *backend.contraction_elements(plan))
 
 
-@functools.lru_cache(maxsize=4096)
-def _layouts(backend, plan):
-    return backend.layouts(plan)
-
-
 _JIT_CACHE: dict = {}
 
 
 def _jitted(backend, plan):
-    """jax lowerings are traced once per (backend, plan) and cached."""
+    """A functional library's lowerings are traced once per (backend, plan) and cached."""
     key = (backend.name, plan)
     fn = _JIT_CACHE.get(key)
     if fn is None:
-        import jax
-        fn = jax.jit(lambda ops: execute(backend, backend.xp, plan, ops, None))
+        fn = backend.xp.jit(lambda ops: execute(backend, backend.xp, plan, ops, None))
         _JIT_CACHE[key] = fn
     return fn

@@ -7,6 +7,7 @@ contraction (the strategy's own step), and a fold for affine-indexed outputs.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -152,11 +153,15 @@ def contracted_names(plan) -> tuple[str, ...]:
     return tuple(n for n in plan.stmt.out.names if n in read)
 
 
+@functools.lru_cache(maxsize=4096)
+def _layouts(strategy, plan):
+    return strategy.layouts(plan)
+
+
 def execute(strategy, xp, plan, operands: dict, out=None):
     """Run one bound statement (forward or backward alike) with a strategy's
     contraction over namespace ``xp``; ``out`` is overwritten if given."""
     stmt = plan.stmt
-    from .base import _layouts
     layouts = _layouts(strategy, plan) if xp.has_strided else {}
     views = [(window(xp, operands[a.name], plan.windows[a.name], layouts.get(a.name), (strategy.name, plan, a.name)),
               plan.windows[a.name].names) for a in stmt.operands]

@@ -1,27 +1,107 @@
-"""The array namespaces the strategies are written against: the dozen calls
-they make, bound once per library (numpy, cupy, torch, jax)."""
+"""The array libraries: one class per library owns everything einlocal knows
+about it, and this registry finds the class for a name or an array."""
 from __future__ import annotations
 
 import functools
 import importlib
+import sys
 
-__all__ = ["namespace", "NUMPY_CALLS", "Namespace"]
+from ..errors import BackendError
+
+__all__ = ["namespace", "NUMPY_CALLS", "Namespace", "LIBRARIES", "library_of", "register_library",
+           "loaded_libraries"]
 
 # Every module-level call NumpyLike makes on its module; a test asserts cupy
 # has them all, so the cupy lowerings are checked without a GPU.
 NUMPY_CALLS = ("einsum", "matmul", "pad", "zeros", "empty", "flip", "broadcast_to",
                "ascontiguousarray", "multiply", "stack", "array", "lib", "reshape")
 
+# library name -> "module:Class" (imported when first asked for; importing
+# the class's module never imports the library itself).  Adding a library is
+# one class and one line here (or `register_library`).
+LIBRARIES: dict[str, str] = {
+    "numpy": "einlocal.backends.lib_numpy:Numpy",
+    "torch": "einlocal.backends.lib_torch:Torch",
+    "jax": "einlocal.backends.lib_jax:Jax",
+    "cupy": "einlocal.backends.lib_cupy:Cupy",
+}
+
 
 class Namespace:
-    """Calls shared by every library; subclasses fill in the differences."""
+    """An array library: the dozen array calls the strategies are written
+    against, and everything else einlocal needs to know about it.
+    Subclasses fill in the differences; nothing here imports the library
+    until ``mod`` is first used."""
 
     name = "?"
+    module = "?"             # what ``mod`` imports
+    roots: tuple[str, ...] = ()   # top-level module names of its array types
+    requires: tuple[str, ...] = ()   # modules that must be installed for its backends
+    packages: tuple[str, ...] = ()   # distributions whose versions key a measured choice
     has_strided = True       # can view memory with arbitrary strides
-    functional = False       # arrays are immutable (jax): slice-adds return new arrays
+    functional = False       # arrays are immutable (jax): slice-adds return new arrays, no out=
+    einsum_loops = False     # its einsum is one loop of products (no copies, no matmul)
+    opt_einsum_backend = None   # the name opt_einsum knows it by (default: its own name)
+    autodiff = False         # has automatic differentiation (grad="autodiff")
+    dtypes = ("float16", "float32", "float64")   # the floating dtypes it has
+    call_overhead_s = 30e-6  # the cost model's fixed cost of one call
+    compile_s = 0.0          # seconds an array lowering's first call may spend compiling
+    fallback = ()            # backends auto falls back to when the cost model has none
+    memory_methods: dict = {}   # device type -> how einlocal.memory measures a call's peak
 
-    def __init__(self, mod):
-        self.mod = mod
+    def __init__(self):
+        if self.opt_einsum_backend is None:
+            self.opt_einsum_backend = self.name
+
+    # -- the module ----------------------------------------------------------------------
+    @functools.cached_property
+    def mod(self):
+        return importlib.import_module(self.module)
+
+    def loaded(self) -> bool:
+        return self.module.split(".")[0] in sys.modules
+
+    def unavailable(self) -> str | None:
+        """Why this library's backends cannot run here, or None (imports nothing)."""
+        import importlib.util
+        for m in self.requires:
+            if importlib.util.find_spec(m) is None:
+                return f"{m} is not installed (pip install {m})"
+        return None
+
+    # -- its arrays ----------------------------------------------------------------------
+    def owns(self, a) -> bool:
+        """Whether ``a`` is an array of this library (never imports it)."""
+        return False
+
+    def device_of(self, a) -> str:
+        return "cpu"
+
+    def device_name(self, device: str) -> str:
+        """A label for a device other than the CPU, for keys and tables."""
+        return device
+
+    def gpu_name(self) -> str | None:
+        """The GPU it sees, where it is loaded and sees one."""
+        return None
+
+    def requires_grad(self, a) -> bool:
+        return False
+
+    def is_tracer(self, a) -> bool:
+        return False
+
+    def overlaps(self, a, b) -> bool:
+        """Whether two arrays may share memory."""
+        return False
+
+    def sync(self, leaves) -> list:
+        """Callables that wait for the device work behind these arrays."""
+        return []
+
+    def cuda_events(self, a) -> bool:
+        """Whether work on ``a`` is timed with CUDA events (`einlocal.timing.CudaEventClock`)."""
+        return False
 
     def from_numpy(self, a, device: str = "cpu"):
         """A new array of this library holding numpy array ``a`` (used by the
@@ -31,240 +111,91 @@ class Namespace:
     def to_numpy(self, a):
         return a
 
+    def jit(self, fn):
+        """``fn`` compiled for this library where it compiles traced programs."""
+        return fn
+
     def permute(self, a, perm):
         perm = tuple(perm)
         return a if perm == tuple(range(len(perm))) else self.transpose(a, perm)
 
-
-class NumpyLike(Namespace):
-    """numpy and cupy."""
-
-    def __init__(self, mod, name):
-        super().__init__(mod)
-        self.name = name
-        self._strided = (mod.lib.stride_tricks.as_strided)
-
-    def from_numpy(self, a, device: str = "cpu"):
-        return self.mod.array(a)
-
-    def to_numpy(self, a):
-        return a.get() if self.name == "cupy" else a
-
-    def strides(self, a):
-        return tuple(s // a.itemsize for s in a.strides)
-
-    def as_strided(self, a, shape, strides, offset_index):
-        base = a[tuple(slice(o, None) for o in offset_index)]
-        return self._strided(base, shape=shape, strides=tuple(s * a.itemsize for s in strides))
-
-    def pad(self, a, pads):
-        return self.mod.pad(a, pads)
-
-    def einsum(self, spec, *ops, out=None):
-        return self.mod.einsum(spec, *ops, out=out, optimize=False)
-
-    def matmul(self, a, b, out=None):
-        return self.mod.matmul(a, b, out=out)
-
-    def reshape(self, a, shape):
-        return a.reshape(shape)
-
-    def view_as(self, a, shape):
-        """``a`` reshaped without a copy, or None where that needs one."""
-        try:
-            return self.mod.reshape(a, shape, copy=False)
-        except ValueError:
-            return None
-        except TypeError:   # no copy= keyword (numpy < 2.1, cupy)
-            v = a.view()
-            try:
-                v.shape = shape
-            except AttributeError:
-                return None
-            return v
-
-    def transpose(self, a, perm):
-        return a.transpose(perm)
-
-    def sum(self, a, axes):
-        return a.sum(axis=tuple(axes)) if axes else a.copy()
-
-    def zeros(self, shape, like):
-        return self.mod.zeros(shape, dtype=like.dtype)
-
-    def empty(self, shape, like):
-        return self.mod.empty(shape, dtype=like.dtype)
-
-    def flip(self, a, axes):
-        return self.mod.flip(a, axis=axes)
-
-    def stack(self, arrays, axis):
-        return self.mod.stack(arrays, axis=axis)
-
-    def broadcast_to(self, a, shape):
-        return self.mod.broadcast_to(a, shape)
-
-    def contiguous(self, a):
-        return self.mod.ascontiguousarray(a)
-
-    def add_slice(self, dst, idx, src):
-        dst[idx] += src
-        return dst
-
-    def assign(self, out, src):
-        out[...] = src
-        return out
-
-    def mul(self, a, b, out=None):
-        return self.mod.multiply(a, b, out=out)
-
-
-
-
-class Torch(Namespace):
-    name = "torch"
-
-    def from_numpy(self, a, device: str = "cpu"):
-        return self.mod.from_numpy(a.copy()).to(device)
-
-    def to_numpy(self, a):
-        return a.detach().cpu().numpy()
-
-    def strides(self, a):
-        return tuple(a.stride())
-
-    def as_strided(self, a, shape, strides, offset_index):
-        off = a.storage_offset() + sum(o * s for o, s in zip(offset_index, a.stride()))
-        return self.mod.as_strided(a, shape, strides, off)
-
-    def pad(self, a, pads):
-        out = self.mod.zeros(tuple(s + p + q for s, (p, q) in zip(a.shape, pads)), dtype=a.dtype, device=a.device)
-        out[tuple(slice(p, p + s) for s, (p, _) in zip(a.shape, pads))] = a
-        return out
-
-    def einsum(self, spec, *ops, out=None):
-        r = self.mod.einsum(spec, *ops)
-        return self.assign(out, r) if out is not None else r
-
-    def matmul(self, a, b, out=None):
-        return self.mod.matmul(a, b, out=out) if out is not None else self.mod.matmul(a, b)
-
-    def reshape(self, a, shape):
-        return a.reshape(shape)
-
-    def view_as(self, a, shape):
-        try:
-            return a.view(shape)
-        except RuntimeError:
-            return None
-
-    def transpose(self, a, perm):
-        return a.permute(*perm)
-
-    def sum(self, a, axes):
-        return a.sum(dim=tuple(axes)) if axes else a.clone()
-
-    def zeros(self, shape, like):
-        return self.mod.zeros(shape, dtype=like.dtype, device=like.device)
-
-    def empty(self, shape, like):
-        return self.mod.empty(shape, dtype=like.dtype, device=like.device)
-
-    def flip(self, a, axes):
-        return self.mod.flip(a, dims=tuple(axes))
-
-    def stack(self, arrays, axis):
-        return self.mod.stack(arrays, dim=axis)
-
-    def broadcast_to(self, a, shape):
-        return a.expand(shape)
-
-    def contiguous(self, a):
-        return a.contiguous()
-
-    def add_slice(self, dst, idx, src):
-        dst[idx] += src
-        return dst
-
-    def assign(self, out, src):
-        out.copy_(src)
-        return out
-
-    def mul(self, a, b, out=None):
-        return self.mod.mul(a, b, out=out) if out is not None else a * b
-
-
-
-
-class Jax(Namespace):
-    name = "jax"
-    has_strided = False
-    functional = True
-
-    def from_numpy(self, a, device: str = "cpu"):
-        return self.mod.asarray(a)
-
-    def to_numpy(self, a):
-        import numpy
-        return numpy.asarray(a)
-
-    def pad(self, a, pads):
-        return self.mod.pad(a, pads)
-
-    def einsum(self, spec, *ops, out=None):
-        return self.mod.einsum(spec, *ops, precision="highest")
-
-    def matmul(self, a, b, out=None):
-        return self.mod.matmul(a, b, precision="highest")
-
-    def reshape(self, a, shape):
-        return a.reshape(shape)
-
-    def view_as(self, a, shape):
-        return a.reshape(shape)
-
-    def transpose(self, a, perm):
-        return a.transpose(perm)
-
-    def sum(self, a, axes):
-        return a.sum(axis=tuple(axes)) if axes else a
-
-    def zeros(self, shape, like):
-        return self.mod.zeros(shape, dtype=like.dtype)
-
-    empty = zeros
-
-    def flip(self, a, axes):
-        return self.mod.flip(a, axis=axes)
-
-    def stack(self, arrays, axis):
-        return self.mod.stack(arrays, axis=axis)
-
-    def broadcast_to(self, a, shape):
-        return self.mod.broadcast_to(a, shape)
-
-    def contiguous(self, a):
-        return a
-
-    def add_slice(self, dst, idx, src):
-        return dst.at[idx].add(src)
-
-    def assign(self, out, src):
-        raise TypeError("jax arrays cannot be written in place")
-
-    def mul(self, a, b, out=None):
-        return a * b
-
-
+    # -- autodiff --------------------------------------------------------------------------
+    def records(self, arrays: dict, grad: str) -> bool:
+        """Whether a forward call on these arrays is recorded for the
+        library's autodiff (`record`) rather than run plainly."""
+        return False
+
+    def record(self, call, backend, arrays: dict, grad: str):
+        """The forward pass, recorded for the library's autodiff."""
+        raise NotImplementedError
+
+    def autodiff_vjp(self, call, backend, dy, arrays: dict, wrt) -> dict:
+        raise BackendError(f"grad='autodiff' needs a library with automatic differentiation, not {self.name}")
+
+    # -- the process ---------------------------------------------------------------------
+    def threads(self) -> int | None:
+        """Its own thread count where it keeps one (and is loaded)."""
+        return None
+
+    def set_threads(self, n: int):
+        """Use ``n`` threads; returns what was set, or None where it keeps no
+        thread count of its own (BLAS pools are threadpoolctl's)."""
+        return None
+
+    def preload(self) -> None:
+        """Import it and start what its first use starts, so a timed first
+        call pays for its own work alone."""
+        self.mod
+
+    def __repr__(self) -> str:
+        return f"<array library {self.name}>"
 
 
 @functools.lru_cache(maxsize=None)
+def _library(name: str) -> Namespace:
+    target = LIBRARIES[name]
+    if not isinstance(target, str):
+        return target()
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
 def namespace(library: str) -> Namespace:
-    """The namespace of 'numpy', 'cupy', 'torch' or 'jax' (imports it)."""
-    if library in ("numpy", "cupy"):
-        return NumpyLike(importlib.import_module(library), library)
-    if library == "torch":
-        return Torch(importlib.import_module("torch"))
-    if library == "jax":
-        return Jax(importlib.import_module("jax.numpy"))
-    raise KeyError(library)
+    """The library called ``library``; BackendError listing the valid names."""
+    if library not in LIBRARIES:
+        raise BackendError(f"unknown array library {library!r}; valid names: {', '.join(LIBRARIES)}")
+    return _library(library)
+
+
+_BY_TYPE: dict[type, str | None] = {}
+
+
+def library_of(a) -> str | None:
+    """The name of the library ``a`` is an array of, or None (imports nothing)."""
+    t = type(a)
+    try:
+        return _BY_TYPE[t]
+    except KeyError:
+        pass
+    found = None
+    for name in reversed(tuple(LIBRARIES)):    # the last registered first: it may refine another's type
+        lib = _library(name)
+        if lib.owns(a):
+            found = name
+            break
+    if found is not None:
+        _BY_TYPE[t] = found
+    return found
+
+
+def loaded_libraries() -> list[Namespace]:
+    """The libraries already imported in this process."""
+    return [_library(n) for n in LIBRARIES if _library(n).loaded()]
+
+
+def register_library(name: str, cls) -> None:
+    """Add an array library (a `Namespace` subclass): the registry then
+    offers every array strategy on it (`einlocal.registry`)."""
+    LIBRARIES[name] = cls
+    _library.cache_clear()
+    _BY_TYPE.clear()

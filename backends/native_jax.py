@@ -7,7 +7,8 @@ from __future__ import annotations
 import functools
 
 from ..errors import BackendError
-from .base import JAX_COMPILE_S, Backend, add_bias
+from .base import Backend, add_bias
+from .namespaces import namespace
 
 __all__ = ["NativeJax"]
 
@@ -64,7 +65,7 @@ def _backward(call, wrt: tuple):
 
 class NativeJax(Backend):
     """Runs catalogue ops only (``general = False``): ``kinds`` lists them."""
-    compile_s = JAX_COMPILE_S
+    compile_s = namespace("jax").compile_s
 
     strategy = "native"
     engine = "jax"

@@ -28,9 +28,9 @@ class OptEinsumBackend(ArrayBackend):
         spec = einsum_of_views(views, out_names)
         expr = expression(spec, tuple(tuple(v.shape) for v, _ in views))
         arrays = [v for v, _ in views]
-        if out is not None and self.engine == "numpy":
+        if out is not None and xp.opt_einsum_backend == "numpy":    # the one backend that takes out=
             return expr(*arrays, out=out)
-        result = expr(*arrays, backend=self.engine)
+        result = expr(*arrays, backend=xp.opt_einsum_backend)
         return xp.assign(out, result) if out is not None else result
 
     def contraction_elements(self, plan):

@@ -1,29 +1,23 @@
 """Recognise arrays of every library without importing any framework: which
-library an array belongs to, its dtype name and device."""
+library an array belongs to, its dtype name and device (each library's own
+class answers; `einlocal.backends.namespaces`)."""
 from __future__ import annotations
 
-import sys
-
-import numpy as np
-
+from .backends.namespaces import LIBRARIES, library_of, namespace
 from .errors import ShapeError
 
-__all__ = ["library_of", "dtype_name", "device_of", "shape_of", "requires_grad", "is_tracer"]
+__all__ = ["library_of", "dtype_name", "device_of", "shape_of", "requires_grad", "is_tracer", "check_same_kind",
+           "Shaped"]
 
 
-def library_of(a) -> str | None:
-    """'numpy', 'torch', 'jax', 'cupy', or None for anything else."""
-    if isinstance(a, np.ndarray):
-        return "numpy"
-    mod = type(a).__module__ or ""
-    root = mod.split(".", 1)[0]
-    if root == "torch" and "torch" in sys.modules and isinstance(a, sys.modules["torch"].Tensor):
-        return "torch"
-    if root in ("jax", "jaxlib") and "jax" in sys.modules and isinstance(a, sys.modules["jax"].Array):
-        return "jax"
-    if root == "cupy" and "cupy" in sys.modules and isinstance(a, sys.modules["cupy"].ndarray):
-        return "cupy"
-    return None
+class Shaped:
+    """A stand-in for an array where only its shape matters (binding an op to shapes)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(int(s) for s in shape)
+
+    def __repr__(self) -> str:
+        return f"Shaped({self.shape})"
 
 
 def dtype_name(a) -> str:
@@ -32,20 +26,9 @@ def dtype_name(a) -> str:
 
 
 def device_of(a) -> str:
-    """'cpu', 'cuda:0', ... (jax: the platform and id of its first device)."""
+    """'cpu', 'cuda:0', ... (jax: the platform and id of its first device; 'traced' inside a trace)."""
     lib = library_of(a)
-    if lib == "torch":
-        d = a.device
-        return d.type if d.index is None else f"{d.type}:{d.index}"
-    if lib == "jax":
-        try:
-            dev = sorted(a.devices(), key=lambda d: d.id)[0]
-            return f"{dev.platform}:{dev.id}" if dev.platform != "cpu" else "cpu"
-        except Exception:  # a tracer has no devices
-            return "traced"
-    if lib == "cupy":
-        return f"cuda:{a.device.id}"
-    return "cpu"
+    return "cpu" if lib is None else namespace(lib).device_of(a)
 
 
 def shape_of(a) -> tuple[int, ...]:
@@ -53,15 +36,14 @@ def shape_of(a) -> tuple[int, ...]:
 
 
 def requires_grad(a) -> bool:
-    return library_of(a) == "torch" and bool(a.requires_grad)
+    lib = library_of(a)
+    return lib is not None and namespace(lib).requires_grad(a)
 
 
 def is_tracer(a) -> bool:
-    """True for a jax value inside a trace (jit, grad, vmap)."""
-    if "jax" not in sys.modules:
-        return False
-    core = sys.modules.get("jax.core") or sys.modules["jax"].core
-    return isinstance(a, core.Tracer)
+    """True for a value inside a trace (jax's jit, grad, vmap)."""
+    lib = library_of(a)
+    return lib is not None and namespace(lib).is_tracer(a)
 
 
 def check_same_kind(arrays: dict, what: str = "") -> tuple[str, str, str]:
@@ -74,7 +56,7 @@ def check_same_kind(arrays: dict, what: str = "") -> tuple[str, str, str]:
         lib = library_of(a)
         if lib is None:
             raise ShapeError(f"argument {name!r} is a {type(a).__module__}.{type(a).__name__}, not an array "
-                             f"of numpy, torch, jax or cupy")
+                             f"of {', '.join(LIBRARIES)}")
         kind = (lib, dtype_name(a), device_of(a))
         if first is None:
             first = (name, kind)

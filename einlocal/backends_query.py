@@ -37,7 +37,4 @@ def _native_has(backend, op) -> bool:
 
 
 def _bind(op, arrays: dict, params: dict):
-    from .catalogue import CatalogueOp
-    if isinstance(op, CatalogueOp):
-        return op.bind(arrays.get("x"), arrays.get("weight"), arrays.get("bias"), **params)
-    return op._call(arrays, params.get("sizes"), None)
+    return op.bind_arrays(arrays, params)

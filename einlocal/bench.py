@@ -369,7 +369,7 @@ def _library_of_job(job: dict) -> str:
     if job.get("peer"):
         return job["peer"]["library"]
     from . import registry
-    engine = registry._ENTRIES.get(job["backend"], (None, "numpy"))[1]
+    engine = registry.engine_of(job["backend"]) if job["backend"] in registry.NAMES else "numpy"
     return {"python": "numpy", "triton": "torch"}.get(engine, engine)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import functools
 
-from .arrays import shape_of
-from .call import Call, forward, vjp as _vjp
+from .arrays import Shaped, shape_of
+from .call import forward, vjp as _vjp
 from .errors import ShapeError
 from .plan import bind
+from .run import Call, register_rebatch
 from .spec import parse
 
 __all__ = ["locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d", "CatalogueOp", "vjp"]
@@ -179,15 +180,47 @@ def _bind_grouped(x_shape, w_shape, b_shape, stride, padding, dilation, groups, 
 
 class CatalogueOp:
     """A catalogue op: call it like a function; ``bind`` gives its ``Call``
-    (plan, statement, shapes) without running anything."""
+    (plan, statement, shapes) without running anything.
+
+    Every op (this class and ``el.Op``) offers the same binding interface:
+    ``name``, ``arg_names``, ``split(args, kwargs)`` -> (arrays, params),
+    ``bind_arrays(arrays, params)`` -> Call (arrays: anything with a
+    ``.shape``), ``spec()`` (a JSON description to rebuild it), ``vjp``."""
+
+    arg_names = ("x", "weight", "bias")
 
     def __init__(self, name: str, binder, doc: str):
         self.__name__ = self.name = name
         self._binder = binder
         self.__doc__ = doc
+        register_rebatch(name, self._rebatch)
 
     def bind(self, x, weight, bias=None, **params) -> Call:
         return self._binder(x, weight, bias, **params)
+
+    def split(self, args: tuple, kwargs: dict) -> tuple[dict, dict]:
+        """(arrays by argument name, the op's parameters) from a call's arguments."""
+        if len(args) > 3:
+            raise TypeError(f"{self.name}() takes x, weight and bias as arrays, got {len(args)} positional arguments")
+        arrays = dict(zip(self.arg_names, args))
+        params = dict(kwargs)
+        for n in self.arg_names:
+            if n in params:
+                if n in arrays:
+                    raise TypeError(f"{self.name}() got argument {n!r} twice")
+                arrays[n] = params.pop(n)
+        return arrays, params
+
+    def bind_arrays(self, arrays: dict, params: dict) -> Call:
+        return self._binder(arrays.get("x"), arrays.get("weight"), arrays.get("bias"), **params)
+
+    def spec(self) -> dict:
+        return {"op": self.name}
+
+    def _rebatch(self, call: Call, n: int) -> Call:
+        shapes = dict(call.arg_shapes)
+        params = {k: v for k, v in call.params if k != "multiplier"}
+        return self.bind_arrays({k: Shaped((n, *s[1:]) if k == "x" else s) for k, s in shapes.items()}, params)
 
     def __call__(self, x, weight, bias=None, *, backend="auto", out=None, grad="vjp", **params):
         call = self.bind(x, weight, bias, **params)
@@ -275,12 +308,9 @@ CATALOGUE = {op.name: op for op in (locally_connected2d, locally_connected1d, de
 
 
 def vjp(fn, dy, *args, backend="auto", wrt=None, out=None, grad="vjp", **kwargs):
-    """Gradients of a catalogue op or an ``el.Op`` (API.md, "Gradients")."""
-    if isinstance(fn, CatalogueOp):
-        return fn.vjp(dy, *args, backend=backend, wrt=wrt, out=out, grad=grad, **kwargs)
-    from .op import Op
-    if isinstance(fn, Op):
-        if args:
-            raise TypeError("el.vjp(op, dy, ...): pass an Op's arrays by name, e.g. el.vjp(op, dy, x=x, wt=wt)")
-        return fn.vjp(dy, backend=backend, wrt=wrt, out=out, grad=grad, **kwargs)
-    raise TypeError(f"el.vjp takes a catalogue op or an el.Op, got {fn!r}")
+    """Gradients of a catalogue op (a tuple, one entry per array argument)
+    or an ``el.Op`` (a dict by operand name)."""
+    method = getattr(fn, "vjp", None)
+    if method is None or not hasattr(fn, "bind_arrays"):
+        raise TypeError(f"el.vjp takes a catalogue op or an el.Op, got {fn!r}")
+    return method(dy, *args, backend=backend, wrt=wrt, out=out, grad=grad, **kwargs)

@@ -96,31 +96,19 @@ def tolerance(scale: np.ndarray, terms: int, dtype: str) -> np.ndarray:
 
 
 def _op_parts(op, arrays: dict, params: dict):
-    """(call, bound function to run a backend forward, vjp function)."""
-    from .catalogue import CatalogueOp
-    from .op import Op
-    if isinstance(op, CatalogueOp):
-        call = op.bind(arrays["x"], arrays["weight"], arrays.get("bias"), **params)
+    """(call, function to run a backend forward, vjp function) for any op
+    (its binding interface)."""
+    from .call import forward, vjp
+    if not hasattr(op, "bind_arrays"):
+        raise TypeError(f"el.check takes a catalogue op or an el.Op, got {op!r}")
+    call = op.bind_arrays(arrays, params)
 
-        def fwd(arr, **kw):
-            return op(arr["x"], arr["weight"], arr.get("bias"), **params, **kw)
+    def fwd(arr, **kw):
+        return forward(call, arr, **kw)
 
-        def bwd(dy, arr, **kw):
-            return op.vjp(dy, arr["x"], arr["weight"], arr.get("bias"), **params, **kw)
-        return call, fwd, bwd
-    if isinstance(op, Op):
-        sizes = params.get("sizes")
-        call = op._call(arrays, sizes, None)
-
-        def fwd(arr, **kw):
-            return op(**arr, sizes=sizes, **kw)
-
-        def bwd(dy, arr, **kw):
-            g = op.vjp(dy, **arr, sizes=sizes, **{k: (tuple(v) if k == "out" and v is not None else v)
-                                                  for k, v in kw.items()})
-            return tuple(g[n] for n in call.args)
-        return call, fwd, bwd
-    raise TypeError(f"el.check takes a catalogue op or an el.Op, got {op!r}")
+    def bwd(dy, arr, **kw):
+        return vjp(call, dy, arr, **{k: (tuple(v) if k == "out" and v is not None else v) for k, v in kw.items()})
+    return call, fwd, bwd
 
 
 def _terms(plan) -> int:
@@ -213,9 +201,8 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
     """
     from .arrays import shape_of
     from .backends.namespaces import namespace
-    from .catalogue import CatalogueOp
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
-    arg_names = ("x", "weight", "bias") if isinstance(op, CatalogueOp) else op.inputs
+    arg_names = op.arg_names
     shapes = {k: v for k, v in shapes_and_params.items() if k in arg_names}
     params = {k: v for k, v in shapes_and_params.items() if k not in arg_names}
     arrays = random_inputs(shapes, "float64", seed)
@@ -235,18 +222,18 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
         b = registry.get(name)
         library = b.takes[0]
         xp = namespace(library)
-        if library == "numpy" and dtype == "bfloat16":
-            rows.append(CheckRow(name, "skipped", reason="numpy has no bfloat16"))
+        if dtype not in xp.dtypes:
+            rows.append(CheckRow(name, "skipped", reason=f"{library} has no {dtype}"))
             continue
-        conv = {n: (None if a is None else xp.from_numpy(_cast(a, dtype, library), device)) for n, a in arrays.items()}
-        dy_l = xp.from_numpy(_cast(dy, dtype, library), device)
+        conv = {n: (None if a is None else xp.from_numpy(_cast(a, dtype), device)) for n, a in arrays.items()}
+        dy_l = xp.from_numpy(_cast(dy, dtype), device)
         reason = b.cannot(call.plan, library=library, device=device, call=call)
         if reason:
             rows.append(CheckRow(name, "skipped", reason=reason))
             continue
         row = CheckRow(name, "pass")
         try:
-            poison = None if library == "jax" else xp.from_numpy(np.full(call.out_shape, np.nan, dtype=_np_dtype(dtype)), device)
+            poison = None if xp.functional else xp.from_numpy(np.full(call.out_shape, np.nan, dtype=_np_dtype(dtype)), device)
             y = fwd(conv, backend=name, out=poison)
             _expect_kind(y, conv["x"] if "x" in conv else next(iter(conv.values())), call.out_shape, name)
             if poison is not None and y is not poison:
@@ -256,7 +243,7 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
                 if mode not in b.grad_modes(library):
                     continue
                 outs = None
-                if library != "jax" and mode == "vjp":
+                if not xp.functional and mode == "vjp":
                     outs = tuple(None if conv.get(n) is None else
                                  xp.from_numpy(np.full(shape_of(conv[n]), np.nan, dtype=_np_dtype(dtype)), device)
                                  for n in call.args)
@@ -314,10 +301,9 @@ def _np_dtype(dtype: str):
     return np.float32 if dtype == "bfloat16" else np.dtype(dtype)
 
 
-def _cast(a, dtype, library):
-    if dtype == "bfloat16" and library != "numpy":
-        return a.astype(np.float32)
-    return a.astype(dtype)
+def _cast(a, dtype):
+    """The numpy array that holds inputs of ``dtype`` (numpy has no bfloat16: float32)."""
+    return a.astype(np.float32 if dtype == "bfloat16" else dtype)
 
 
 def _expect_kind(y, like, shape, name):

@@ -178,6 +178,7 @@ def cmd_compare(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from . import registry
     p = argparse.ArgumentParser(prog="einlocal", description="Locally connected, depthwise and grouped "
                                 "convolutions: which way of computing them is fastest here?")
     sub = p.add_subparsers(dest="command", required=True)
@@ -220,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("choose", help="measure the candidates, cache and print the fastest")
     _add_op_arguments(h)
-    h.add_argument("--library", default="numpy", choices=("numpy", "torch", "jax", "cupy"))
+    h.add_argument("--library", default="numpy", choices=registry.ENGINES)
     h.add_argument("--passes", default="forward")
     h.add_argument("--budget", type=float, default=0.1)
     h.add_argument("--refresh", action="store_true", help="measure again even if cached")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .backends.base import JAX_COMPILE_S
+from .backends.namespaces import namespace
 from .bench import ISOLATION_NOTE, make_job, op_spec, reference_file, run_jobs
 from .workloads import WORKLOADS, Workload, get, ragged_workload
 
@@ -302,7 +302,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                 continue
             jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
                                  note="peer", **_allowance({**common, "regimes": ("fresh",)},
-                                                           JAX_COMPILE_S if info["library"] == "jax" else 0.0)))
+                                                           namespace(info["library"]).compile_s if info["library"] in registry.ENGINES else 0.0)))
     if quick:
         notes.append(f"--quick: batch divided by {settings.get('batch_divisor')} (the shapes say so), the cost "
                      f"model's {settings.get('per_library')} likeliest array strategies per library, fresh regime, "

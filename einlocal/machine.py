@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -24,7 +25,14 @@ __all__ = [
     "roofline_fraction",
 ]
 
-_LIBRARIES = ("numpy", "torch", "jax", "jaxlib", "numba", "triton", "cupy", "opt_einsum")
+_ENGINES = ("numba", "triton", "opt_einsum")     # the packages behind backends that are not array libraries
+
+
+def _packages() -> tuple[str, ...]:
+    """Every package whose version a run records: each array library's, then the engines'."""
+    from .backends.namespaces import LIBRARIES, namespace
+    names = [p for lib in LIBRARIES for p in namespace(lib).packages]
+    return tuple(dict.fromkeys([*names, *_ENGINES]))
 
 
 def cache_dir() -> Path:
@@ -68,16 +76,22 @@ def _memory_bytes() -> int | None:
 
 
 def _version(name: str) -> str | None:
+    """The installed version of ``name``: a distribution, or a module that
+    ships under another distribution's name (e.g. one built per CUDA version)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
-        if name == "cupy":  # cupy ships as cupy-cudaNNx
-            for dist in ("cupy-cuda12x", "cupy-cuda11x", "cupy-cuda13x"):
-                try:
-                    return metadata.version(dist)
-                except metadata.PackageNotFoundError:
-                    pass
+        for dist in _distributions().get(name, ()):
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def _distributions() -> dict:
+    return metadata.packages_distributions()
 
 
 def _machine_key() -> str:
@@ -202,13 +216,12 @@ def machine_info() -> dict:
         "memory_bytes": _memory_bytes(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "versions": {name: _version(name) for name in _LIBRARIES},
+        "versions": {name: _version(name) for name in _packages()},
         "gpu": None,
         "threads": thread_info(),
     }
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+    from .backends.namespaces import loaded_libraries
+    info["gpu"] = next((g for lib in loaded_libraries() if (g := lib.gpu_name())), None)
     return info
 
 

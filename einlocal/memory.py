@@ -184,27 +184,24 @@ def peak_rss_in_process(fn: Callable[[], Any]) -> Peak:
     return Peak(max(0, after["VmHWM"] - before["VmRSS"]), RSS_IN_PROCESS)
 
 
-_CHOICES = {
-    ("numpy", "cpu"): TRACEMALLOC,
-    ("torch", "cpu"): RSS,
-    ("jax", "cpu"): RSS,
-    ("numba", "cpu"): RSS,
-    ("torch", "cuda"): TORCH_CUDA,
-    ("triton", "cuda"): TORCH_CUDA,
-    ("cupy", "cuda"): CUPY_POOL,
-    ("jax", "cuda"): JAX_STATS,
-}
+# engines that are not array libraries (generated code): device type -> method
+_ENGINE_METHODS = {"numba": {"cpu": RSS}, "triton": {"cuda": TORCH_CUDA}}
 
 
 def choose_method(engine: str, device: str) -> str:
-    """The measuring method (one of METHODS) for an array library on a device.
+    """The measuring method (one of METHODS) for an engine (an array library,
+    whose class says, or a code generator) on a device.
 
     numpy on CPU is traced by tracemalloc; torch, jax and numba allocate outside
     it on CPU, so they need a subprocess's peak RSS.
     """
-    key = (engine.lower(), device.lower().split(":")[0])
-    if key not in _CHOICES:
-        valid = ", ".join(f"{e}/{d}" for e, d in _CHOICES)
+    from .backends.namespaces import LIBRARIES, namespace
+    kind = device.lower().split(":")[0]
+    engine = engine.lower()
+    methods = namespace(engine).memory_methods if engine in LIBRARIES else _ENGINE_METHODS.get(engine, {})
+    if kind not in methods:
+        valid = ", ".join(f"{e}/{d}" for e in (*LIBRARIES, *_ENGINE_METHODS)
+                          for d in (namespace(e).memory_methods if e in LIBRARIES else _ENGINE_METHODS[e]))
         raise ValueError(f"choose_method: no memory method for engine={engine!r} "
                          f"device={device!r}; valid: {valid}")
-    return _CHOICES[key]
+    return methods[kind]

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from .arrays import shape_of
-from .call import Call, forward, vjp as _vjp
+from .call import forward, vjp as _vjp
 from .derive import backward, einsum_spec, write_conflicts
 from .errors import ShapeError, SpecError
 from .plan import bind
+from .run import Call
 from .spec import RESERVED, parse
 
 __all__ = ["Op"]
@@ -46,6 +47,33 @@ class Op:
     def inputs(self) -> tuple[str, ...]:
         return self.statement.inputs
 
+    # -- the binding interface every op offers (see `einlocal.catalogue.CatalogueOp`) --------
+    @property
+    def name(self) -> str:
+        return str(self.statement)
+
+    @property
+    def arg_names(self) -> tuple[str, ...]:
+        return self.statement.inputs
+
+    def split(self, args: tuple, kwargs: dict) -> tuple[dict, dict]:
+        """(arrays by operand name, {"sizes": ...}) from a call's arguments."""
+        if args:
+            raise TypeError(f"pass an Op's arrays by name, e.g. ({', '.join(f'{n}={n}' for n in self.inputs)})")
+        arrays = {n: kwargs[n] for n in self.inputs if n in kwargs}
+        params = {k: v for k, v in kwargs.items() if k not in arrays}
+        extra = [k for k in params if k != "sizes"]
+        if extra:
+            raise TypeError(f"{self.statement} has no operand or parameter {extra[0]!r} "
+                            f"(operands: {', '.join(self.inputs)}; parameter: sizes)")
+        return arrays, params
+
+    def bind_arrays(self, arrays: dict, params: dict) -> Call:
+        return self._call(arrays, params.get("sizes"), None)
+
+    def spec(self) -> dict:
+        return {"statement": str(self.statement), "pad": self.pad}
+
     def bind(self, *, sizes=None, out_shape=None, **shapes):
         """The plan for these operand shapes (no arrays needed)."""
         return bind(self.statement, tuple((k, tuple(v)) for k, v in shapes.items()),
@@ -72,9 +100,11 @@ class Op:
         call = self._call(arrays, sizes, out)
         return forward(call, arrays, backend=backend, out=out, grad=grad)
 
-    def vjp(self, dy, *, backend="auto", wrt=None, out=None, sizes=None, grad="vjp", **arrays) -> dict:
+    def vjp(self, dy, *args, backend="auto", wrt=None, out=None, sizes=None, grad="vjp", **arrays) -> dict:
         """Gradients as a dict name -> array (None where not in ``wrt``);
         ``out`` may be a dict of preallocated gradients, overwritten."""
+        if args:
+            raise TypeError("el.vjp(op, dy, ...): pass an Op's arrays by name, e.g. el.vjp(op, dy, x=x, wt=wt)")
         call = self._call(arrays, sizes, None)
         if shape_of(dy) != call.out_shape and sizes is None:
             call = self._call(arrays, None, dy)

@@ -6,33 +6,56 @@ from __future__ import annotations
 import functools
 import importlib
 
+from .backends.namespaces import LIBRARIES
 from .errors import BackendError
 
-__all__ = ["NAMES", "get", "available", "unavailable", "ENGINES", "ARRAY_STRATEGIES"]
+__all__ = ["NAMES", "get", "available", "unavailable", "ENGINES", "ARRAY_STRATEGIES", "engine_of"]
 
 ARRAY_STRATEGIES = ("broadcast", "bmm", "einsum", "opt_einsum")
-ENGINES = ("numpy", "torch", "jax", "cupy")
 
-# name -> (module in einlocal.backends, engine)
-_ENTRIES: dict[str, tuple[str, str]] = {}
-for _engine in ENGINES:
-    for _strategy in ARRAY_STRATEGIES:
-        _ENTRIES[f"{_strategy}:{_engine}"] = (_strategy, _engine)
-_ENTRIES.update({
+# backends that are not one array strategy on one library: name -> (module in einlocal.backends, engine)
+_OTHERS: dict[str, tuple[str, str]] = {
     "loops:python": ("loops_python", "python"),
     "loops:numba": ("loops_numba", "numba"),
     "loops:triton": ("loops_triton", "triton"),
     "loops:cupy": ("loops_cupy", "cupy"),
     "native:torch": ("native_torch", "torch"),
     "native:jax": ("native_jax", "jax"),
-})
-NAMES = tuple(_ENTRIES)
+}
+_built: tuple = ((), {})
+
+
+def _entries() -> dict[str, tuple[str, str]]:
+    """name -> (module, engine): every array strategy on every registered
+    library (`backends.namespaces.LIBRARIES`), then the others."""
+    global _built
+    libraries = tuple(LIBRARIES)
+    if _built[0] != libraries:
+        entries = {f"{s}:{lib}": (s, lib) for lib in libraries for s in ARRAY_STRATEGIES}
+        entries.update(_OTHERS)
+        _built = (libraries, entries)
+        _load.cache_clear()
+    return _built[1]
+
+
+def __getattr__(name: str):
+    """``NAMES`` and ``ENGINES`` follow the registered libraries."""
+    if name == "NAMES":
+        return tuple(_entries())
+    if name == "ENGINES":
+        return tuple(LIBRARIES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def engine_of(name: str) -> str:
+    """The engine of a registered backend name (its library, or numba, triton, ...)."""
+    return _entries()[name][1]
 
 
 @functools.lru_cache(maxsize=None)
 def _load(name: str):
     """The backend object, or the reason it cannot be built (a str)."""
-    module, engine = _ENTRIES[name]
+    module, engine = _entries()[name]
     try:
         mod = importlib.import_module(f"einlocal.backends.{module}")
     except ModuleNotFoundError as e:
@@ -47,7 +70,7 @@ def _load(name: str):
 def unavailable() -> dict[str, str]:
     """Every registered backend that cannot run here -> the reason."""
     out = {}
-    for name in NAMES:
+    for name in _entries():
         b = _load(name)
         if isinstance(b, str):
             out[name] = b
@@ -55,7 +78,7 @@ def unavailable() -> dict[str, str]:
 
 
 def available() -> tuple[str, ...]:
-    return tuple(n for n in NAMES if not isinstance(_load(n), str))
+    return tuple(n for n in _entries() if not isinstance(_load(n), str))
 
 
 def generator(name: str):
@@ -63,25 +86,25 @@ def generator(name: str):
     (``.source(plan, dtype=...)``), also where it cannot run here (CUDA C
     without a device); BackendError if its library is missing or it
     generates no code."""
-    if name not in _ENTRIES:
-        raise BackendError(f"unknown backend {name!r}; valid names: {', '.join(NAMES)}")
+    if name not in _entries():
+        raise BackendError(f"unknown backend {name!r}; valid names: {', '.join(_entries())}")
     b = _load(name)
     if isinstance(b, str):
-        module, engine = _ENTRIES[name]
+        module, engine = _entries()[name]
         try:
             b = importlib.import_module(f"einlocal.backends.{module}").make(engine)
         except ModuleNotFoundError as e:
             raise BackendError(f"backend {name!r} is unavailable: {e.name} is not installed") from None
     if not hasattr(b, "source"):
         raise BackendError(f"backend {name!r} generates no code; these do: "
-                           f"{', '.join(n for n in NAMES if n.startswith('loops:') and n != 'loops:python')}")
+                           f"{', '.join(n for n in _entries() if n.startswith('loops:') and n != 'loops:python')}")
     return b
 
 
 def get(name: str):
     """The backend called ``name``; BackendError if unknown or unavailable."""
-    if name not in _ENTRIES:
-        raise BackendError(f"unknown backend {name!r}; valid names: {', '.join(NAMES)}")
+    if name not in _entries():
+        raise BackendError(f"unknown backend {name!r}; valid names: {', '.join(_entries())}")
     b = _load(name)
     if isinstance(b, str):
         raise BackendError(f"backend {name!r} is unavailable: {b}")

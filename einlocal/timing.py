@@ -113,46 +113,23 @@ def _leaves(tree: Any):
         yield tree
 
 
-def _library(a: Any) -> str:
-    """'torch', 'jax', 'cupy', 'numpy' or '' from the type's module."""
-    root = type(a).__module__.split(".")[0]
-    if root in ("jax", "jaxlib"):
-        return "jax"
-    return root if root in ("torch", "cupy", "numpy") else ""
-
-
-def _is_cuda_torch(a: Any) -> bool:
-    return _library(a) == "torch" and bool(getattr(a, "is_cuda", False))
+def _libraries(sample: Any) -> dict:
+    """The array libraries of the leaves of ``sample`` -> those leaves."""
+    from .backends.namespaces import library_of, namespace
+    found: dict = {}
+    for leaf in _leaves(sample):
+        lib = library_of(leaf)
+        if lib is not None:
+            found.setdefault(namespace(lib), []).append(leaf)
+    return found
 
 
 def sync_for(sample: Any) -> Callable[[Any], None]:
-    """The synchroniser for results like `sample` (an array or a tuple/list/dict tree).
-
-    torch CUDA -> `torch.cuda.synchronize(device)` for each device seen;
-    jax -> `jax.block_until_ready(result)`; cupy -> current stream synchronize;
-    numpy and torch CPU -> nothing.
-    """
-    steps: list[Callable[[Any], None]] = []
-    cuda_devices: list[Any] = []
-    kinds = set()
-    for leaf in _leaves(sample):
-        lib = _library(leaf)
-        if _is_cuda_torch(leaf) and leaf.device not in cuda_devices:
-            cuda_devices.append(leaf.device)
-        elif lib in ("jax", "cupy"):
-            kinds.add(lib)
-    if cuda_devices:
-        import torch
-
-        steps += [lambda r, d=d: torch.cuda.synchronize(d) for d in cuda_devices]
-    if "jax" in kinds:
-        import jax
-
-        steps.append(jax.block_until_ready)
-    if "cupy" in kinds:
-        import cupy
-
-        steps.append(lambda r: cupy.cuda.get_current_stream().synchronize())
+    """The synchroniser for results like `sample` (an array or a tuple/list/dict tree):
+    each array library's own wait for its device work (torch CUDA: synchronize each
+    device seen; jax: `block_until_ready`; cupy: the current stream); numpy and
+    torch CPU need nothing."""
+    steps = [step for lib, leaves in _libraries(sample).items() for step in lib.sync(leaves)]
     if not steps:
         return no_sync
     if len(steps) == 1:
@@ -166,7 +143,7 @@ def sync_for(sample: Any) -> Callable[[Any], None]:
 
 
 def _default_clock(sample: Any) -> WallClock | CudaEventClock:
-    if any(_is_cuda_torch(leaf) for leaf in _leaves(sample)):
+    if any(lib.cuda_events(leaf) for lib, leaves in _libraries(sample).items() for leaf in leaves):
         return CudaEventClock()
     return WallClock()
 
@@ -342,8 +319,11 @@ def thread_info() -> dict:
             info["threadpools"].append({k: pool.get(k) for k in keys})
     except ImportError:
         info["threadpools"] = None
-    if "torch" in sys.modules:
-        info["torch"] = sys.modules["torch"].get_num_threads()
+    from .backends.namespaces import loaded_libraries
+    for lib in loaded_libraries():
+        n = lib.threads()
+        if n is not None:
+            info[lib.name] = n
     if "numba" in sys.modules:
         info["numba"] = sys.modules["numba"].get_num_threads()
     for name in (*_THREAD_ENV, "XLA_FLAGS"):
@@ -357,8 +337,9 @@ def set_threads(n: int) -> dict:
 
     Env vars (OMP/MKL/OPENBLAS/NUMBA) are set for libraries not yet loaded;
     loaded BLAS/OpenMP pools are limited with threadpoolctl (kept alive);
-    torch and numba are set if imported. XLA_FLAGS is set only before jax is
-    imported (XLA reads it once).
+    each array library sets itself (`Namespace.set_threads`: torch if
+    imported; jax's XLA_FLAGS only before it is imported, as XLA reads them
+    once), and numba if imported.
     """
     global _thread_limits
     if n < 1:
@@ -367,12 +348,6 @@ def set_threads(n: int) -> dict:
     for name in _THREAD_ENV:
         os.environ[name] = str(n)
     done["env"] = list(_THREAD_ENV)
-    if "jax" not in sys.modules:
-        kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
-                if not f.startswith(("--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads"))]
-        os.environ["XLA_FLAGS"] = " ".join(
-            kept + ["--xla_cpu_multi_thread_eigen=false", f"intra_op_parallelism_threads={n}"])
-        done["xla"] = os.environ["XLA_FLAGS"]
     try:
         import threadpoolctl
 
@@ -382,9 +357,11 @@ def set_threads(n: int) -> dict:
         done["threadpoolctl"] = True
     except ImportError:
         done["threadpoolctl"] = False
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
-        done["torch"] = n
+    from .backends.namespaces import LIBRARIES, namespace
+    for name in LIBRARIES:      # each library sets itself, or what it reads when imported later
+        what = namespace(name).set_threads(n)
+        if what is not None:
+            done[name] = what
     if "numba" in sys.modules:
         numba = sys.modules["numba"]
         done["numba"] = min(n, numba.config.NUMBA_NUM_THREADS)

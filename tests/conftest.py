@@ -13,6 +13,13 @@ import pytest  # noqa: E402
 
 import einlocal as el  # noqa: E402
 from einlocal import registry  # noqa: E402
+from einlocal.backends.namespaces import register_library  # noqa: E402
+
+import fake_library  # noqa: E402
+
+# The one place the fake array library is registered: from here it is in the
+# registry, so in every registry-parametrized test.
+register_library(fake_library.NAME, fake_library.FakeNumpy)
 
 
 def pytest_addoption(parser):

@@ -8,15 +8,15 @@ import pytest
 import einlocal as el
 from einlocal import registry, timing
 
-choose_module = importlib.import_module("einlocal.choose")
+auto = importlib.import_module("einlocal.auto")
 
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path))
-    choose_module._cache_state.clear()
+    auto._cache_state.clear()
     yield tmp_path
-    choose_module._cache_state.clear()
+    auto._cache_state.clear()
 
 
 def arrays(seed=0):
@@ -41,11 +41,11 @@ def test_choose_measures_the_candidates_then_uses_the_cache(monkeypatch):
 def test_auto_uses_the_cached_choice_and_never_measures(monkeypatch):
     x, w = arrays()
     call = el.depthwise_conv2d.bind(x, w, padding=1)
-    key = choose_module.choice_key(call, "numpy", "float32", "cpu")
+    key = auto.choice_key(call, "numpy", "float32", "cpu")
     for cached in ("einsum:numpy", "broadcast:numpy"):
-        choose_module.choice_cache().put(key, {"backend": cached})
+        auto.choice_cache().put(key, {"backend": cached})
         monkeypatch.setattr(timing, "measure", lambda *a, **k: pytest.fail("auto measured"))
-        monkeypatch.setattr(choose_module, "cost_model_choice", lambda *a, **k: pytest.fail("cost model used"))
+        monkeypatch.setattr(auto, "cost_model_choice", lambda *a, **k: pytest.fail("cost model used"))
         ran = []
         b = registry.get(cached)
         real_forward = type(b).forward
@@ -53,7 +53,7 @@ def test_auto_uses_the_cached_choice_and_never_measures(monkeypatch):
         y = el.depthwise_conv2d(x, w, padding=1)
         assert ran == [cached] and y.shape == (2, 6, 8, 8)
         monkeypatch.undo()
-        choose_module._cache_state.clear()
+        auto._cache_state.clear()
 
 
 def test_auto_lookup_does_not_rewrite_the_cache_file(cache_dir):
@@ -70,17 +70,17 @@ def test_without_a_cached_entry_auto_uses_the_cost_model(monkeypatch):
     monkeypatch.setattr(timing, "measure", lambda *a, **k: pytest.fail("auto measured"))
     x, w = arrays()
     call = el.depthwise_conv2d.bind(x, w)
-    name = choose_module.auto_backend(call, "numpy", "cpu", dtype="float32")
-    names = choose_module._candidates(call, "numpy", "cpu", array_strategies_only=True)
-    assert name == choose_module.cost_model_choice(call, "numpy", "cpu", names=names)
+    name = auto.auto_backend(call, "numpy", "cpu", dtype="float32")
+    names = auto.candidates(call, "numpy", "cpu", array_strategies_only=True)
+    assert name == auto.cost_model_choice(call, "numpy", "cpu", names=names)
     assert name in el.backends(el.depthwise_conv2d, like={"x": x, "weight": w}) and name != "loops:python"
 
 
 def test_cost_model_charges_intermediates():
     x, w = np.zeros((8, 16, 28, 28), "f4"), np.zeros((16, 16, 3, 3, 26, 26), "f4")
     call = el.locally_connected2d.bind(x, w)
-    broadcast = choose_module.estimate_seconds(call, "broadcast:numpy", "numpy")
-    bmm = choose_module.estimate_seconds(call, "bmm:numpy", "numpy")
+    broadcast = auto.estimate_seconds(call, "broadcast:numpy", "numpy")
+    bmm = auto.estimate_seconds(call, "bmm:numpy", "numpy")
     assert broadcast > bmm > 0
 
 
@@ -94,5 +94,5 @@ def test_choose_drops_backends_over_the_memory_guard():
 def test_key_separates_dtypes():
     x, w = arrays()
     call = el.depthwise_conv2d.bind(x, w)
-    assert choose_module.choice_key(call, "numpy", "float32", "cpu") != \
-        choose_module.choice_key(call, "numpy", "float64", "cpu")
+    assert auto.choice_key(call, "numpy", "float32", "cpu") != \
+        auto.choice_key(call, "numpy", "float64", "cpu")

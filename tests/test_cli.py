@@ -1,6 +1,8 @@
 """The einlocal command, run in-process with tiny shapes."""
 import json
 
+import pytest
+
 from einlocal.cli import main
 
 LC = ["locally_connected2d", "--x", "2,3,6,6", "--weight", "4,3,3,3,4,4"]
@@ -49,7 +51,7 @@ def test_bench_then_table(tmp_path, capsys):
 def test_choose_prints_the_winner(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path))
     import importlib
-    importlib.import_module("einlocal.choose")._cache_state.clear()
+    importlib.import_module("einlocal.auto")._cache_state.clear()
     assert main(["choose", "depthwise_conv2d", "--x", "1,2,6,6", "--weight", "4,1,3,3", "--padding", "1",
                  "--backends", "bmm:numpy,einsum:numpy", "--budget", "0.003"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
@@ -67,26 +69,23 @@ def test_compare_quick_on_reduced_workloads(tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} >= {"results.md", "results.csv", "results.json"}
 
 
-def test_source_prints_each_generated_statement(capsys):
-    import pytest
+@pytest.mark.parametrize("name", ["loops:numba", "loops:triton", "loops:cupy"])
+def test_source_prints_each_generated_statement(name, capsys):
     from einlocal import registry
-    names = [n for n in ("loops:numba", "loops:triton", "loops:cupy") if n not in registry.unavailable()
-             or "not installed" not in registry.unavailable()[n]]
-    if not names:
-        pytest.skip("no code-generating backend's library is installed")
-    for name in names:
-        assert main(["source", *LC, "--backend", name]) == 0
-        out = capsys.readouterr().out
-        heads = [line for line in out.splitlines() if line.startswith("# ===== ")]
-        assert [h.split(",")[1].split(":")[0].strip() for h in heads] == ["forward", "dx", "dwt"], heads
-        assert "y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]" in heads[0]
-        assert len(out.splitlines()) > 3 * 8      # each statement's code, not only its heading
-    assert main(["source", *LC, "--pass", "dwt", "--backend", names[0]]) == 0
+    reason = registry.unavailable().get(name)
+    if reason and "not installed" in reason:
+        pytest.skip(f"{name}: {reason}")
+    assert main(["source", *LC, "--backend", name]) == 0
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if line.startswith("# ===== ")]
+    assert [h.split(",")[1].split(":")[0].strip() for h in heads] == ["forward", "dx", "dwt"], heads
+    assert "y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]" in heads[0]
+    assert len(out.splitlines()) > 3 * 8      # each statement's code, not only its heading
+    assert main(["source", *LC, "--pass", "dwt", "--backend", name]) == 0
     assert capsys.readouterr().out.count("# ===== ") == 1
 
 
 def test_source_rejects_what_it_cannot_print(capsys):
-    import pytest
     with pytest.raises(SystemExit, match="generates no code"):
         main(["source", *LC, "--backend", "einsum:numpy"])
     with pytest.raises(SystemExit, match="--pass 'db'; this op has forward, dx, dwt"):

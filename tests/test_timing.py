@@ -280,7 +280,7 @@ def fake_torch(monkeypatch):
         synchronize=lambda device=None: log.append(("synchronize", device)),
         Event=lambda enable_timing: FakeEvent(log, "ev", [1.0] * 100),
     )
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda, Tensor=FakeCudaTensor))
     return log
 
 

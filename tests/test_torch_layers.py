@@ -231,10 +231,10 @@ def test_auto_is_not_resolved_while_tracing(monkeypatch):
     """backend='auto' is chosen in the custom op's eager implementation,
     never while torch traces the model with fake tensors."""
     import importlib
-    choose = importlib.import_module("einlocal.choose")     # el.choose, the function, shadows the module name
+    auto = importlib.import_module("einlocal.auto")
     calls = []
-    original = choose.auto_backend
-    monkeypatch.setattr(choose, "auto_backend", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = auto.auto_backend
+    monkeypatch.setattr(auto, "auto_backend", lambda *a, **k: calls.append(1) or original(*a, **k))
     layer = elt.LocallyConnected2d(2, 2, 3, 6)
     x = torch.randn(1, 2, 6, 6)
     exported = torch.export.export(layer, (x,))

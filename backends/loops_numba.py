@@ -10,7 +10,8 @@ edge (padding) load only the lanes inside it, run in parallel by
 Neither copies an operand.
 
 Generated modules are written to ``einlocal.machine.cache_dir()/numba/<hash>.py``
-(hash of the source and the numba version) and imported from there with
+(hash of the source and the numba version; the folders checked to be the
+user's own, see ``einlocal.cachedir``) and imported from that path with
 ``cache=True``, so a second process loads the compiled kernel from numba's
 file cache instead of compiling it again.  Products and sums are computed in
 the arrays' own dtype (float32 accumulates in float32, as the other
@@ -19,14 +20,12 @@ backends do).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
-import os
 import sys
-import tempfile
 import time
 
-from ..errors import BackendError
+from .. import cachedir
+from ..errors import BackendError, CacheDirError
 from . import numba_tiles
 from .base import Backend
 from .numba_codegen import KERNEL_NAME, generate
@@ -40,29 +39,20 @@ _DTYPES = ("float32", "float64")
 
 def _module_path(source: str):
     import numba
-    from ..machine import cache_dir
     key = hashlib.sha256(f"{source}\nnumba {numba.__version__}\npython {sys.version}".encode()).hexdigest()[:24]
-    folder = cache_dir() / "numba"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"k_{key}.py", key
+    return cachedir.folder("numba") / f"k_{key}.py", key
 
 
 def _import_kernel(source: str):
-    """The jitted function of ``source``, from a module file written once
-    (atomically) to the cache directory: numba's ``cache=True`` needs a file."""
+    """The jitted function of ``source``, from a module file written
+    (atomically) to the checked cache folder and imported from that path:
+    numba's ``cache=True`` needs a file, and keeps its index beside it in
+    ``__pycache__``."""
     path, key = _module_path(source)
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
     name = f"einlocal_numba_{key}"
     mod = sys.modules.get(name)
     if mod is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        sys.modules[name] = mod
+        mod = cachedir.load_module(name, cachedir.write_code(path, source))
     return getattr(mod, KERNEL_NAME)
 
 
@@ -133,6 +123,8 @@ class NumbaLoops(Backend):
                 k = generate(plan, None if c_order else out_strides, init=init_strides is not None)
             try:
                 fn = _import_kernel(k.source)
+            except CacheDirError:
+                raise
             except Exception as e:   # a syntax error in generated code, a failed import
                 raise BackendError(f"loops:numba could not build the kernel for {plan}: {type(e).__name__}: {e}\n"
                                    f"--- generated source ---\n{k.source}") from e

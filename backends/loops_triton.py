@@ -18,13 +18,13 @@ fails to compile or launch raises ``el.BackendError`` with its source.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import sys
 import tempfile
 
-from ..errors import BackendError
+from .. import cachedir
+from ..errors import BackendError, CacheDirError
 from .base import Backend, missing_modules
 from .gpu_codegen import INT32_LIMIT, kernel_plan, triton_source
 
@@ -118,6 +118,8 @@ class TritonLoops(Backend):
         src = triton_source(kp)
         try:
             kernel = self._kernel(kp)
+        except CacheDirError:
+            raise
         except Exception as e:   # a syntax or import error in generated code
             raise BackendError(f"loops:triton: kernel for {plan} failed to load: {e}\n--- generated source ---\n{src}") from e
         ops = [operands[a.name].contiguous() for a in plan.stmt.operands]
@@ -141,31 +143,21 @@ class TritonLoops(Backend):
 
 def kernel_dir() -> str:
     """Where generated kernel sources are written (Triton reads a kernel's
-    source from its file)."""
-    base = os.environ.get("EINLOCAL_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "einlocal")
-    path = os.path.join(base, "triton_kernels")
-    os.makedirs(path, exist_ok=True)
-    return path
+    source from its file): ``einlocal.machine.cache_dir()/triton_kernels``,
+    made 0700 and checked to be the user's own (``einlocal.cachedir``)."""
+    return str(cachedir.folder("triton_kernels"))
 
 
 def write_kernel(name: str, src: str) -> str:
-    """Write ``src`` to ``<kernel_dir>/<name>.py`` (atomically); its path."""
-    path = os.path.join(kernel_dir(), f"{name}.py")
-    if not os.path.exists(path) or open(path).read() != src:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(src)
-        os.replace(tmp, path)
-    return path
+    """Write ``src`` to ``<kernel_dir>/<name>.py`` (atomically, unless it
+    holds ``src`` already); its path."""
+    return str(cachedir.write_code(os.path.join(kernel_dir(), f"{name}.py"), src))
 
 
 def _import_kernel(name: str, path: str):
-    modname = f"einlocal_kernels.{name}"
-    spec = importlib.util.spec_from_file_location(modname, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = mod
-    spec.loader.exec_module(mod)
-    return getattr(mod, name)
+    """The kernel ``name`` of the module file ``path``, imported from that
+    path once its folders are checked (``cachedir.load_module``)."""
+    return getattr(cachedir.load_module(f"einlocal_kernels.{name}", path), name)
 
 
 def load_kernel(name: str, src: str):

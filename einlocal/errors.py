@@ -1,6 +1,6 @@
 """The error classes of einlocal's public contract (API.md, "Errors")."""
 
-__all__ = ["EinlocalError", "SpecError", "ShapeError", "BackendError", "MemoryBudgetError"]
+__all__ = ["EinlocalError", "SpecError", "ShapeError", "BackendError", "MemoryBudgetError", "CacheDirError"]
 
 
 class EinlocalError(ValueError):
@@ -25,3 +25,8 @@ class BackendError(EinlocalError):
 
 class MemoryBudgetError(EinlocalError, MemoryError):
     """A lowering whose largest intermediate exceeds the memory budget."""
+
+
+class CacheDirError(EinlocalError, PermissionError):
+    """A cache folder that is not the user's own or that others can write to:
+    einlocal writes and imports no generated code there."""

@@ -13,6 +13,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from .cachedir import root as _root
+from .cachedir import write_atomic
+
 __all__ = [
     "cache_dir",
     "copy_bandwidth",
@@ -36,9 +39,10 @@ def _packages() -> tuple[str, ...]:
 
 
 def cache_dir() -> Path:
-    """`$EINLOCAL_CACHE_DIR`, else `~/.cache/einlocal` (not created here)."""
-    env = os.environ.get("EINLOCAL_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "einlocal"
+    """`$EINLOCAL_CACHE_DIR`, else the per-user cache folder (`~/.cache/einlocal`
+    on Linux): made with mode 0700 if missing, and refused (`CacheDirError`)
+    unless it is the user's own and writable by no one else; see `einlocal.cachedir`."""
+    return _root()
 
 
 def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -117,10 +121,7 @@ def _cached(name: str, measure, refresh: bool) -> float:
         return float(entry[name])
     value = float(measure())
     data.setdefault(key, {})[name] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
     return value
 
 

@@ -12,7 +12,7 @@ from .check import check
 from .choose import choose
 from . import table as _table_module  # loaded now so that `el.table` below stays the function
 from .catalogue import conv2d, depthwise_conv2d, locally_connected1d, locally_connected2d, vjp
-from .errors import BackendError, EinlocalError, MemoryBudgetError, ShapeError, SpecError
+from .errors import BackendError, CacheDirError, EinlocalError, MemoryBudgetError, ShapeError, SpecError
 from .op import Op
 from .registry import available as _available, unavailable as _unavailable
 
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d", "Op", "vjp",
     "backends", "unavailable_backends", "check", "choose", "benchmark", "table", "memory_budget", "set_memory_budget",
-    "ShapeError", "SpecError", "BackendError", "MemoryBudgetError", "EinlocalError",
+    "ShapeError", "SpecError", "BackendError", "MemoryBudgetError", "CacheDirError", "EinlocalError",
 ]
 
 

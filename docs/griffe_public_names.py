@@ -12,12 +12,39 @@ Two kinds of public name need help, and both are found at run time:
 Either is replaced by the object that ``griffe.inspect`` finds in the module
 that defines it now (``__module__``), so the reference follows the code
 wherever it moves.
+
+The docstrings are plain text, not Markdown: an index expression such as
+``h*sh+i*dh`` would lose its ``*`` to emphasis, so ``*`` outside code spans
+and indented blocks is escaped.
 """
 from __future__ import annotations
 
 import importlib
+import re
 
 import griffe
+
+_CODE_SPAN = re.compile(r"(``.+?``|`[^`\n]+`)")
+
+
+def _escape_stars(text: str) -> str:
+    lines = []
+    for line in text.split("\n"):
+        if not line.startswith("    "):  # an indented block is rendered as code
+            line = "".join(part if i % 2 else part.replace("*", "\\*")
+                           for i, part in enumerate(_CODE_SPAN.split(line)))
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _walk(obj, seen):
+    if obj.is_alias or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if obj.docstring is not None:
+        obj.docstring.value = _escape_stars(obj.docstring.value)
+    for member in obj.members.values():
+        _walk(member, seen)
 
 
 def _inspected(obj, name: str, loader: griffe.GriffeLoader):
@@ -50,3 +77,4 @@ class PublicNames(griffe.Extension):
                 found = _inspected(getattr(runtime, name), name, loader)
                 found.name = name
                 pkg.set_member(name, found)
+        _walk(pkg, set())

@@ -3,7 +3,7 @@ only code that knows an array library.
 
 This package is also ``el.backends``: importing it as ``einlocal.backends``
 replaces the attribute of that name on ``einlocal``, so the module itself is
-callable and does what the function does (API.md: ``el.backends(op, like=x)``).
+callable and does what the function does (docs/backends.md: ``el.backends(op, like=x)``).
 """
 import sys as _sys
 import types as _types

@@ -1,4 +1,4 @@
-"""The catalogue (API.md): locally connected 2d/1d, depthwise and grouped
+"""The catalogue (docs/ops.md): locally connected 2d/1d, depthwise and grouped
 convolution, each one statement plus parameter handling.  Channel axes are
 reshaped for free so every statement stays plain."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _tuple(v, n: int, what: str, *, minimum: int) -> tuple[int, ...]:
 
 
 def _padding(padding, kernel, dilation, stride, what="padding") -> tuple[tuple[int, int], ...]:
-    """Every form API.md allows -> ((before, after), ...) per spatial axis."""
+    """Every form docs/ops.md allows -> ((before, after), ...) per spatial axis."""
     n = len(kernel)
     if isinstance(padding, str):
         if padding == "valid":

@@ -1,4 +1,4 @@
-"""Weights from elsewhere: converters between einlocal's layouts (API.md)
+"""Weights from elsewhere: converters between einlocal's layouts (docs/ops.md)
 and those of Keras ``LocallyConnected1D/2D``, ``jax.lax.conv_general_dilated_local``
 / flax ``ConvLocal``, and PyTorch ``nn.Conv2d``.
 

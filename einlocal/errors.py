@@ -1,10 +1,10 @@
-"""The error classes of einlocal's public contract (API.md, "Errors")."""
+"""The error classes of einlocal's public contract (docs/errors.md)."""
 
 __all__ = ["EinlocalError", "SpecError", "ShapeError", "BackendError", "MemoryBudgetError", "CacheDirError"]
 
 
 class EinlocalError(ValueError):
-    """Base of every einlocal error; a ValueError, as API.md promises."""
+    """Base of every einlocal error; a ValueError, as docs/errors.md promises."""
 
 
 class SpecError(EinlocalError):

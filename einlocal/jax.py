@@ -11,7 +11,7 @@ backward statements run, not jax's transpose of the forward lowering),
 tangent is the op applied to each tangent), ``jax.vmap`` (a batch of inputs is
 folded into the op's batch axis) and ``jax.hessian`` -- see
 ``einlocal.backends.autograd_jax``.  Shapes and parameters are those of
-API.md; numpy inputs are taken as ``jnp.asarray`` takes them, as jax.numpy
+docs/ops.md; numpy inputs are taken as ``jnp.asarray`` takes them, as jax.numpy
 functions do.  ``backend`` is any jax backend name (``el.backends()``);
 the default, ``"einsum:jax"``, needs no measuring inside a trace.
 No flax dependency: parameters are a plain dict ``{"weight": ..., "bias": ...}``.

@@ -1,4 +1,4 @@
-"""``el.Op``: a custom op from one index-notation statement (API.md)."""
+"""``el.Op``: a custom op from one index-notation statement (docs/statements.md)."""
 from __future__ import annotations
 
 from .arrays import shape_of

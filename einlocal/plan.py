@@ -1,4 +1,4 @@
-"""Bind a statement to shapes: solve every index range (API.md's rules),
+"""Bind a statement to shapes: solve every index range (docs/statements.md),
 validate every read and write, and describe each operand's window view.
 
 A ``Plan`` is plain, hashable data; binding is cached, so the same statement
@@ -181,7 +181,7 @@ def _largest_range(u: str, ax, size: int, ranges) -> int:
 
 
 def _solve_ranges(stmt: Statement, shapes, sizes, out_shape) -> dict[str, int]:
-    """API.md's range rules, in order: standing-alone axes, ``sizes=``,
+    """The range rules of docs/statements.md, in order: standing-alone axes, ``sizes=``,
     ``out=``'s shape, the largest in-bounds range; else a ShapeError."""
     accesses = list(stmt.operands)
     if out_shape is not None:

@@ -234,7 +234,7 @@ class _Parser:
 
 
 def validate(stmt: Statement, text: str = "") -> Statement:
-    """The rules of API.md that parsing alone does not enforce."""
+    """The rules of docs/statements.md that parsing alone does not enforce."""
     text = text or str(stmt)
     names = [a.name for a in (stmt.out, *stmt.operands)]
     for n in names:

@@ -1,4 +1,4 @@
-"""The report workloads of WORKLOADS.md as data: op, shapes, params, dtype, peers, reduced sizes.
+"""The report workloads (docs/workloads.md) as data: op, shapes, params, dtype, peers, reduced sizes.
 
 W1, W2, W3a, W3b and W5 are catalogue ops. W4 (ragged sets) lives in
 `einlocal.ragged`; `ragged_workload()` returns its description when that
@@ -18,7 +18,7 @@ __all__ = ["Workload", "WORKLOADS", "get", "ragged_workload", "shape_text"]
 class Workload:
     """One benchmark workload.
 
-    `shapes`: array argument -> shape in API.md's layouts (x, weight, bias);
+    `shapes`: array argument -> shape in the layouts of docs/ops.md (x, weight, bias);
     `params`: the op's keyword parameters; `reduced`: shapes (same params)
     small enough for the float64 loops reference and for quick tests;
     `peers`: names of the peers in bench/peers.py (its `PEERS` keys) shown

@@ -1,4 +1,4 @@
-"""Each error of API.md's table: the class, and a message that names the
+"""Each error of the contract's table (docs/errors.md): the class, and a message that names the
 argument, axis and numbers.  Nothing is computed before the check."""
 import numpy as np
 import pytest

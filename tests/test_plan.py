@@ -1,4 +1,4 @@
-"""Binding statements to shapes: API.md's range rules and validation."""
+"""Binding statements to shapes: the range rules (docs/statements.md) and validation."""
 import numpy as np
 import pytest
 

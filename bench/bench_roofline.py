@@ -1,0 +1,125 @@
+"""Report 2's and report 1's locally connected layers against the machine's
+own limits, measured side by side in one run: W2 (compute-bound) against a
+2048 x 2048 float32 matmul, W1 (memory-bound) against a single-threaded copy.
+
+    python bench/bench_roofline.py [--rounds N] [--threads N]
+
+Every measurement is a round of calls interleaved with the others' (so a
+noisy host slows them alike), all with ``out=``; the figures are medians over
+rounds, and the ratios are formed from the same run:
+
+- W2 forward's flop rate as a share of the matmul rate (target >= 60%), and
+  its backward (dx + dweight, `el.vjp`) over its forward (target <= 2.0);
+- W1 forward's share of its copy roofline: min bytes (x, weight and bias read
+  once, y written once) over the bandwidth of a single-threaded `np.copyto`
+  of a 256 MB float32 array (2 x its bytes / best time) (target >= 80%), and
+  its backward over its forward (target <= 2.0).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (each times every case once)")
+    p.add_argument("--threads", type=int, default=2, help="threads for numba and BLAS")
+    p.add_argument("--backend", default="loops:numba")
+    return p.parse_args()
+
+
+def _best_of(fn, calls: int) -> float:
+    best = float("inf")
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main():
+    args = _args()
+    from einlocal.timing import set_threads
+    set_threads(args.threads)
+    import einlocal as el
+    from einlocal.machine import _cpu_model, llc_bytes
+    from einlocal.timing import thread_info
+    rng = np.random.default_rng(0)
+
+    def arr(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    op, name = el.locally_connected2d, args.backend
+    cases = {}
+
+    n = 2048
+    a, b, c = arr(n, n), arr(n, n), np.empty((n, n), np.float32)
+    cases["matmul 2048"] = (lambda: np.matmul(a, b, out=c), 2 * n ** 3)
+
+    src = np.ones(256 * 2 ** 20 // 4, np.float32)
+    dst = np.empty_like(src)
+    cases["copyto 256 MB (1 thread)"] = (lambda: np.copyto(dst, src), 2 * src.nbytes)
+
+    x2, w2 = arr(100, 16, 28, 28), arr(16, 16, 3, 3, 26, 26)
+    y2 = np.empty((100, 16, 26, 26), np.float32)
+    g2 = (np.empty_like(x2), np.empty_like(w2), None)
+    dy2 = arr(*y2.shape)
+    flops2 = op.bind(x2, w2).flops()
+    cases["W2 forward"] = (lambda: op(x2, w2, backend=name, out=y2), flops2)
+    cases["W2 backward"] = (lambda: el.vjp(op, dy2, x2, w2, backend=name, out=g2), 2 * flops2)
+
+    x1, w1, b1 = arr(32, 4, 256, 256), arr(2, 4, 1, 1, 256, 256), arr(2, 256, 256)
+    y1 = np.empty((32, 2, 256, 256), np.float32)
+    g1 = (np.empty_like(x1), np.empty_like(w1), np.empty_like(b1))
+    dy1 = arr(*y1.shape)
+    bytes1 = op.bind(x1, w1, b1).min_bytes(4)
+    cases["W1 forward"] = (lambda: op(x1, w1, b1, backend=name, out=y1), bytes1)
+    cases["W1 backward"] = (lambda: el.vjp(op, dy1, x1, w1, b1, backend=name, out=g1), bytes1)
+
+    for fn, _ in cases.values():       # compile, load, first touch
+        fn()
+        fn()
+    # the copy's best time on the idle process: the roof is the best the machine reaches
+    set_threads(1)
+    copy_best = _best_of(cases["copyto 256 MB (1 thread)"][0], 10)
+    set_threads(args.threads)
+    times = {k: [] for k in cases}
+    for _ in range(args.rounds):
+        for k, (fn, _) in cases.items():
+            if k.startswith("copyto"):
+                continue
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    q = {k: (np.percentile(v, 25), np.percentile(v, 75)) for k, v in times.items() if v}
+    matmul_rate = cases["matmul 2048"][1] / med["matmul 2048"]       # medians against medians
+    copy_bw = cases["copyto 256 MB (1 thread)"][1] / copy_best
+
+    print(f"machine: {_cpu_model()}, last-level cache {(llc_bytes() or 0) / 2**20:.0f} MiB; "
+          f"threads {thread_info().get('numba', '?')} (numba); backend {name}; {args.rounds} interleaved rounds")
+    print(f"matmul 2048 float32: median {med['matmul 2048'] * 1e3:.1f} ms = {matmul_rate / 1e9:.0f} GFLOP/s "
+          f"(best {cases['matmul 2048'][1] / min(times['matmul 2048']) / 1e9:.0f})")
+    print(f"copyto 256 MB, 1 thread: best {copy_best * 1e3:.1f} ms = {copy_bw / 1e9:.1f} GB/s (read + written)")
+    print()
+    print("| case | median ms | q1-q3 ms | figure | target |")
+    print("| --- | ---: | ---: | --- | --- |")
+    w2f, w2b = med["W2 forward"], med["W2 backward"]
+    w1f, w1b = med["W1 forward"], med["W1 backward"]
+    rows = [
+        ("W2 forward", f"{flops2 / w2f / 1e9:.0f} GFLOP/s = {flops2 / w2f / matmul_rate:.0%} of the matmul rate",
+         ">= 60%"),
+        ("W2 backward", f"{w2b / w2f:.2f}x its forward", "<= 2.0x"),
+        ("W1 forward", f"{bytes1 / w1f / 1e9:.1f} GB/s = {bytes1 / copy_bw / w1f:.0%} of the copy roofline", ">= 80%"),
+        ("W1 backward", f"{w1b / w1f:.2f}x its forward", "<= 2.0x"),
+    ]
+    for k, figure, target in rows:
+        print(f"| {k} | {med[k] * 1e3:.2f} | {q[k][0] * 1e3:.2f}-{q[k][1] * 1e3:.2f} | {figure} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,7 +23,7 @@ import numpy as np
 from . import registry
 from .errors import EinlocalError, MemoryBudgetError
 
-__all__ = ["check", "CheckReport", "CheckRow", "random_inputs", "tolerance", "reference_outputs"]
+__all__ = ["check", "CheckReport", "CheckRow", "random_inputs", "tolerance", "reference_outputs", "compare_parts"]
 
 _EPS = {"float64": np.finfo(np.float64).eps, "float32": np.finfo(np.float32).eps,
         "float16": np.finfo(np.float16).eps, "bfloat16": 2.0 ** -7}
@@ -187,6 +187,19 @@ def _compare(got, ref, scale, terms, dtype) -> float:
     if not np.all(np.isfinite(got)):
         return math.inf
     return float(np.max(np.abs(got - ref) / tolerance(scale, terms, dtype)))
+
+
+def compare_parts(got, ref, scale, terms, dtype) -> tuple[float, float, float]:
+    """(worst error / tolerance, that element's error, its tolerance)."""
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != ref.shape:
+        raise AssertionError(f"shape {got.shape}, expected {ref.shape}")
+    if not np.all(np.isfinite(got)):
+        return math.inf, math.inf, 0.0
+    err = np.abs(got - ref)
+    tol = tolerance(scale, terms, dtype)
+    k = np.unravel_index(np.argmax(err / tol), err.shape) if err.size else ()
+    return (float(err[k] / tol[k]), float(err[k]), float(tol[k])) if err.size else (0.0, 0.0, 0.0)
 
 
 def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None, grad_modes=None,

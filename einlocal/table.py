@@ -146,6 +146,14 @@ def _from_pytest_benchmark(bench: dict) -> dict:
     for key in RECORD_KEYS:
         if key in extra and key not in ("workload", "op", "shape", "backend", "pass", "regime"):
             rec[key] = extra[key]
+    # the names einlocal's pytest fixture (einlocal_bench) records under
+    for theirs, ours in (("roofline", "roofline_fraction"), ("bytes", "min_bytes")):
+        if extra.get(theirs) is not None and rec.get(ours) is None:
+            rec[ours] = extra[theirs]
+    if extra.get("check_tolerance") and rec.get("max_error") is None:
+        rec["max_error"] = extra["check_error"] / extra["check_tolerance"]
+    if not rec["shape"] and isinstance(extra.get("shapes"), dict):
+        rec["shape"] = " ".join(f"{k}({','.join(str(d) for d in v)})" for k, v in extra["shapes"].items())
     return rec
 
 
@@ -285,7 +293,7 @@ def markdown(records: list[dict], *, title: str | None = None) -> str:
         groups.setdefault(key, []).append(rec)
     parts = [f"# {title}"] if title else []
     for (workload, op, shape, regime), recs in groups.items():
-        name = " · ".join(str(x) for x in (workload, op, shape) if x)
+        name = " · ".join(str(x) for x in (workload, op, shape) if x and (x == workload or str(x) not in str(workload)))
         parts.append(f"## {name} — {REGIME_LABEL.get(regime, regime)}")
         parts.append(_markdown_table(recs))
     return "\n\n".join(parts) + "\n"

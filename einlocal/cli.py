@@ -238,6 +238,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--csv", action="store_true")
     a.add_argument("--plot", default="", help="also write a PNG here")
     a.set_defaults(run=cmd_table)
+
+    from .cli_runs import add_parsers
+    add_parsers(sub)
     return p
 
 

@@ -43,6 +43,7 @@ RECORD_KEYS = (
     "roofline_fraction",  # roofline time / median_s
     "max_error",  # against the float64 reference
     "grad_mode",  # "vjp" | "autodiff" | None
+    "samples",  # every timed repetition's seconds (what einlocal diff tests)
 )
 PASSES = ("forward", "backward", "forward+backward")
 PASS_LABEL = {"forward": "forward", "backward": "backward", "forward+backward": "fwd+bwd"}
@@ -73,14 +74,16 @@ def make_record(**fields: Any) -> dict:
 
 
 def load_run(path: str | Path) -> dict:
-    """`{"command", "machine", "records"}` from einlocal's JSON or pytest-benchmark's."""
+    """`{"command", "machine", "date", "commit", "records"}` from einlocal's JSON or pytest-benchmark's."""
     data = json.loads(Path(path).read_text())
     if isinstance(data, dict) and "records" in data:
         records = [make_record(**r) for r in data["records"]]
-        return {"command": data.get("command"), "machine": data.get("machine"), "records": records}
+        return {**{k: data.get(k) for k in ("command", "machine", "date", "commit", "einlocal")}, "records": records}
     if isinstance(data, dict) and "benchmarks" in data:
         records = [_from_pytest_benchmark(b) for b in data["benchmarks"]]
-        return {"command": None, "machine": data.get("machine_info"), "records": records}
+        commit = (data.get("commit_info") or {}).get("id")
+        return {"command": None, "machine": data.get("machine_info"), "date": data.get("datetime"),
+                "commit": commit, "records": records}
     raise ValueError(f"load_run: {path} is neither einlocal results (a 'records' key) "
                      "nor pytest-benchmark JSON (a 'benchmarks' key)")
 
@@ -142,6 +145,7 @@ def _from_pytest_benchmark(bench: dict) -> dict:
         median_s=stats.get("median"),
         iqr_s=stats.get("iqr"),
         n=stats.get("rounds"),
+        samples=stats.get("data"),     # with --benchmark-save-data (or --benchmark-json of pytest-benchmark >= 4)
     )
     for key in RECORD_KEYS:
         if key in extra and key not in ("workload", "op", "shape", "backend", "pass", "regime"):
@@ -408,7 +412,8 @@ def write_results(
     head += "".join(f"- {n}\n" for n in notes) + ("\n" if notes else "")
     paths["md"].write_text(head + markdown(records))
     paths["csv"].write_text(csv(records))
-    run = {"command": command, "machine": machine, "records": list(records)}
+    from .runs import run_stamp
+    run = {"command": command, "machine": machine, **run_stamp(), "records": list(records)}
     paths["json"].write_text(json.dumps(run, indent=1, default=str))
     png = plot(records, outdir / f"{name}.png", x_key=x_key)
     if png is not None:

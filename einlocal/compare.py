@@ -323,8 +323,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
         info = machine_info()
         info["notes"] = notes
         cmd = command or "einlocal compare" + (" --quick" if quick else "")
-        paths = write_results(records, outdir, command=cmd, machine=info, name="results", notes=notes,
-                              x_key="flops")
+        paths = write_results(records, outdir, command=cmd, machine=info, name="results", notes=notes)
     return records, paths
 
 

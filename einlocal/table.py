@@ -317,64 +317,15 @@ def csv(records: list[dict]) -> str:
 # -- plot ---------------------------------------------------------------------------
 
 
-def _size(rec: dict, x_key: str) -> float | None:
-    value = rec.get(x_key)
-    if value is None and x_key == "size" and rec.get("shape"):
-        # the first parenthesised shape's element count
-        found = re.search(r"\(([\d,\s]+)\)", str(rec["shape"]))
-        if found:
-            value = math.prod(int(d) for d in re.findall(r"\d+", found.group(1)))
-    return float(value) if value is not None else None
-
-
-def plot(records: list[dict], path_png: str | Path, x_key: str = "size") -> Path | None:
-    """Log-log time against `x_key` (problem size), a line per backend across
-    the workloads, a subplot per pass, one legend beside them.  One point per
-    backend and workload: the fresh regime where there is one, backward in
-    vjp mode.
-
-    Returns the path, or None (no file) when no ok record has an x value.
-    `x_key` is a record key; "size" falls back to the element count of the
-    first shape in `shape`.
-    """
-    regimes = {r.get("regime") for r in records if _ok(r)}
-    regime = "fresh" if "fresh" in regimes else next(iter(regimes), None)
-    points: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for rec in records:
-        x = _size(rec, x_key)
-        if not _ok(rec) or x is None or rec.get("regime") != regime or rec.get("grad_mode") not in (None, "vjp"):
-            continue
-        points.setdefault(rec["pass"], {}).setdefault(rec["backend"], []).append((x, rec["median_s"]))
-    if not points:
+def plot(records: list[dict], path_png: str | Path) -> Path | None:
+    """Every workload's backends relative to its fastest, forward and backward
+    side by side (`einlocal.plots.overview_figure`); None (no file) when
+    nothing ran."""
+    from .plots import overview_figure
+    fig = overview_figure(records)
+    if fig is None:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    passes = [p for p in PASSES if p in points]
-    labels = sorted({label for by in points.values() for label in by})
-    colours = {label: f"C{k % 10}" for k, label in enumerate(labels)}
-    markers = {label: "osD^v<>ph*"[(k // 10) % 10] for k, label in enumerate(labels)}
-    fig = Figure(figsize=(5.0 * len(passes) + 3.2, 4.8))
-    FigureCanvasAgg(fig)
-    handles = {}
-    for i, pass_ in enumerate(passes):
-        ax = fig.add_subplot(1, len(passes), i + 1)
-        for label, xy in sorted(points[pass_].items()):
-            xy.sort()
-            (line,) = ax.plot([x for x, _ in xy], [t for _, t in xy], marker=markers[label], color=colours[label],
-                              label=label, alpha=0.85, linewidth=1)
-            handles.setdefault(label, line)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(x_key)
-        ax.set_ylabel("median time (s)")
-        ax.set_title(PASS_LABEL[pass_] + (" (vjp)" if pass_ != "forward" else ""))
-        ax.grid(True, which="both", alpha=0.3)
-    fig.legend([handles[k] for k in labels], labels, loc="center left", bbox_to_anchor=(0.78, 0.5),
-               fontsize="x-small", frameon=False)
-    fig.suptitle(f"time against problem size, a line per backend ({regime or 'all'} outputs)", fontsize="medium")
-    fig.tight_layout(rect=(0, 0, 0.78, 0.95))
-    fig.savefig(path_png, dpi=110)
+    fig.savefig(path_png, dpi=100)
     return Path(path_png)
 
 
@@ -398,12 +349,12 @@ def _machine_text(machine: Any) -> str:
 
 def write_results(
     records: list[dict], outdir: str | Path, *, command: str, machine: Any, name: str = "results",
-    notes: Iterable[str] = (), x_key: str = "size",
+    notes: Iterable[str] = (),
 ) -> dict[str, Path]:
     """Write `<name>.md`, `.csv`, `.json` and `.png` (if anything plots) into `outdir`.
 
     The markdown starts with the command that regenerates it, the machine and
-    `notes` (how the run was made); the plot's x axis is `x_key`.
+    `notes` (how the run was made); the figures are `einlocal.plots.write_plots`'s.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -415,7 +366,7 @@ def write_results(
     from .runs import run_stamp
     run = {"command": command, "machine": machine, **run_stamp(), "records": list(records)}
     paths["json"].write_text(json.dumps(run, indent=1, default=str))
-    png = plot(records, outdir / f"{name}.png", x_key=x_key)
-    if png is not None:
-        paths["png"] = png
+    from .plots import write_plots
+    for png in write_plots(records, outdir, name):     # results.png, then results-sweep-<id>.png
+        paths["png" if png.stem == name else png.stem] = png
     return paths

@@ -21,7 +21,7 @@ class Workload:
     `shapes`: array argument -> shape in API.md's layouts (x, weight, bias);
     `params`: the op's keyword parameters; `reduced`: shapes (same params)
     small enough for the float64 loops reference and for quick tests;
-    `peers`: names of the peers in bench/peers.py (its `PEERS` keys) shown
+    `peers`: names of the peers in einlocal.peers (its `PEERS` keys) shown
     beside the backends.
     """
 

@@ -1,5 +1,8 @@
 """einlocal compare: workloads as data, checks before timing, results written with their command."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,6 +111,25 @@ def test_only_backends_that_compile_have_a_compile_time(name, compiles):
     if name not in registry.available():
         pytest.skip(registry.unavailable().get(name, f"{name} unavailable"))
     assert (registry.get(name).compile_s > 0) is compiles
+
+
+def test_compare_never_imports_from_the_working_directory(tmp_path):
+    """`einlocal compare` run in a folder holding a bench/peers.py (and a numpy.py) imports
+    neither: its peers come from the package, its processes' imports from the installation."""
+    script = Path(sys.executable).parent / "einlocal"
+    if not script.exists():
+        pytest.skip("the einlocal command is not installed beside this Python")
+    marker = tmp_path / "imported.txt"
+    plant = f"open({str(marker)!r}, 'a').write(__file__ + '\\n')\n"
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "peers.py").write_text(plant + "def slices_peer(x, weight, bias=None, **p):\n    return x\n")
+    (tmp_path / "numpy.py").write_text(plant + "raise ImportError('planted')\n")
+    out = subprocess.run([str(script), "compare", "--quick", "--reduced", "--workloads", "W1", "--backends",
+                          "bmm:numpy,peer:slices", "--no-write", "--no-progress"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not marker.exists(), marker.read_text()
+    assert "slices+concatenate (numpy)" in out.stdout and "bmm:numpy" in out.stdout
 
 
 def test_quick_checks_each_backend_at_its_timed_size_and_leaves_duplicate_peers(monkeypatch):

@@ -38,11 +38,15 @@ class Feed:
             return len(self._todo)
 
 
+# `python -m` would put the working directory first on the child's sys.path: drop it before any import
+_CHILD = "import sys; sys.path.pop(0); import runpy; runpy.run_module('einlocal.harness.child', run_name='__main__')"
+
+
 def spawn(library: str, threads: int | None) -> subprocess.Popen:
     """A benchmark child for `library`'s jobs (`einlocal.harness.child`): it imports the
     library, then waits for its jobs on stdin (so it may be started early, while other work
-    runs)."""
-    argv = [sys.executable, "-m", "einlocal.harness.child", "--library", library]
+    runs).  Nothing it imports comes from the working directory."""
+    argv = [sys.executable, "-c", _CHILD, "--library", library]
     if threads:
         argv += ["--threads", str(int(threads))]
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

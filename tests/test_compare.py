@@ -132,6 +132,23 @@ def test_compare_never_imports_from_the_working_directory(tmp_path):
     assert "slices+concatenate (numpy)" in out.stdout and "bmm:numpy" in out.stdout
 
 
+def test_compare_times_the_peers_of_a_file_named_with_peers(tmp_path, capsys):
+    from einlocal.cli import main
+    calls = tmp_path / "calls.txt"
+    peers = tmp_path / "mine.py"
+    peers.write_text("import einlocal as el\n"
+                     f"CALLS = {str(calls)!r}\n"
+                     "def fwd(x, weight, bias=None, **p):\n"
+                     "    open(CALLS, 'a').write('fwd\\n')\n"
+                     "    return el.locally_connected2d(x, weight, bias, backend='einsum:numpy', **p)\n"
+                     "PEERS = {'slices+concatenate (numpy)': (fwd, None, 'numpy', 'locally_connected2d')}\n")
+    assert main(["compare", "--quick", "--reduced", "--workloads", "W1", "--backends", "peer", "--peers", str(peers),
+                 "--no-write", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "peer:slices+concatenate (numpy)" in out and "the peer has no backward" in out
+    assert calls.read_text().count("fwd") >= 2        # this file's peer ran: its check's call and its timed calls
+
+
 def test_quick_checks_each_backend_at_its_timed_size_and_leaves_duplicate_peers(monkeypatch):
     """--quick: no check at the reduced size (every job checks its first call against the
     timed size's reference instead), and a peer that makes a native backend's very call is

@@ -54,6 +54,10 @@ class Backend:
         """(elements, description) of the largest intermediate."""
         return largest_intermediate(plan, 0, "none")
 
+    def preload(self) -> None:
+        """Start what this backend's first call would start (its compiler), so
+        that a timed first call pays for its own work alone."""
+
     def execute(self, plan, operands: dict, out=None):
         """Run one bound statement; ``out`` (if given) is overwritten."""
         raise NotImplementedError

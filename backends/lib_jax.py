@@ -17,6 +17,7 @@ class Jax(Namespace):
     packages = ("jax", "jaxlib")
     has_strided = False
     functional = True
+    fork_safe = False        # XLA's threads: a forked child can deadlock
     autodiff = True
     dtypes = ("float16", "bfloat16", "float32", "float64")
     call_overhead_s = 60e-6
@@ -80,6 +81,16 @@ class Jax(Namespace):
         os.environ["XLA_FLAGS"] = " ".join(
             kept + ["--xla_cpu_multi_thread_eigen=false", f"intra_op_parallelism_threads={n}"])
         return os.environ["XLA_FLAGS"]
+
+    def persistent_cache(self, folder) -> None:
+        """XLA's persistent compilation cache, every program kept."""
+        import jax
+        try:
+            jax.config.update("jax_compilation_cache_dir", str(folder))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        except Exception:  # noqa: BLE001 — an older jax without these options: compile as usual
+            pass
 
     def preload(self) -> None:
         """jax's first compile (~0.1 s)."""

@@ -77,6 +77,11 @@ class NumbaLoops(Backend):
     requires = ("numba",)
     compile_s = 10.0          # a backward's two kernels, ~4 s each on 2 cores
 
+    def preload(self) -> None:
+        """numba's compiler and CPU target start on the first compile (~0.3 s)."""
+        import numba
+        numba.njit(lambda x: x + 1)(1)
+
     def __init__(self, tiled: bool = True):
         self.tiled = tiled                # False: always the general nest (tests compare both)
         self._kernels: dict = {}          # (plan, dtype, strides, ..., tiled) -> (Kernel, dispatcher)

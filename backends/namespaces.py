@@ -41,6 +41,7 @@ class Namespace:
     has_strided = True       # can view memory with arbitrary strides
     functional = False       # arrays are immutable (jax): slice-adds return new arrays, no out=
     einsum_loops = False     # its einsum is one loop of products (no copies, no matmul)
+    fork_safe = True         # a process that loaded it may fork (jax's threads make a fork unsafe)
     opt_einsum_backend = None   # the name opt_einsum knows it by (default: its own name)
     autodiff = False         # has automatic differentiation (grad="autodiff")
     dtypes = ("float16", "float32", "float64")   # the floating dtypes it has
@@ -146,6 +147,9 @@ class Namespace:
         """Import it and start what its first use starts, so a timed first
         call pays for its own work alone."""
         self.mod
+
+    def persistent_cache(self, folder) -> None:
+        """Keep what it compiles in ``folder`` across processes, where it can."""
 
     def __repr__(self) -> str:
         return f"<array library {self.name}>"

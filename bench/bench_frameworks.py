@@ -98,7 +98,7 @@ def _candidates(args, natives=False):
 
 def run_workload(wid, bench, args):
     import einlocal as el
-    import peers
+    from einlocal import peers
     from einlocal import registry
     op_name, xs, ws, params = WORKLOADS[wid]
     op = getattr(el, op_name)

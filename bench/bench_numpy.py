@@ -10,7 +10,6 @@ than 3x its own forward.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 
@@ -19,15 +18,12 @@ import numpy as np
 import einlocal as el
 from einlocal.timing import measure, thread_info
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 NUMPY = ("broadcast:numpy", "bmm:numpy", "einsum:numpy", "opt_einsum:numpy")
 
 
 def _peers():
-    spec = importlib.util.spec_from_file_location("einlocal_bench_peers", os.path.join(HERE, "peers.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from einlocal import peers
+    return peers
 
 
 def workloads(rng):

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import registry
 from .errors import EinlocalError, MemoryBudgetError
+from .reference import reference_outputs
 
 __all__ = ["check", "CheckReport", "CheckRow", "random_inputs", "tolerance", "reference_outputs", "compare_parts"]
 
@@ -109,53 +110,6 @@ def _op_parts(op, arrays: dict, params: dict):
     def bwd(dy, arr, **kw):
         return vjp(call, dy, arr, **{k: (tuple(v) if k == "out" and v is not None else v) for k, v in kw.items()})
     return call, fwd, bwd
-
-
-def _terms(plan) -> int:
-    """At most how many terms add into one output element: the summed
-    ranges, times the taps that can overlap for an affine-indexed output."""
-    r = plan.range
-    summed = math.prod(r[n] for n in plan.stmt.summed)
-    return summed * (_overlap(plan) if plan.scatter else 1)
-
-
-def _overlap(plan) -> int:
-    """How many taps can land on one output element (the product of tap ranges)."""
-    from .backends.lowering import main_indices
-    _, taps = main_indices(plan.out_window)
-    r = plan.range
-    return math.prod(r[t] for t in taps) if taps else 1
-
-
-def reference_outputs(call, arrays: dict, dy) -> dict:
-    """The float64 reference forward and gradients with their scale and
-    term counts: name -> (value, scale, terms)."""
-    from .backends.loops_python import reference
-    ops = {op: np.asarray(arrays[arg], np.float64).reshape(shape) for arg, op, shape in call.operands}
-    out = {}
-    y = reference(call.plan, ops)
-    ys = reference(call.plan, ops, absolute=True)
-    terms = _terms(call.plan)
-    if call.bias is not None and arrays.get(call.bias[0]) is not None:
-        b = np.asarray(arrays[call.bias[0]], np.float64).reshape(call.bias[1])
-        y = y + b
-        ys = ys + np.abs(b)
-        terms += 1
-    out["y"] = (y.reshape(call.out_shape), ys.reshape(call.out_shape), terms)
-    dy_s = np.asarray(dy, np.float64).reshape(call.plan.out_shape)
-    shapes = dict(call.arg_shapes)
-    for arg, op, _ in call.operands:
-        bplan = call.plan.backward[op]
-        bops = {bplan.stmt.operands[0].name: dy_s, **{a.name: ops[a.name] for a in bplan.stmt.operands[1:]}}
-        g = reference(bplan, bops)
-        gs = reference(bplan, bops, absolute=True)
-        out["d" + arg] = (g.reshape(shapes[arg]), gs.reshape(shapes[arg]), _terms(bplan))
-    if call.bias is not None and arrays.get(call.bias[0]) is not None:
-        axes = tuple(k for k, s in enumerate(call.bias[1]) if s == 1)
-        bshape = shapes[call.bias[0]]
-        out["d" + call.bias[0]] = (dy_s.sum(axis=axes).reshape(bshape), np.abs(dy_s).sum(axis=axes).reshape(bshape),
-                                   math.prod(call.plan.out_shape) // math.prod(bshape))
-    return out
 
 
 def _reference_vjp_error(call, fwd, bwd, arrays: dict, dy, seed: int) -> float:

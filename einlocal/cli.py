@@ -165,7 +165,7 @@ def cmd_compare(args) -> int:
     overrides = {k: v for k, v in (("budget_s", args.budget), ("cap_s", args.cap)) if v is not None}
     records, paths = compare(args.workloads.split(",") if args.workloads else None, quick=args.quick,
                              reduced=args.reduced, backends=_backend_names(args.backends), peers=not args.no_peers,
-                             threads=args.threads, outdir=None if args.no_write else args.out,
+                             peers_file=args.peers, threads=args.threads, outdir=None if args.no_write else args.out,
                              command=command_line(args.argv), console=console, show_progress=not args.no_progress,
                              **overrides)
     print(markdown(records))
@@ -188,7 +188,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--reduced", action="store_true", help="the workloads at their reduced (tiny) shapes")
     c.add_argument("--workloads", default="", help="comma-separated ids (default: all)")
     c.add_argument("--backends", default="", help="comma-separated names or prefixes ('peer' for peers)")
-    c.add_argument("--no-peers", action="store_true", help="leave out the peers of bench/peers.py")
+    c.add_argument("--no-peers", action="store_true", help="leave out the peers (einlocal.peers)")
+    c.add_argument("--peers", default=None, metavar="FILE",
+                   help="time the peers of this Python file instead of einlocal.peers (it runs in this process)")
     c.add_argument("--threads", type=int, default=None, help="thread count for every library")
     c.add_argument("--budget", type=float, default=None, help="timed seconds per measurement")
     c.add_argument("--cap", type=float, default=None, help="cap in seconds per measurement")

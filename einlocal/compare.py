@@ -6,15 +6,14 @@ import shlex
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 from .backends.namespaces import namespace
-from .bench import ISOLATION_NOTE, make_job, op_spec, reference_file, run_jobs
+from .harness import ISOLATION_NOTE, Job, op_spec, reference_file, run_jobs
+from .harness.peerfile import load_peers, peer_for, peer_info
 from .workloads import WORKLOADS, Workload, get, ragged_workload
 
-__all__ = ["compare", "Settings", "SETTINGS", "QUICK", "load_peers", "peers_path", "trusted_reference"]
+__all__ = ["compare", "Settings", "SETTINGS", "QUICK", "load_peers", "trusted_reference"]
 
 REFERENCE_CANDIDATES = ("einsum:numpy", "bmm:numpy")
 
@@ -46,86 +45,6 @@ QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=
 # the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
 # backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
 PRUNE_SHARE = 0.25
-
-
-# -- peers --------------------------------------------------------------------------------------
-
-
-def peers_path() -> Path | None:
-    """bench/peers.py of this checkout (beside the package), or of the working directory."""
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        path = root / "bench" / "peers.py"
-        if path.exists():
-            return path
-    return None
-
-
-def _guess_library(name: str, entry: Any) -> str:
-    if isinstance(entry, dict) and entry.get("library"):
-        return entry["library"]
-    if isinstance(entry, tuple) and len(entry) > 2:
-        return entry[2]
-    low = name.lower()
-    if any(w in low for w in ("jax", "lax", "patches", "general_dilated")):
-        return "jax"
-    if any(w in low for w in ("torch", "unfold", "groups", "f_conv")):
-        return "torch"
-    return "numpy"
-
-
-def load_peers() -> dict[str, dict]:
-    """Peer name -> {"library", "path", "name"} from bench/peers.py (empty when absent).
-
-    The module may hold `PEERS = {name: (forward, backward, library, op)}` (or dicts with
-    those keys); otherwise its public functions (not ending in _backward/_vjp) are the peers.
-    `SAME_CALL = {name: backend}` marks a peer that makes the very call a native backend makes
-    (its entry gets ``same_as``: --quick times only the native one).
-    """
-    path = peers_path()
-    if path is None:
-        return {}
-    spec = importlib.util.spec_from_file_location("einlocal_bench_peers_names", path)
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)   # peers import frameworks lazily, inside their functions
-    except Exception:  # noqa: BLE001 — a broken peers file must not stop compare
-        return {}
-    table = getattr(mod, "PEERS", None)
-    if isinstance(table, dict):
-        items = table.items()
-    else:
-        items = [(n, f) for n, f in vars(mod).items()
-                 if callable(f) and not n.startswith("_") and getattr(f, "__module__", None) == mod.__name__
-                 and not n.endswith(("_backward", "_vjp")) and not isinstance(f, type)]
-    same = getattr(mod, "SAME_CALL", {})
-    out = {}
-    for n, e in items:
-        op = e[3] if isinstance(e, tuple) and len(e) > 3 else e.get("op") if isinstance(e, dict) else None
-        out[n] = {"library": _guess_library(n, e), "path": str(path), "name": n, "op": op}
-        if same.get(n):
-            out[n]["same_as"] = same[n]
-    return out
-
-
-def peer_info(w: Workload, info: dict) -> dict:
-    """The peer entry as a job takes it for workload `w`: a depthwise workload run by a
-    grouped-conv peer gets ``groups_from="x_channels"`` (groups = x.shape[1] of the arrays
-    each call gets, so the reduced check and the full size each have their own)."""
-    info = dict(info)
-    if w.op == "depthwise_conv2d" and info.get("op") == "conv2d":
-        info["groups_from"] = "x_channels"
-    return info
-
-
-def _peer_for(wanted: str, peers: dict) -> str | None:
-    """The peer in `peers` whose name contains the workload's peer word (e.g. "unfold_einsum")."""
-    if wanted in peers:
-        return wanted
-    key = wanted.lower().replace("_", "")
-    for name in peers:
-        if key in name.lower().replace("_", ""):
-            return name
-    return None
 
 
 # -- the reference --------------------------------------------------------------------------------
@@ -161,12 +80,13 @@ def reference_files(workloads: list[Workload], folder: Path) -> dict[str, tuple[
     """Workload id -> (its full-size reference file, or None; why): each workload's
     `trusted_reference` and its float64 outputs at the timed size, two workloads at a
     time in forked processes (nothing is being timed yet), or one after the other in
-    this process where jax is loaded (its threads make a fork unsafe)."""
+    this process where a library that cannot be forked is loaded (jax: its threads)."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
     workers = max(1, min(2, len(workloads), os.cpu_count() or 1))
-    if workers == 1 or "jax" in sys.modules:
+    from .backends.namespaces import loaded_libraries
+    if workers == 1 or not all(lib.fork_safe for lib in loaded_libraries()):
         return {w.id: _reference_of(w, folder) for w in workloads}
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = {w.id: pool.submit(_reference_of, w, folder) for w in workloads}
@@ -225,14 +145,15 @@ def _top_per_library(w: Workload, names, k: int) -> set:
 
 
 def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backends=None, peers: bool = True,
-            threads: int | None = None, outdir: str | Path | None = "results", command: str | None = None,
+            peers_file: str | Path | None = None, threads: int | None = None, outdir: str | Path | None = "results", command: str | None = None,
             show_progress: bool = True, console=None, **overrides) -> tuple[list[dict], dict]:
     """Run the report workloads; returns (records, written paths).
 
     `workloads`: ids (default: all, W4 when `einlocal.ragged` exists);
     `quick`: smaller budgets, the fresh regime, each backend checked at its timed size only,
     backends the cost model puts far over the cap skipped (same workloads);
-    `reduced`: the workloads at their reduced shapes (for tests); `backends`:
+    `reduced`: the workloads at their reduced shapes (for tests); `peers`: time the peers
+    (`einlocal.peers`, or those of `peers_file`, a peers module's path); `backends`:
     names or prefixes (default: every available one); `overrides`: any
     `Settings` key. Writes results.md/.csv/.json/.png into `outdir` (None: nothing).
     """
@@ -245,7 +166,7 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     names = [n for n in registry.available() if n != "loops:python"]
     if backends:
         names = [n for n in names if any(n == b or n.startswith(b) for b in backends)]
-    peer_table = load_peers() if peers else {}
+    peer_table = load_peers(peers_file) if peers else {}
     roof = machine_roof()
     tmp = tempfile.TemporaryDirectory(prefix="einlocal-compare-")
     jobs, pre = [], []
@@ -286,21 +207,21 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                 pre.append(_skip_records(w, name, settings, f"cost model: forward over {PRUNE_SHARE:g}x the cap "
                                          f"{settings.cap_s:g} s, backward far over it (--quick): not run"))
                 continue
-            jobs.append(make_job(spec, w.shapes, w.params, name, reference=ref_path,
+            jobs.append(Job(spec, w.shapes, w.params, name, reference=ref_path,
                                  **_allowance(common, b.compile_s)))
             timed.add(name)
         for wanted in w.peers:
-            peer = _peer_for(wanted, peer_table)
+            peer = peer_for(wanted, peer_table)
             if peer is None:
                 continue
-            info = peer_info(w, peer_table[peer])
+            info = peer_info(w.op, peer_table[peer])
             if backends and not any(f"peer:{peer}".startswith(b) or b == "peer" for b in backends):
                 continue
             if settings.get("dedupe_peers") and info.get("same_as") in timed:
                 pre.append(_skip_records(w, f"peer:{peer}", settings, f"the same library call as "
                                          f"{info['same_as']}, timed here (--quick); einlocal compare times both"))
                 continue
-            jobs.append(make_job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
+            jobs.append(Job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
                                  note="peer", **_allowance({**common, "regimes": ("fresh",)},
                                                            namespace(info["library"]).compile_s if info["library"] in registry.ENGINES else 0.0)))
     if quick:
@@ -364,7 +285,7 @@ def _skip_records(w: Workload, name: str, settings: Settings, reason: str) -> li
             for r in settings.regimes for p in settings.passes]
 
 
-def _run_with_progress(jobs: list[dict], threads, show: bool, console) -> list[dict]:
+def _run_with_progress(jobs: list[Job], threads, show: bool, console) -> list[dict]:
     if not show or not jobs:
         return run_jobs(jobs, threads=threads)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -378,10 +299,8 @@ def _run_with_progress(jobs: list[dict], threads, show: bool, console) -> list[d
                 bar.advance(task)
             else:
                 step = info["step"]
-                what = f"{step['kind']} {step['pass']}" + (f"[{step['grad_mode']}]" if step.get("grad_mode") else "")
-                if step.get("regime"):
-                    what += f" {step['regime']}"
-                bar.update(task, description=f"{job['workload']} {job['backend']}: {what}")
+                what = step.describe() + (f" {step.regime}" if step.regime else "")
+                bar.update(task, description=f"{job.workload} {job.backend}: {what}")
         records = run_jobs(jobs, threads=threads, progress=progress)
         bar.update(task, completed=len(jobs), description="done")
     return records

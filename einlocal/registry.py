@@ -9,7 +9,7 @@ import importlib
 from .backends.namespaces import LIBRARIES
 from .errors import BackendError
 
-__all__ = ["NAMES", "get", "available", "unavailable", "ENGINES", "ARRAY_STRATEGIES", "engine_of"]
+__all__ = ["NAMES", "get", "available", "unavailable", "ENGINES", "ARRAY_STRATEGIES", "engine_of", "process_of"]
 
 ARRAY_STRATEGIES = ("broadcast", "bmm", "einsum", "opt_einsum")
 
@@ -50,6 +50,17 @@ def __getattr__(name: str):
 def engine_of(name: str) -> str:
     """The engine of a registered backend name (its library, or numba, triton, ...)."""
     return _entries()[name][1]
+
+
+# engines whose backends run in another engine's benchmark process: the arrays they take
+_PROCESS = {"python": "numpy", "triton": "torch"}
+
+
+def process_of(name: str) -> str:
+    """The benchmark process a backend runs in: its engine's (numba has its
+    own), or the library of the arrays it takes."""
+    engine = engine_of(name)
+    return _PROCESS.get(engine, engine)
 
 
 @functools.lru_cache(maxsize=None)

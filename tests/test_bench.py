@@ -1,4 +1,4 @@
-"""el.benchmark: records per backend, pass and regime; checks before timing; deadlines; costs."""
+"""el.benchmark and its harness: records per backend, pass and regime; checks before timing; deadlines; costs."""
 import csv
 import importlib
 import io
@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 import einlocal as el
-from einlocal import bench, registry
+from einlocal import registry
+from einlocal.harness import Job, Kill, Step, op_spec, reference_file, run_jobs
+from einlocal.harness import calls as calls_module
+from einlocal.harness import inputs as inputs_module
+from einlocal.harness import policy
+from einlocal.harness import prepare as prepare_module
+from einlocal.harness import references as references_module
+from einlocal.harness import supervisor
+from einlocal.harness.runner import JobRunner
+from einlocal.harness.state import JobState
 from einlocal.table import markdown
 
 table_module = importlib.import_module("einlocal.table")
@@ -31,8 +40,8 @@ def peer_job(tmp_path, source: str, name: str, library: str = "numpy", shapes=SM
     """A benchmark job for the conv2d peer `name` of a peers file holding `source`."""
     peers = tmp_path / "peers.py"
     peers.write_text(source)
-    return bench.make_job(bench.op_spec(el.conv2d), shapes, {}, f"peer:{name}",
-                          peer={"library": library, "path": str(peers), "name": name, "op": "conv2d"}, **settings)
+    return Job(op_spec(el.conv2d), shapes, {}, f"peer:{name}",
+               peer={"library": library, "path": str(peers), "name": name, "op": "conv2d"}, **settings)
 
 
 def test_in_process_records_every_backend_pass_and_regime():
@@ -57,7 +66,7 @@ def test_in_process_records_every_backend_pass_and_regime():
 def test_pass_cost_adds_forward_and_backward():
     x, w = np.zeros(SHAPES["x"], "f4"), np.zeros(SHAPES["weight"], "f4")
     call = el.locally_connected2d.bind(x, w)
-    fwd, bwd, both = (bench.pass_cost(call, p, 4) for p in ("forward", "backward", "forward+backward"))
+    fwd, bwd, both = (calls_module.pass_cost(call, p, 4) for p in ("forward", "backward", "forward+backward"))
     assert fwd == (call.flops(), call.min_bytes(4))
     assert bwd[0] == sum(call.plan.backward[o].flops() for o in ("x", "wt"))
     assert both == (fwd[0] + bwd[0], fwd[1] + bwd[1])
@@ -73,12 +82,15 @@ def test_a_backend_that_fails_the_check_is_never_timed(monkeypatch):
     wrong = Wrong("numpy")
     real_get = registry.get
     monkeypatch.setattr(registry, "get", lambda name: wrong if name == "bmm:numpy" else real_get(name))
+    from einlocal import timing
     calls = []
-    monkeypatch.setattr(bench, "measure", lambda *a, **k: calls.append(1), raising=False)
+    real_measure = timing.measure
+    monkeypatch.setattr(timing, "measure", lambda *a, **k: calls.append(1) or real_measure(*a, **k))
     recs = el.benchmark(el.locally_connected2d, backends=["bmm:numpy"], regimes=("fresh",), budget_s=0.005,
                         isolate=False, check_shapes=SHAPES, **SHAPES)
     assert recs and all(r["status"] == "failed" and "check" in r["reason"] for r in recs)
     assert all(r["median_s"] is None for r in recs)
+    assert calls == []              # not one call was timed
 
 
 def test_wrong_only_at_full_size_fails_on_its_first_timed_call(monkeypatch):
@@ -128,23 +140,6 @@ def test_full_size_check_against_a_float64_lowering_fills_max_error(tmp_path):
     assert all(r["status"] == "ok" and 0 <= r["max_error"] <= 1 for r in recs)
 
 
-def test_reference_file_agrees_with_the_loops(tmp_path):
-    from einlocal.check import random_inputs, reference_outputs
-    spec = bench.op_spec(el.locally_connected2d)
-    shapes = {**SHAPES, "bias": (4, 4, 4)}
-    path = bench.reference_file(spec, shapes, {"padding": 0}, 3, "bmm:numpy", tmp_path / "r.npz")
-    got = bench.load_reference(path)
-    arrays = random_inputs(shapes, "float64", 3)
-    call = el.locally_connected2d.bind(arrays["x"], arrays["weight"], arrays["bias"])
-    dy = random_inputs({"dy": call.out_shape}, "float64", 5)["dy"]
-    want = reference_outputs(call, arrays, dy)
-    assert set(got) == set(want) == {"y", "dx", "dweight", "dbias"}
-    for k in want:
-        np.testing.assert_allclose(got[k][0], want[k][0], rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(got[k][1], want[k][1], rtol=1e-12)
-        assert got[k][2] == want[k][2]
-
-
 def test_isolated_run_streams_records_from_a_child_process():
     recs = el.benchmark(el.conv2d, backends=["bmm:numpy"], regimes=("fresh",), passes=("forward",),
                         budget_s=0.005, memory=False, x=(1, 2, 5, 5), weight=(3, 2, 3, 3))
@@ -154,13 +149,13 @@ def test_isolated_run_streams_records_from_a_child_process():
 
 def test_a_step_past_its_deadline_is_killed_and_recorded_over_the_cap(monkeypatch, tmp_path):
     """Every step past its deadline is killed; the process started again goes on with the next."""
-    monkeypatch.setattr(bench, "_deadline_s", lambda job, step, first_done=False: 0.0)
+    monkeypatch.setattr(policy, "deadline_s", lambda job, step, first_done=False: 0.0)
     job = peer_job(tmp_path, "import time\n"
                    "def slow(x, weight, bias=None, **kw):\n    time.sleep(5)\n"
                    "def slow_backward(dy, x, weight, bias=None, **kw):\n    time.sleep(5)\n"
                    "PEERS = {'slow': (slow, slow_backward, 'numpy', 'conv2d')}\n", "slow",
                    regimes=("fresh",), budget_s=0.005, memory=False, check_shapes=None)
-    recs = bench.run_jobs([job])
+    recs = run_jobs([job])
     assert sorted(r["pass"] for r in recs) == ["backward", "forward"]
     assert all(r["status"] == ">cap" and "killed" in r["reason"] and r["median_s"] is None for r in recs)
 
@@ -173,17 +168,18 @@ def test_a_step_past_its_deadline_is_killed_and_recorded_over_the_cap(monkeypatc
     (("check", "reduced", None), ("time", "backward", "vjp"), True),
 ])
 def test_what_a_killed_step_implies(killed, step, implied):
-    k = {"kind": killed[0], "pass": killed[1], "grad_mode": killed[2]}
-    s = {"kind": step[0], "pass": step[1], "grad_mode": step[2], "regime": "fresh"}
-    assert bench._implied(k, s) is implied
+    kill = Kill(Step(killed[0], killed[1], None if killed[0] == "check" else "fresh", killed[2]), "killed")
+    assert kill.rules_out(Step(step[0], step[1], "fresh", step[2])) is implied
 
 
 def test_deadline_gives_a_first_call_its_compile_allowance_then_twice_the_cap():
-    job = {"cap_s": 2.0, "first_call_allowance_s": 10.0, "kill_margin_s": 5.0, "memory": False}
-    step = {"kind": "time", "pass": "forward", "regime": "fresh", "grad_mode": None}
-    assert bench._deadline_s(job, step) == 2.0 + 10.0 + 5.0
-    assert bench._deadline_s(job, step, first_done=True) == 2 * 2.0 + 5.0
-    assert bench._deadline_s({**job, "memory": True}, step, first_done=True) == 3 * 2.0 + 5.0
+    job = Job(op_spec(el.conv2d), SMALL_CONV, {}, "bmm:numpy", cap_s=2.0, first_call_allowance_s=10.0,
+              kill_margin_s=5.0, memory=False)
+    step = Step("time", "forward", "fresh")
+    assert policy.deadline_s(job, step) == 2.0 + 10.0 + 5.0
+    assert policy.deadline_s(job, step, first_done=True) == 2 * 2.0 + 5.0
+    assert policy.deadline_s(job.replace(memory=True), step, first_done=True) == 3 * 2.0 + 5.0
+    assert policy.deadline_s(job, Step("check", "reduced")) == policy.CHECK_DEADLINE_S
 
 
 def test_a_slow_first_call_is_killed_at_cap_plus_allowance(tmp_path):
@@ -197,7 +193,7 @@ def test_a_slow_first_call_is_killed_at_cap_plus_allowance(tmp_path):
                    regimes=("fresh",), passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False,
                    kill_margin_s=0.5, first_call_allowance_s=0.0)
     t0 = _time.monotonic()
-    (rec,) = bench.run_jobs([job])
+    (rec,) = run_jobs([job])
     assert rec["status"] == ">cap" and "killed" in rec["reason"]
     assert _time.monotonic() - t0 < 30
 
@@ -215,17 +211,17 @@ def test_a_watched_first_call_is_held_to_the_cap_once_it_stops_compiling(tmp_pat
                    "PEERS = {'slow': (slow, None, 'jax', 'conv2d')}\n", "slow", library="jax",
                    regimes=("fresh",), passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False,
                    kill_margin_s=0.5, first_call_allowance_s=30.0, check_shapes=None)
-    assert bench._compile_watched(job)
+    assert policy.compile_watched(job)
     t0 = _time.monotonic()
-    (rec,) = bench.run_jobs([job])
+    (rec,) = run_jobs([job])
     assert rec["status"] == ">cap" and "not counting up to 30 s" in rec["reason"]
     assert _time.monotonic() - t0 < 20
 
 
 def test_a_watched_first_calls_deadline_does_not_move_while_it_compiles():
-    job = {"cap_s": 1.0, "first_call_allowance_s": 10.0, "kill_margin_s": 0.5, "memory": False}
-    step = {"kind": "time", "pass": "forward", "regime": "fresh", "grad_mode": None}
-    clock = bench._FirstCall(job, step, now=100.0)
+    job = Job(op_spec(el.conv2d), SMALL_CONV, {}, "bmm:numpy", cap_s=1.0, first_call_allowance_s=10.0,
+              kill_margin_s=0.5, memory=False)
+    clock = policy.FirstCall(job, Step("time", "forward", "fresh"), now=100.0)
     assert clock.deadline() == 101.5                      # no compile reported: the run has cap + margin
     clock.change(True, now=100.2)
     assert clock.deadline() == 111.5                      # compiling: the unwatched deadline holds
@@ -239,9 +235,9 @@ def test_a_watched_first_calls_deadline_does_not_move_while_it_compiles():
 def test_steady_regime_only_in_the_grad_modes_asked_for():
     if "einsum:torch" not in registry.available():
         pytest.skip(registry.unavailable().get("einsum:torch", "einsum:torch unavailable"))
-    job = bench.make_job(bench.op_spec(el.locally_connected2d), SHAPES, {}, "einsum:torch",
-                         regimes=("fresh", "steady"), budget_s=0.005, memory=False, steady_grad_modes=("vjp",))
-    recs = {(r["regime"], r["pass"], r["grad_mode"]): r for r in bench.run_jobs([job], isolate=False)}
+    job = Job(op_spec(el.locally_connected2d), SHAPES, {}, "einsum:torch",
+              regimes=("fresh", "steady"), budget_s=0.005, memory=False, steady_grad_modes=("vjp",))
+    recs = {(r["regime"], r["pass"], r["grad_mode"]): r for r in run_jobs([job], isolate=False)}
     assert recs[("steady", "backward", "autodiff")]["status"] == "skipped"
     assert "grad mode vjp" in recs[("steady", "backward", "autodiff")]["reason"]
     for key in (("fresh", "backward", "autodiff"), ("steady", "backward", "vjp"), ("steady", "forward", None)):
@@ -274,7 +270,7 @@ def test_a_restarted_child_goes_on_from_what_it_knew(tmp_path):
     job = peer_job(tmp_path, source, "half-slow", shapes={"x": (3, 2, 6, 6), "weight": (3, 2, 3, 3)},
                    regimes=("fresh", "steady"), budget_s=0.005, cap_s=0.2, memory=False, kill_margin_s=0.5,
                    check_shapes=SMALL_CONV, steady_max_s=0.0)
-    recs = {(r["regime"], r["pass"]): r for r in bench.run_jobs([job])}
+    recs = {(r["regime"], r["pass"]): r for r in run_jobs([job])}
     assert recs[("fresh", "forward")]["status"] == "ok", recs[("fresh", "forward")]["reason"]
     assert recs[("fresh", "backward")]["status"] == ">cap" and "killed" in recs[("fresh", "backward")]["reason"]
     assert recs[("steady", "forward")]["status"] == "skipped", recs[("steady", "forward")]
@@ -308,9 +304,9 @@ def test_checks_and_warm_ups_run_before_anything_is_timed(tmp_path):
     """A job's check (reduced size) and its warm-up call (timed size) run in a
     process of the prepare phase; its timed calls in another, after them."""
     log, job = logged_job(tmp_path, check_shapes=SMALL_CONV)
-    assert bench._warms(job) and not bench._warms({**job, "warm_up": False})
-    assert not bench._warms({**job, "first_call_allowance_s": 0.0})      # nothing compiles: nothing to warm
-    (rec,) = bench.run_jobs([job])
+    assert policy.warms(job) and not policy.warms(job.replace(warm_up=False))
+    assert not policy.warms(job.replace(first_call_allowance_s=0.0))      # nothing compiles: nothing to warm
+    (rec,) = run_jobs([job])
     assert rec["status"] == "ok", rec
     calls = [line.split() for line in log.read_text().splitlines()]
     pids = list(dict.fromkeys(pid for pid, _, _ in calls))
@@ -326,12 +322,12 @@ def test_a_warm_up_that_fails_the_full_size_check_is_never_timed(tmp_path):
     """The warm-up's result is the timed size's check: a peer wrong at that size
     fails there, and nothing of it is timed."""
     log, job = logged_job(tmp_path)
-    spec = bench.op_spec(el.conv2d)
-    ref = bench.reference_file(spec, FULL, {}, 0, "bmm:numpy", tmp_path / "ref.npz")
+    spec = op_spec(el.conv2d)
+    ref = reference_file(spec, FULL, {}, 0, "bmm:numpy", tmp_path / "ref.npz")
     source = (tmp_path / "peers.py").read_text().replace("return _conv(x, weight)", "return 2 * _conv(x, weight)")
     (tmp_path / "peers.py").write_text(source)
     # the same peer unchecked (no reference) after it: its warm-up and timing show the phases' processes
-    wrong, unchecked = bench.run_jobs([{**job, "reference": ref}, job])
+    wrong, unchecked = run_jobs([job.replace(reference=ref), job])
     assert wrong["status"] == "failed" and "full-size forward check failed" in wrong["reason"]
     assert unchecked["status"] == "ok"
     pids = [line.split()[0] for line in log.read_text().splitlines()]
@@ -343,37 +339,37 @@ def test_a_killed_warm_up_leaves_the_timing_to_decide(tmp_path):
     """A warm-up past its deadline is killed and forgotten: the timing process
     times the pass (here fast once its first call has passed)."""
     log, job = logged_job(tmp_path, body="if first: time.sleep(60)", cap_s=0.2)
-    (rec,) = bench.run_jobs([job])
+    (rec,) = run_jobs([job])
     assert rec["status"] == "ok" and rec["median_s"] < 0.2, rec
     assert len({line.split()[0] for line in log.read_text().splitlines()}) == 2
 
 
 def test_the_reduced_reference_is_computed_once_per_run(monkeypatch, tmp_path):
     check_module = importlib.import_module("einlocal.check")
-    spec = bench.op_spec(el.locally_connected2d)
-    jobs = [bench.make_job(spec, SHAPES, {}, name, regimes=("fresh",), passes=("forward",), budget_s=0.005,
-                           memory=False, check_shapes=SHAPES) for name in ("bmm:numpy", "einsum:numpy")]
-    other = bench.make_job(spec, SHAPES, {}, "bmm:numpy", check_shapes={**SHAPES, "x": (1, 3, 6, 6)})
-    with_refs = bench.check_references(jobs + [other], tmp_path)
-    assert len({j["check_reference"] for j in with_refs}) == 2
-    ref, vjp_error = bench.load_check_reference(with_refs[0]["check_reference"])
+    spec = op_spec(el.locally_connected2d)
+    jobs = [Job(spec, SHAPES, {}, name, regimes=("fresh",), passes=("forward",), budget_s=0.005,
+                memory=False, check_shapes=SHAPES) for name in ("bmm:numpy", "einsum:numpy")]
+    other = Job(spec, SHAPES, {}, "bmm:numpy", check_shapes={**SHAPES, "x": (1, 3, 6, 6)})
+    with_refs = references_module.check_references(jobs + [other], tmp_path)
+    assert len({j.check_reference for j in with_refs}) == 2
+    ref, vjp_error = references_module.load_check_reference(with_refs[0].check_reference)
     assert set(ref) == {"y", "dx", "dweight"} and vjp_error <= 1
     computed = []
     real = check_module._reference
     monkeypatch.setattr(check_module, "_reference", lambda *a: computed.append(a) or real(*a))
-    recs = bench.run_jobs(jobs, isolate=False)
+    recs = run_jobs(jobs, isolate=False)
     assert all(r["status"] == "ok" for r in recs) and len(computed) == 1
 
 
 def test_input_sets_are_made_once_per_run(monkeypatch, tmp_path):
     key = ((("x", (2, 3, 4, 4)), ("weight", (5, 3, 3, 3))), (2, 5, 2, 2), "float32", 0, 2, True, str(tmp_path))
-    bench._input_sets.cache_clear()
-    made = bench._input_sets(*key)
+    inputs_module.input_sets.cache_clear()
+    made = inputs_module.input_sets(*key)
     assert len(list(tmp_path.glob("inputs-*.npz"))) == 1
-    bench._input_sets.cache_clear()
-    monkeypatch.setattr(bench, "_make_input_sets", lambda *a: pytest.fail("made again"))
-    again = bench._input_sets(*key)
-    bench._input_sets.cache_clear()
+    inputs_module.input_sets.cache_clear()
+    monkeypatch.setattr(inputs_module, "make_input_sets", lambda *a: pytest.fail("made again"))
+    again = inputs_module.input_sets(*key)
+    inputs_module.input_sets.cache_clear()
     assert [sorted(s) for s in again] == [sorted(s) for s in made] == [["dy", "weight", "x"]] * 2
     for a, b in zip(made, again):
         for name in a:
@@ -386,19 +382,20 @@ def test_the_harness_works_between_steps_not_on_a_steps_clock(tmp_path):
     """A job's input sets and the full-size reference are made before the step
     that needs them is announced (its deadline starts then): their cost is the
     harness's, never the backend's."""
+    from einlocal.harness.messages import StepStarted
     events = []
-    spec = bench.op_spec(el.conv2d)
-    ref = bench.reference_file(spec, FULL, {}, 0, "bmm:numpy", tmp_path / "ref.npz")
-    job = bench.make_job(spec, FULL, {}, "bmm:numpy", regimes=("fresh",), passes=("forward",), budget_s=0.005,
-                         memory=False, reference=ref, warm_up=True, first_call_allowance_s=1.0)
-    job["kinds"] = ["warm", "time"]
-    runner = bench._JobRunner(job, lambda kind, obj: events.append(
-        (kind, obj.get("kind") if kind == "step" else None, "sets" in runner.__dict__,
-         "reference" in runner.__dict__)))
+    spec = op_spec(el.conv2d)
+    ref = reference_file(spec, FULL, {}, 0, "bmm:numpy", tmp_path / "ref.npz")
+    job = Job(spec, FULL, {}, "bmm:numpy", regimes=("fresh",), passes=("forward",), budget_s=0.005,
+              memory=False, reference=ref, warm_up=True, first_call_allowance_s=1.0)
+
+    def emit(msg):
+        if isinstance(msg, StepStarted):
+            events.append((msg.step.kind, "sets" in runner.__dict__, "reference" in runner.__dict__))
+    runner = JobRunner(job, emit, kinds=("warm", "time"))
     runner.run()
-    steps = [e for e in events if e[0] == "step"]
-    assert [kind for _, kind, _, _ in steps] == ["warm", "time"]
-    assert all(has_sets and has_ref for _, _, has_sets, has_ref in steps)
+    assert [kind for kind, _, _ in events] == ["warm", "time"]
+    assert all(has_sets and has_ref for _, has_sets, has_ref in events)
 
 
 def test_a_long_pause_between_steps_is_not_a_kill(monkeypatch):
@@ -406,17 +403,19 @@ def test_a_long_pause_between_steps_is_not_a_kill(monkeypatch):
     input sets, its exit): a pause there, longer than any step's deadline, kills
     nothing and starts no second process."""
     script = (       # the child's side of the protocol, with pauses where the harness works
-        "import json, sys, time\n"
-        "step = {'kind': 'time', 'pass': 'forward', 'regime': 'fresh', 'grad_mode': None}\n"
+        "import sys, time\n"
+        "from einlocal.harness.jobs import Step\n"
+        "from einlocal.harness.messages import JobDone, Recorded, StepStarted, decode, encode\n"
+        "from einlocal.harness.state import Decisions\n"
+        "step = Step('time', 'forward', 'fresh')\n"
         "for line in iter(sys.stdin.readline, ''):\n"
-        "    j = json.loads(line)['index']\n"
+        "    j = decode(line.rstrip()).index\n"
         "    time.sleep(1.0)\n"
-        "    print('EINLOCAL_STEP ' + json.dumps({'job': j, 'step': step}), flush=True)\n"
+        "    print(encode(StepStarted(j, step)), flush=True)\n"
         "    rec = {'backend': 'bmm:numpy', 'status': 'ok', 'job': j}\n"
-        "    print('EINLOCAL_RECORD ' + json.dumps({'job': j, 'record': rec, 'state': None,\n"
-        "          'step_key': ['time', 'forward', 'fresh', None]}), flush=True)\n"
+        "    print(encode(Recorded(j, rec, step.key, Decisions())), flush=True)\n"
         "    time.sleep(1.0)\n"
-        "    print('EINLOCAL_NEXT ' + json.dumps({'job': j}), flush=True)\n")
+        "    print(encode(JobDone(j)), flush=True)\n")
     spawned = []
 
     def spawn(library, threads):
@@ -425,11 +424,10 @@ def test_a_long_pause_between_steps_is_not_a_kill(monkeypatch):
         spawned.append(library)
         return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-    monkeypatch.setattr(bench, "_spawn", spawn)
-    monkeypatch.setattr(bench, "_deadline_s", lambda job, step, first_done=False: 0.3)
-    spec = bench.op_spec(el.conv2d)
-    jobs = [bench.make_job(spec, SMALL_CONV, {}, "bmm:numpy", regimes=("fresh",), passes=("forward",))] * 2
-    recs = bench._run_group(jobs, None, None)
+    monkeypatch.setattr(supervisor, "spawn", spawn)
+    monkeypatch.setattr(policy, "deadline_s", lambda job, step, first_done=False: 0.3)
+    jobs = [Job(op_spec(el.conv2d), SMALL_CONV, {}, "bmm:numpy", regimes=("fresh",), passes=("forward",))] * 2
+    recs = supervisor.run_group(jobs, None, None)
     assert [r["job"] for r in recs] == [0, 1] and spawned == ["numpy"]
 
 
@@ -453,7 +451,7 @@ def test_a_warm_up_that_runs_past_the_cap_after_compiling(tmp_path, prune):
     job = peer_job(tmp_path, JAX_SLOW_PEER.format(log=str(log)), "slow", library="jax", regimes=("fresh",),
                    passes=("forward",), budget_s=0.005, cap_s=0.2, memory=False, kill_margin_s=0.5,
                    first_call_allowance_s=30.0, warm_up=True, prune_over_cap=prune)
-    (rec,) = bench.run_jobs([job])
+    (rec,) = run_jobs([job])
     assert rec["status"] == ">cap"
     calls = log.read_text().split()
     if prune:
@@ -467,15 +465,15 @@ def test_an_idle_prepare_worker_helps_with_the_library_left(tmp_path, monkeypatc
     """With no library left to start, the second prepare worker takes jobs from the
     back of the busy library's queue, in a second process of it; every job's
     warm-up runs once."""
-    monkeypatch.setattr(bench, "PREPARE_WORKERS", 2)
-    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(prepare_module, "PREPARE_WORKERS", 2)
+    monkeypatch.setattr(prepare_module.os, "cpu_count", lambda: 2)
     log, job = logged_job(tmp_path, body="time.sleep(0.3)")
     jobs = [job] * 6
-    states = [{"done": [], "killed": [], "runner": None} for _ in jobs]
-    bench._prepare(jobs, [list(range(6))], states, None, None)
+    states = [JobState() for _ in jobs]
+    prepare_module.prepare(jobs, [list(range(6))], states, None, None)
     pids = [line.split()[0] for line in log.read_text().splitlines()]
     assert len(pids) == 6 and len(set(pids)) == 2
-    assert all(["warm", "forward", "fresh", None] in s["done"] for s in states)
+    assert all(("warm", "forward", "fresh", None) in s.done for s in states)
 
 
 def test_a_child_starts_its_library_before_any_timed_call():
@@ -484,7 +482,7 @@ def test_a_child_starts_its_library_before_any_timed_call():
     pytest.importorskip("torch", reason="torch is not installed")
     import subprocess
     import sys
-    code = ("import sys\nfrom einlocal import bench\nbench._start_library('torch')\nimport torch\n"
+    code = ("import sys\nfrom einlocal.harness.child import start_library\nstart_library('torch')\nimport torch\n"
             "before = set(sys.modules)\nx = torch.ones(3, 4, requires_grad=True)\n"
             "torch.autograd.grad((x * 2).sum(), x, torch.ones(()))\n"
             "print(sorted(set(sys.modules) - before))\n")
@@ -502,6 +500,6 @@ def test_peers_from_two_files_in_one_process_stay_apart(tmp_path):
         source = LOGGED_PEER.format(log=str(folder / "calls.txt"), body="pass")
         jobs.append(peer_job(folder, source, "logged", shapes=FULL, regimes=("fresh",), passes=("forward",),
                              budget_s=0.005, memory=False))
-    recs = bench.run_jobs(jobs)
+    recs = run_jobs(jobs)
     assert [r["status"] for r in recs] == ["ok", "ok"]
     assert (tmp_path / "a" / "calls.txt").exists() and (tmp_path / "b" / "calls.txt").exists()

@@ -1,16 +1,11 @@
-"""The peers of bench/peers.py (shown beside our backends) against the
+"""The peers of einlocal.peers (shown beside our backends) against the
 loops:python reference, forward and backward, on small shapes."""
-import os
-import sys
-
 import numpy as np
 import pytest
 
 import einlocal as el
+from einlocal import peers
 from einlocal.backends.namespaces import namespace
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
-import peers  # noqa: E402
 
 LC_PLAIN = dict(x=(2, 3, 7, 6), weight=(4, 3, 3, 2, 5, 5), bias=(4, 5, 5), params={})
 LC_STRIDED = dict(x=(2, 3, 9, 8), weight=(4, 3, 3, 2, 4, 8), bias=(4, 4, 8),

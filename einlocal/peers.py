@@ -1,6 +1,7 @@
-"""The peers of WORKLOADS.md: how people write these layers without einlocal,
-as plain functions shown beside einlocal's backends.  Every peer takes and
-returns API.md layouts (NCHW; LC weight (Cout, Cin, kh, kw, Ho, Wo), bias
+"""The peers: how people write these layers without einlocal, as plain functions timed beside einlocal's backends.
+
+The peers of the report workloads (`einlocal.workloads`).  Every peer takes and
+returns einlocal's layouts (NCHW; LC weight (Cout, Cin, kh, kw, Ho, Wo), bias
 (Cout, Ho, Wo); depthwise/grouped weight (Cout, Cin // groups, kh, kw), bias
 (Cout,)), and has a backward ``*_vjp(dy, x, weight, bias, ...) -> (dx,
 dweight, dbias)`` (dbias None without a bias).

@@ -11,6 +11,7 @@ from .budget import memory_budget, set_memory_budget
 from .check import check
 from .choose import choose
 from . import table as _table_module  # loaded now so that `el.table` below stays the function
+from . import compare as _compare_module  # ... and `el.compare` the function
 from .catalogue import conv2d, depthwise_conv2d, locally_connected1d, locally_connected2d, vjp
 from .errors import BackendError, CacheDirError, EinlocalError, MemoryBudgetError, ShapeError, SpecError
 from .op import Op
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d", "Op", "vjp",
-    "backends", "unavailable_backends", "check", "choose", "benchmark", "table", "memory_budget", "set_memory_budget",
+    "backends", "unavailable_backends", "check", "choose", "benchmark", "compare", "table", "memory_budget", "set_memory_budget",
     "ShapeError", "SpecError", "BackendError", "MemoryBudgetError", "CacheDirError", "EinlocalError",
 ]
 
@@ -37,6 +38,27 @@ def benchmark(op, **kw) -> list[dict]:
     """Time, check and measure backends on one op and shape (see `einlocal.bench.benchmark`)."""
     from .bench import benchmark as _benchmark
     return _benchmark(op, **kw)
+
+
+def compare(workloads=None, *, quick: bool = False, out="results", **kw) -> list[dict]:
+    """Run workloads through the check-then-time harness, as ``einlocal
+    compare`` does; returns the records (and writes tables and figures to
+    `out`, None: nothing).
+
+    `workloads`: None (the report workloads), their ids, a workload file's
+    path, or workload tables as in a file (dicts: ``{"id": ..., "op": ...,
+    "shapes": {...}, "sweep": {...}}``, see docs/workloads.md).  Other
+    keywords are `einlocal.compare.compare`'s (``backends=``, ``peers=``,
+    ``save=``, ...)."""
+    import os
+
+    from .workload_file import parse
+    _compare = _compare_module.compare
+    if isinstance(workloads, (str, os.PathLike)):
+        return _compare(None, workloads_file=workloads, quick=quick, outdir=out, **kw)[0]
+    if workloads and all(isinstance(w, dict) for w in workloads):
+        workloads = parse({"workload": list(workloads)}, "el.compare(workloads=...)")
+    return _compare(workloads, quick=quick, outdir=out, **kw)[0]
 
 
 def table(records, *, title=None) -> str:

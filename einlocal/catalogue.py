@@ -217,6 +217,14 @@ class CatalogueOp:
     def spec(self) -> dict:
         return {"op": self.name}
 
+    def call_with(self, arrays: dict, params: dict, **kw):
+        """``self(...)`` with the arrays by name (the interface every op shares)."""
+        return self(arrays.get("x"), arrays.get("weight"), arrays.get("bias"), **params, **kw)
+
+    def vjp_with(self, dy, arrays: dict, params: dict, **kw) -> tuple:
+        """``self.vjp(dy, ...)`` with the arrays by name: gradients in argument order."""
+        return self.vjp(dy, arrays.get("x"), arrays.get("weight"), arrays.get("bias"), **params, **kw)
+
     def _rebatch(self, call: Call, n: int) -> Call:
         shapes = dict(call.arg_shapes)
         params = {k: v for k, v in call.params if k != "multiplier"}

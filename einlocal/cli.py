@@ -162,16 +162,36 @@ def cmd_compare(args) -> int:
     from .compare import command_line, compare
     from .table import markdown
     console = Console(stderr=True)
+    from .harness.supervisor import stop_all
     overrides = {k: v for k, v in (("budget_s", args.budget), ("cap_s", args.cap)) if v is not None}
-    records, paths = compare(args.workloads.split(",") if args.workloads else None, quick=args.quick,
-                             reduced=args.reduced, backends=_backend_names(args.backends), peers=not args.no_peers,
-                             peers_file=args.peers, threads=args.threads, outdir=None if args.no_write else args.out,
-                             command=command_line(args.argv), console=console, show_progress=not args.no_progress,
-                             **overrides)
+    outdir = None if args.no_write else args.out
+    try:
+        records, paths = compare(args.workloads.split(",") if args.workloads else None,
+                                 workloads_file=args.workloads_file, quick=args.quick, reduced=args.reduced,
+                                 backends=_backend_names(args.backends), peers=not args.no_peers,
+                                 peers_file=args.peers, threads=args.threads, outdir=outdir,
+                                 command=command_line(args.argv), console=console,
+                                 show_progress=not args.no_progress, resume=args.resume, save=args.save,
+                                 history=args.history, **overrides)
+    except KeyboardInterrupt:
+        stopped = stop_all()
+        kept = _kept(outdir)
+        print(f"einlocal compare: interrupted; stopped {stopped} benchmark process(es); "
+              + (f"kept {kept} in {Path(outdir) / 'results.json'}: rerun the same command with --resume to go on"
+                 if outdir is not None else "nothing kept (--no-write)"), file=sys.stderr)
+        return 130
     print(markdown(records))
     if paths:
         print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _kept(outdir) -> str:
+    from .partial import finished_of
+    if outdir is None:
+        return "nothing"
+    done, records = finished_of(Path(outdir) / "results.json")
+    return f"{len(done)} finished job(s), {len(records)} record(s)"
 
 
 # -- parser -------------------------------------------------------------------------------------------
@@ -183,10 +203,19 @@ def parser() -> argparse.ArgumentParser:
                                 "convolutions: which way of computing them is fastest here?")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compare", help="the report workloads, every available backend; tables under results/")
+    c = sub.add_parser("compare", help="workloads (the report ones, or --workloads-file), every available backend, "
+                       "checked then timed; tables and figures under results/")
     c.add_argument("--quick", action="store_true", help="within about a minute: small budgets, fresh regime only")
     c.add_argument("--reduced", action="store_true", help="the workloads at their reduced (tiny) shapes")
-    c.add_argument("--workloads", default="", help="comma-separated ids (default: all)")
+    c.add_argument("--workloads", default="", help="comma-separated ids (default: all); the report workloads: "
+                   "W1, W2, W3a, W3b, W4, W5")
+    c.add_argument("--workloads-file", default=None, metavar="FILE.toml",
+                   help="your own workloads (a TOML workload file; docs/workloads.md) instead of the report ones")
+    c.add_argument("--resume", action="store_true",
+                   help="go on from --out's results.json (an interrupted run), skipping the jobs it holds")
+    c.add_argument("--save", default=None, metavar="NAME", help="also keep the run as NAME in the history "
+                   "(einlocal runs, einlocal diff); an existing NAME is replaced")
+    c.add_argument("--history", default=None, metavar="DIR", help="the history folder (default: <cache dir>/history)")
     c.add_argument("--backends", default="", help="comma-separated names or prefixes ('peer' for peers)")
     c.add_argument("--no-peers", action="store_true", help="leave out the peers (einlocal.peers)")
     c.add_argument("--peers", default=None, metavar="FILE",

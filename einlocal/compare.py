@@ -1,4 +1,4 @@
-"""`einlocal compare`: the report workloads, every available backend and peer, checked then timed; tables under results/."""
+"""`einlocal compare`: workloads (the report workloads, or a workload file's), every available backend and peer, checked then timed; tables and figures under results/."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +11,7 @@ from pathlib import Path
 from .backends.namespaces import namespace
 from .harness import ISOLATION_NOTE, Job, op_spec, reference_file, run_jobs
 from .harness.peerfile import load_peers, peer_for, peer_info
-from .workloads import WORKLOADS, Workload, get, ragged_workload
+from .workloads import WORKLOADS, Workload, ragged_workload
 
 __all__ = ["compare", "Settings", "SETTINGS", "QUICK", "load_peers", "trusted_reference"]
 
@@ -30,9 +30,9 @@ class Settings(dict):
 
 SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"), grad_modes=None, budget_s=0.1,
                     cap_s=2.0, warmup=1, min_reps=3, memory=True, full_check=True, prune_over_cap=False,
-                    batch_divisor=1, kill_margin_s=2.0, ragged_sets=1000, first_call_allowance_s=10.0,
+                    kill_margin_s=2.0, ragged_sets=1000, first_call_allowance_s=10.0,
                     steady_max_s=0.5, steady_grad_modes=("vjp",))
-# --quick: the same workloads with the batch divided by 8, every library, forward and backward[vjp]
+# --quick: each workload at its quick sizes (the report workloads: the batch divided by 8), every library, forward and backward[vjp]
 # only, fresh regime, small budgets, a 0.5 s cap per call (see `einlocal.timing.measure`), and the
 # cost model's two likeliest array strategies per library, a peer that makes a native backend's
 # very call left to that backend.  Each timed kernel is checked at the size
@@ -40,7 +40,7 @@ SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"),
 # backends are not checked again at the reduced size (a JIT would compile a second set of kernels)
 QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=0.5,
                  warmup=0, min_reps=1, memory=False, full_check=True, reduced_check=False, prune_over_cap=True,
-                 batch_divisor=8, kill_margin_s=1.0, ragged_sets=125, per_library=2,
+                 kill_margin_s=1.0, ragged_sets=125, per_library=2,
                  first_call_allowance_s=10.0, dedupe_peers=True, warm_up=True)
 # the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
 # backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
@@ -56,9 +56,9 @@ def trusted_reference(w: Workload) -> tuple[str | None, str]:
     from . import registry
     from .check import check
     from .errors import EinlocalError
-    import numpy as np
-    call = w.op_fn().bind(*(np.empty(w.shapes[k], np.float64) if w.shapes.get(k) else None
-                            for k in ("x", "weight", "bias")), **w.params)
+    call = _call_of(w)
+    if not w.reduced:
+        return None, "no reduced shapes to check a float64 lowering against the loops at"
     ranked = []
     for name in REFERENCE_CANDIDATES:
         if name not in registry.available():
@@ -103,17 +103,10 @@ def _reference_of(w: Workload, folder: Path) -> tuple[str | None, str]:
 # -- compare ------------------------------------------------------------------------------------------
 
 
-class _Shaped:
-    """Stands in for an array where only its shape is read (binding a call)."""
-
-    def __init__(self, shape):
-        self.shape = tuple(shape)
-
-
 def _call_of(w: Workload):
     """`w`'s op bound to its shapes, no arrays allocated."""
-    return w.op_fn().bind(*(_Shaped(w.shapes[k]) if w.shapes.get(k) else None for k in ("x", "weight", "bias")),
-                          **w.params)
+    from .arrays import Shaped
+    return w.op_fn().bind_arrays({k: Shaped(v) for k, v in w.shapes.items() if v is not None}, dict(w.params))
 
 
 def _estimated_over(w: Workload, name: str, seconds: float) -> bool:
@@ -144,25 +137,33 @@ def _top_per_library(w: Workload, names, k: int) -> set:
     return keep
 
 
-def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backends=None, peers: bool = True,
-            peers_file: str | Path | None = None, threads: int | None = None, outdir: str | Path | None = "results", command: str | None = None,
-            show_progress: bool = True, console=None, **overrides) -> tuple[list[dict], dict]:
-    """Run the report workloads; returns (records, written paths).
+def compare(workloads=None, *, workloads_file=None, quick: bool = False, reduced: bool = False, backends=None,
+            peers: bool = True, peers_file: str | Path | None = None, threads: int | None = None,
+            outdir: str | Path | None = "results", command: str | None = None, show_progress: bool = True,
+            console=None, resume: bool = False, save: str | None = None, history=None,
+            **overrides) -> tuple[list[dict], dict]:
+    """Run workloads, every backend checked then timed; returns (records, written paths).
 
-    `workloads`: ids (default: all, W4 when `einlocal.ragged` exists);
-    `quick`: smaller budgets, the fresh regime, each backend checked at its timed size only,
-    backends the cost model puts far over the cap skipped (same workloads);
-    `reduced`: the workloads at their reduced shapes (for tests); `peers`: time the peers
-    (`einlocal.peers`, or those of `peers_file`, a peers module's path); `backends`:
-    names or prefixes (default: every available one); `overrides`: any
-    `Settings` key. Writes results.md/.csv/.json/.png into `outdir` (None: nothing).
+    `workloads`: ids (default: every workload of the file, and W4 when the file is the
+    report workloads' and `einlocal.ragged` exists), or `Workload` objects;
+    `workloads_file`: a workload file (TOML, docs/workloads.md; default the report workloads);
+    `quick`: smaller budgets, the fresh regime, each workload at its `quick` values,
+    each backend checked at its timed size only, backends the cost model puts far over the cap
+    skipped; `reduced`: the workloads at their reduced shapes (for tests); `peers`: time the
+    peers (`einlocal.peers`, or those of `peers_file`, a peers module's path); `backends`:
+    names or prefixes (default: every available one); `overrides`: any `Settings` key.
+    Writes results.md/.csv/.json and the figures into `outdir` (None: nothing); results.json
+    is written when the run starts and again as each job finishes, and `resume` goes on from
+    it, skipping the jobs it holds.  `save`: also keep the run as that name in the
+    per-machine history (`einlocal.runs`, under `history`).
     """
     from . import registry
+    from .harness.supervisor import allow_children
     from .machine import machine_info, roof as machine_roof, roof_text
+    from .partial import PartialRun, finished_of, job_key
+    from .runs import run_stamp
     settings = Settings({**(QUICK if quick else SETTINGS), **overrides})
-    ids = list(workloads) if workloads else list(WORKLOADS)
-    chosen = [get(i) for i in ids if str(i).upper() != "W4"]
-    want_ragged = not workloads or any(str(i).upper() == "W4" for i in ids)
+    chosen, want_ragged = _chosen(workloads, workloads_file)
     names = [n for n in registry.available() if n != "loops:python"]
     if backends:
         names = [n for n in names if any(n == b or n.startswith(b) for b in backends)]
@@ -171,12 +172,14 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
     tmp = tempfile.TemporaryDirectory(prefix="einlocal-compare-")
     jobs, pre = [], []
     notes = [ISOLATION_NOTE, roof_text(roof)]
-    sized = [w0.sized(reduced) if reduced else w0.batch_divided(settings.get("batch_divisor", 1)) for w0 in chosen]
-    references = reference_files(sized, Path(tmp.name)) if settings.full_check else {}
+    sized = [w0.sized(True) if reduced else w0.quick_sized() if quick else w0 for w0 in chosen]
+    done, kept = finished_of(Path(outdir) / "results.json") if resume and outdir is not None else (set(), [])
+    references = reference_files([w for w in sized if not _all_done(w, names, done)], Path(tmp.name)) \
+        if settings.full_check else {}
     for w in sized:
         spec = op_spec(w.op_fn())
         ref_path = None
-        if settings.full_check:
+        if settings.full_check and w.id in references:
             ref_path, why = references[w.id]
             notes.append(f"{w.id}: checked at the timed size against {why}" if ref_path is not None
                          else f"{w.id}: {why}; checked at reduced size only")
@@ -184,7 +187,8 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                       budget_s=settings.budget_s, warmup=settings.get("warmup", 1),
                       min_reps=settings.get("min_reps", 3),
                       cap_s=settings.cap_s, dtype=w.dtype, memory=settings.memory, seed=0,
-                      check_shapes=w.reduced if settings.get("reduced_check", True) or ref_path is None else None,
+                      check_shapes=(w.reduced or None) if settings.get("reduced_check", True) or ref_path is None
+                      else None,
                       workload=w.id, roofline=roof,
                       kill_margin_s=settings.get("kill_margin_s", 8.0),
                       first_call_allowance_s=settings.get("first_call_allowance_s", 0.0),
@@ -193,6 +197,9 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                       prune_over_cap=settings.get("prune_over_cap", False))
         timed = set()
         for name in names:
+            if job_key(w.id, name) in done:
+                timed.add(name)
+                continue
             b = registry.get(name)
             call_ok = _can_run(w, b)
             if call_ok is not None:
@@ -207,12 +214,11 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                 pre.append(_skip_records(w, name, settings, f"cost model: forward over {PRUNE_SHARE:g}x the cap "
                                          f"{settings.cap_s:g} s, backward far over it (--quick): not run"))
                 continue
-            jobs.append(Job(spec, w.shapes, w.params, name, reference=ref_path,
-                                 **_allowance(common, b.compile_s)))
+            jobs.append(Job(spec, w.shapes, w.params, name, reference=ref_path, **_allowance(common, b.compile_s)))
             timed.add(name)
-        for wanted in w.peers:
+        for wanted in (w.peers if w.op else ()):       # peers are recipes for catalogue ops
             peer = peer_for(wanted, peer_table)
-            if peer is None:
+            if peer is None or job_key(w.id, f"peer:{peer}") in done:
                 continue
             info = peer_info(w.op, peer_table[peer])
             if backends and not any(f"peer:{peer}".startswith(b) or b == "peer" for b in backends):
@@ -221,31 +227,75 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                 pre.append(_skip_records(w, f"peer:{peer}", settings, f"the same library call as "
                                          f"{info['same_as']}, timed here (--quick); einlocal compare times both"))
                 continue
+            compile_s = namespace(info["library"]).compile_s if info["library"] in registry.ENGINES else 0.0
             jobs.append(Job(spec, w.shapes, w.params, f"peer:{peer}", peer=info, reference=ref_path,
-                                 note="peer", **_allowance({**common, "regimes": ("fresh",)},
-                                                           namespace(info["library"]).compile_s if info["library"] in registry.ENGINES else 0.0)))
+                            note="peer", **_allowance({**common, "regimes": ("fresh",)}, compile_s)))
     if quick:
-        notes.append(f"--quick: batch divided by {settings.get('batch_divisor')} (the shapes say so), the cost "
+        notes.append(f"--quick: each workload at its quick sizes (the shapes say so), the cost "
                      f"model's {settings.get('per_library')} likeliest array strategies per library, fresh regime, "
                      f"backward in vjp mode only, {settings.budget_s:g} s budgets, a {settings.cap_s:g} s cap, "
                      f"each backend checked at the size it is timed at (not again at the reduced size)")
-    records = [r for group in pre for r in group]
+    cmd = command or "einlocal compare" + (" --quick" if quick else "")
+    info = machine_info()
+    info["notes"] = notes
+    head = {"command": cmd, "machine": info, **run_stamp()}
+    records = kept + [r for group in pre for r in group]
+    partial = PartialRun(Path(outdir) / "results.json", head, records, done) if outdir is not None else None
     # what this process imports after the jobs (W4's library, the plot's), it imports while they check
     preload = threading.Thread(target=_preload, args=(want_ragged, outdir is not None), daemon=True)
     preload.start()
-    records += _run_with_progress(jobs, threads, show_progress, console)
+    allow_children()
+    records += _run_with_progress(jobs, threads, show_progress, console, partial)
     preload.join()
-    if want_ragged:
+    if want_ragged and not (done and any(r.get("workload") == "W4" for r in kept)):
         records += _ragged_records(settings, reduced)
     tmp.cleanup()
+    _mark_sweeps(records, sized)
     paths = {}
     if outdir is not None:
         from .table import write_results
-        info = machine_info()
-        info["notes"] = notes
-        cmd = command or "einlocal compare" + (" --quick" if quick else "")
         paths = write_results(records, outdir, command=cmd, machine=info, name="results", notes=notes)
+    if save:
+        from .runs import save as save_run
+        paths["saved"] = save_run({"command": cmd, "machine": info, **run_stamp(), "records": records}, save, history)
     return records, paths
+
+
+def _chosen(workloads, workloads_file) -> tuple[list[Workload], bool]:
+    """(the workloads to run, whether W4 runs too)."""
+    from .workloads import load_file
+    if workloads and all(isinstance(w, Workload) for w in workloads):
+        return list(workloads), False
+    table = load_file(workloads_file) if workloads_file is not None else WORKLOADS
+    if not workloads:
+        return list(table.values()), workloads_file is None
+    ids = [str(i) for i in workloads]
+    want_ragged = workloads_file is None and any(i.upper() == "W4" for i in ids)
+    chosen = []
+    for i in ids:
+        if workloads_file is None and i.upper() == "W4":
+            continue
+        found = [w for k, w in table.items() if k.lower() == i.lower() or (w.sweep_of or "").lower() == i.lower()]
+        if not found:
+            from .errors import ShapeError
+            raise ShapeError(f"unknown workload {i!r}; valid: {', '.join(table)}"
+                             + (", W4" if workloads_file is None else ""))
+        chosen += found
+    return chosen, want_ragged
+
+
+def _all_done(w: Workload, names, done: set) -> bool:
+    from .partial import job_key
+    return bool(done) and all(job_key(w.id, n) in done for n in names)
+
+
+def _mark_sweeps(records: list[dict], workloads: list[Workload]) -> None:
+    """Each record of a swept workload carries the sweep it belongs to and its values (for the plots)."""
+    by_id = {w.id: w for w in workloads if w.sweep_of}
+    for r in records:
+        w = by_id.get(r.get("workload"))
+        if w is not None:
+            r["sweep_of"], r["sweep"] = w.sweep_of, dict(w.sweep)
 
 
 def _preload(ragged: bool, plot: bool) -> None:
@@ -269,25 +319,28 @@ def _allowance(common: dict, compile_s: float) -> dict:
 
 def _can_run(w: Workload, b) -> str | None:
     """Why backend `b` cannot run workload `w` on its own library's arrays, or None."""
-    import numpy as np
-    call = w.op_fn().bind(*(np.empty(w.shapes[k], np.float32) if w.shapes.get(k) else None
-                            for k in ("x", "weight", "bias")), **w.params)
-    library = b.takes[0]
-    device = "cpu"
-    return b.cannot(call.plan, library=library, device=device, call=call)
+    call = _call_of(w)
+    return b.cannot(call.plan, library=b.takes[0], device="cpu", call=call)
 
 
 def _skip_records(w: Workload, name: str, settings: Settings, reason: str) -> list[dict]:
     from .table import make_record
     peer = {"peer": True, "note": "peer"} if name.startswith("peer:") else {}
-    return [make_record(workload=w.id, op=w.op, shape=w.shape, backend=name, **{"pass": p}, regime=r,
+    return [make_record(workload=w.id, op=w.op_name, shape=w.shape, backend=name, **{"pass": p}, regime=r,
                         status="skipped", reason=reason, dtype=w.dtype, **peer)
             for r in settings.regimes for p in settings.passes]
 
 
-def _run_with_progress(jobs: list[Job], threads, show: bool, console) -> list[dict]:
+def _run_with_progress(jobs: list[Job], threads, show: bool, console, partial=None) -> list[dict]:
+    """Run the jobs (a progress bar where `show`), each finished job's records
+    written to the partial results file as it ends."""
+    from .partial import job_key
+
+    def keep(event: str, info: dict) -> None:
+        if event == "job" and partial is not None:
+            partial.finish(job_key(info["job"].workload, info["job"].backend), info.get("records", []))
     if not show or not jobs:
-        return run_jobs(jobs, threads=threads)
+        return run_jobs(jobs, threads=threads, progress=keep)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bar:
@@ -295,6 +348,7 @@ def _run_with_progress(jobs: list[Job], threads, show: bool, console) -> list[di
 
         def progress(event: str, info: dict) -> None:
             job = info["job"]
+            keep(event, info)
             if event == "job":
                 bar.advance(task)
             else:

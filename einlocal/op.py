@@ -74,6 +74,15 @@ class Op:
     def spec(self) -> dict:
         return {"statement": str(self.statement), "pad": self.pad}
 
+    def call_with(self, arrays: dict, params: dict, **kw):
+        """``self(...)`` with the arrays by name (the interface every op shares)."""
+        return self(**{n: a for n, a in arrays.items() if a is not None}, **params, **kw)
+
+    def vjp_with(self, dy, arrays: dict, params: dict, **kw) -> tuple:
+        """``self.vjp(dy, ...)`` as a tuple of gradients in operand order."""
+        grads = self.vjp(dy, **{n: a for n, a in arrays.items() if a is not None}, **params, **kw)
+        return tuple(grads[n] for n in self.inputs)
+
     def bind(self, *, sizes=None, out_shape=None, **shapes):
         """The plan for these operand shapes (no arrays needed)."""
         return bind(self.statement, tuple((k, tuple(v)) for k, v in shapes.items()),

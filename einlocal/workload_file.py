@@ -9,7 +9,10 @@ from pathlib import Path
 
 from .errors import EinlocalError
 
-__all__ = ["Workload", "WorkloadFileError", "load", "parse", "shape_text", "KEYS", "FLOAT_DTYPES"]
+__all__ = ["Workload", "WorkloadFileError", "load", "parse", "shape_text", "derive_reduced", "KEYS", "FLOAT_DTYPES"]
+
+REDUCED_RANGE = 3             # derived reduced shapes: each output index's range cut to this
+REDUCED_TERMS = 200_000       # ... and the float64 loops' work (the product of every range) at most this
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # every key a [[workload]] table may hold -> what it must be
@@ -70,7 +73,8 @@ class Workload:
 
     @property
     def op_name(self) -> str:
-        return self.op or self.statement
+        """The catalogue op's name, or the statement as einlocal writes it."""
+        return self.op or self.op_fn().name
 
     def sized(self, reduced: bool = False) -> "Workload":
         """This workload at its reduced shapes (reduced=True) or as is."""
@@ -246,8 +250,11 @@ def _one(t: dict, label: str) -> list:
         fast = _resolve(op, shapes, params, {**env, **quick}, f"{label} (quick)") if quick else None
         if reduced:
             _bind(op, {k: tuple(v) for k, v in reduced.items()}, full[1], f"{label}: key 'reduced'")
+            small = spec["reduced"]
+        else:                      # einlocal's own small shapes, so every workload is checked
+            small = derive_reduced(op, full[0], full[1]) or {}
         out.append(Workload(wid, spec["report"], spec["op"], full[0], full[1], dtype, spec["peers"],
-                            spec["reduced"], spec["title"], statement=spec["statement"], pad=spec["pad"],
+                            small, spec["title"], statement=spec["statement"], pad=spec["pad"],
                             sweep_of=t["id"] if point else None, sweep=point or None,
                             quick=None if fast is None else {"shapes": fast[0], "params": fast[1]}))
     return out
@@ -288,3 +295,93 @@ def _bind(op, shapes: dict, params: dict, label: str) -> None:
         op.bind_arrays({k: Shaped(v) for k, v in shapes.items()}, dict(params))
     except (EinlocalError, TypeError) as e:
         raise WorkloadFileError(f"{label}: {e}") from None
+
+
+def derive_reduced(op, shapes: dict, params: dict) -> dict | None:
+    """Small shapes for the check against the float64 loops, where a workload
+    gives none: each output index of the bound statement cut to a range of
+    `REDUCED_RANGE` (an operand axis read at ``a*t + ...`` loses ``|a|`` per step
+    cut, so the padding at both ends stays as it was), mapped back to the
+    public arguments (whose axes group the statement's).  None where the
+    result does not bind with the same parameters, or stays too big."""
+    from .arrays import Shaped
+    from .errors import EinlocalError
+    try:
+        call = op.bind_arrays({k: Shaped(v) for k, v in shapes.items()}, dict(params))
+    except (EinlocalError, TypeError):
+        return None
+    plan = call.plan
+    out_names = list(plan.stmt.out.names)
+    # cut all output indices; where that does not bind (an index a parameter fixes: groups), keep one at a time
+    for keep in [None, *out_names]:
+        cut = {n: min(plan.range[n], REDUCED_RANGE) for n in out_names if n != keep}
+        reduced = _cut_shapes(call, cut)
+        if reduced is None:
+            continue
+        try:
+            small = op.bind_arrays({k: Shaped(v) for k, v in reduced.items()}, dict(params))
+        except (EinlocalError, TypeError):
+            continue
+        if math.prod(small.plan.range.values()) <= REDUCED_TERMS:
+            return reduced
+    return None
+
+
+def _cut_shapes(call, cut: dict) -> dict | None:
+    stmt_shapes = {}
+    for access in call.plan.stmt.operands:
+        dims = []
+        for ax, size in zip(access.axes, call.plan.shape[access.name]):
+            if ax.alone is not None:
+                dims.append(cut.get(ax.alone, size))
+            else:
+                dims.append(size - sum(abs(a) * (call.plan.range[n] - cut[n]) for n, a in ax.terms if n in cut))
+        if min(dims) < 1:
+            return None
+        stmt_shapes[access.name] = dims
+    public = dict(call.arg_shapes)
+    out = {}
+    for arg, name, stmt_shape in call.operands:
+        groups = _groups(public[arg], stmt_shape)
+        if groups is None:
+            return None
+        new = stmt_shapes[name]
+        out[arg] = tuple(math.prod(new[a:b]) for a, b in groups)
+    if call.bias is not None and call.bias[0] in public:       # the bias follows the output's channels and sizes
+        out[call.bias[0]] = tuple(public[call.bias[0]])
+        return _bias_shape(call, out, cut)
+    return out
+
+
+def _bias_shape(call, out: dict, cut: dict) -> dict | None:
+    """A bias shaped like the cut output where it broadcasts against it (its size-1 axes stay 1)."""
+    name, bshape = call.bias
+    out_names = call.plan.stmt.out.names
+    new_out = [cut.get(n, call.plan.range[n]) for n in out_names]
+    full = [s if s == 1 else new_out[k] for k, s in enumerate(bshape)]
+    groups = _groups(dict(call.arg_shapes)[name], bshape)
+    if groups is None:
+        return None
+    out[name] = tuple(math.prod(full[a:b]) for a, b in groups)
+    return out
+
+
+def _groups(public: tuple, stmt: tuple) -> list[tuple[int, int]] | None:
+    """How the statement's axes group into the public argument's: each public axis is the
+    product of a run of statement axes (size-1 statement axes join a neighbour)."""
+    groups, k = [], 0
+    for size in public:
+        start, prod = k, 1
+        while k < len(stmt) and (prod < size or (prod == size and k < len(stmt) and stmt[k] == 1 and
+                                                 len(groups) == len(public) - 1)):
+            prod *= stmt[k]
+            k += 1
+        if prod != size:
+            return None
+        groups.append((start, k))
+    if k != len(stmt):
+        extra = stmt[k:]
+        if any(d != 1 for d in extra) or not groups:
+            return None
+        groups[-1] = (groups[-1][0], len(stmt))
+    return groups

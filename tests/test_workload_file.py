@@ -1,5 +1,8 @@
 """Workload files: the format, sweeps, quick sizes, and an error naming the file,
 workload, key and what was expected for every way a file can be wrong."""
+import math
+
+import numpy as np
 import pytest
 
 import einlocal as el
@@ -92,3 +95,21 @@ def test_file_level_mistakes(tmp_path):
         load(tmp_path / "missing.toml")
     with pytest.raises(WorkloadFileError, match="key 'statement': .*"):
         parse({"workload": [{"id": "s", "statement": "y[n += x[n]", "shapes": {"x": [2]}}]}, "f.toml")
+
+
+def test_without_reduced_shapes_einlocal_derives_small_ones_that_bind():
+    from einlocal.workload_file import derive_reduced
+    ws = parse({"workload": [
+        {"id": "op", "statement": "y[b,o,t] += x[b,c,2*t+k-1] * w[o,c,k,t]", "pad": 0,
+         "shapes": {"x": [4, 3, 40], "w": [5, 3, 3, 20]}},
+        {"id": "grouped", "op": "conv2d", "shapes": {"x": [4, 8, 16, 16], "weight": [12, 4, 3, 3]},
+         "params": {"groups": 2, "stride": 2, "padding": 1}},
+        {"id": "lc", "op": "locally_connected1d", "shapes": {"x": [4, 8, 24], "weight": [5, 8, 3, 22],
+                                                             "bias": [5, 22]}}]})
+    assert ws[0].reduced == {"x": (3, 3, 6), "w": (3, 3, 3, 3)}     # t: 20 -> 3, x's axis 2*t: 40 -> 6
+    assert ws[1].reduced == {"x": (3, 8, 6, 6), "weight": (6, 4, 3, 3)}  # the groups stay 2
+    assert ws[2].reduced == {"x": (3, 8, 5), "weight": (3, 8, 3, 3), "bias": (3, 3)}
+    for w in ws:
+        call = w.op_fn().bind_arrays({k: np.empty(v) for k, v in w.reduced.items()}, dict(w.params))
+        assert math.prod(call.plan.range.values()) <= 200_000
+    assert derive_reduced(el.conv2d, {"x": [1, 2, 3, 3]}, {}) is None           # does not bind: nothing derived

@@ -9,10 +9,7 @@ __all__ = ["bind", "pass_cost", "pass_callable", "takes_out"]
 def bind(op, arrays: dict, params: dict):
     """`op` (a catalogue op or an `el.Op`) bound to `arrays` (by argument name) and `params`:
     the one place the harness binds an op."""
-    from ..catalogue import CatalogueOp
-    if isinstance(op, CatalogueOp):
-        return op.bind(arrays["x"], arrays["weight"], arrays.get("bias"), **params)
-    return op._call(arrays, params.get("sizes"), None)
+    return op.bind_arrays(arrays, params)
 
 
 def pass_cost(call, pass_: str, itemsize: int) -> tuple[int, int]:
@@ -43,7 +40,7 @@ def takes_out(xp, peer) -> bool:
 
 def pass_callable(pass_: str, regime: str, mode, *, op=None, backend: str | None = None, params=None, xp=None,
                   call=None, dtype: str = "float32", has=lambda name: True, peer=None):
-    """fn(set) that runs one pass on an input set (``x``, ``weight``, ``bias``, ``dy``):
+    """fn(set) that runs one pass on an input set (the op's arrays by name, and ``dy``):
     with `peer` = (forward, backward, params_for(x_shape)) the peer's functions, else
     `op` on `backend` (in the steady regime into outputs made here once, where the
     library takes ``out=``; `has(name)`: whether the sets hold that argument)."""
@@ -62,12 +59,14 @@ def pass_callable(pass_: str, regime: str, mode, *, op=None, backend: str | None
         g_out = (tuple(xp.from_numpy(np.zeros(dict(call.arg_shapes)[a], dtype=dtype), "cpu") if has(a) else None
                        for a in call.args) if steady else None)
 
-        def fwd(s):
-            return op(s["x"], s["weight"], s.get("bias"), backend=backend, out=y_out, **params)
+        names = call.args
+
+        def fwd(s):        # through the op's public entry point, as a user calls it
+            return op.call_with({n: s.get(n) for n in names}, params, backend=backend, out=y_out)
 
         def bwd(s):
-            return op.vjp(s["dy"], s["x"], s["weight"], s.get("bias"), backend=backend, grad=mode or "vjp",
-                          out=g_out, **params)
+            return op.vjp_with(s["dy"], {n: s.get(n) for n in names}, params, backend=backend, grad=mode or "vjp",
+                               out=g_out)
     if pass_ == "forward":
         return fwd
     if pass_ == "backward":

@@ -140,15 +140,13 @@ class Job:
 
 
 def op_spec(op) -> dict:
-    """A JSON description of `op` a child process can rebuild (`build_op`)."""
-    from ..catalogue import CATALOGUE, CatalogueOp
-    from ..op import Op
+    """A JSON description of `op` a child process can rebuild (`build_op`): the
+    op's own ``spec()``, or a catalogue op's name."""
+    from ..catalogue import CATALOGUE
     if isinstance(op, str) and op in CATALOGUE:
         return {"op": op}
-    if isinstance(op, CatalogueOp):
-        return {"op": op.name}
-    if isinstance(op, Op):
-        return {"statement": str(op.statement), "pad": op.pad}
+    if hasattr(op, "spec") and hasattr(op, "bind_arrays"):
+        return op.spec()
     raise TypeError(f"benchmark: op must be a catalogue op, its name ({', '.join(CATALOGUE)}) or an el.Op; got {op!r}")
 
 
@@ -163,7 +161,7 @@ def build_op(spec: dict):
 
 def split_shapes(spec: dict, shapes_and_params: dict) -> tuple[dict, dict]:
     """(array shapes, other parameters) from the keyword arguments."""
-    names = ("x", "weight", "bias") if "op" in spec else build_op(spec).inputs
+    names = build_op(spec).arg_names
     shapes = {k: tuple(v) for k, v in shapes_and_params.items() if k in names and v is not None}
     params = {k: v for k, v in shapes_and_params.items() if k not in names}
     return shapes, params

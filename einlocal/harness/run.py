@@ -25,7 +25,8 @@ def run_jobs(jobs: list[Job], *, isolate: bool = True, threads: int | None = Non
     """Run jobs, one process per library (in job order within it) when `isolate`;
     returns every record. The float64 loops reference of the reduced checks is
     computed here, once per op and shape, and read by every job's check.
-    `progress(event, info)`: "step" (info: the `Step` and the `Job`) and "job" (a job finished).
+    `progress(event, info)`: "step" (info: the `Step` and the `Job`) and "job" (a job
+    finished; info: the `Job` and its records).
     `prepare_workers`: processes at once in the prepare phase (default
     `prepare.PREPARE_WORKERS`; 0: no scheduler, each library's checks and warm-ups in turn)."""
     with tempfile.TemporaryDirectory(prefix="einlocal-run-") as folder:
@@ -41,15 +42,18 @@ def _in_process(jobs: list[Job], threads: int | None, progress) -> list[dict]:
         set_threads(threads)
     records: list[dict] = []
     for job in jobs:
-        def emit(msg, job=job) -> None:
+        mine: list[dict] = []
+
+        def emit(msg, job=job, mine=mine) -> None:
             if isinstance(msg, Recorded):
                 msg.record.setdefault("isolation", IN_PROCESS_NOTE)
-                records.append(msg.record)
+                mine.append(msg.record)
             elif isinstance(msg, StepStarted) and progress:
                 progress("step", {"job": job, "step": msg.step})
         run_job(job, emit)
+        records += mine
         if progress:
-            progress("job", {"job": job})
+            progress("job", {"job": job, "records": mine})
     return records
 
 

@@ -94,7 +94,7 @@ class JobRunner:
         # shapes and dtype only: the values come in the sets below
         arrays = {n: np.empty(s, np.float64 if job.dtype == "bfloat16" else job.dtype) for n, s in job.shapes.items()}
         self.call = bind(self.op, arrays, job.params)
-        self.itemsize = arrays["x"].itemsize
+        self.itemsize = next(iter(arrays.values())).itemsize
         self._next = 0
         if self.backend is not None:
             self._guard()
@@ -142,7 +142,7 @@ class JobRunner:
     def record(self, step: Step, **fields) -> None:
         job = self.job
         flops, min_bytes = pass_cost(self.call, step.pass_, self.itemsize) if hasattr(self, "call") else (None, None)
-        rec = make_record(workload=job.workload, op=job.spec.get("op", "op"),
+        rec = make_record(workload=job.workload, op=job.spec.get("op") or job.spec.get("statement", "op"),
                           shape=" ".join(f"{dict(x='x', weight='w', bias='b').get(k, k)}({','.join(map(str, v))})"
                                          for k, v in job.shapes.items()),
                           backend=job.backend, **{"pass": step.pass_}, regime=step.regime, grad_mode=step.grad_mode,
@@ -321,7 +321,7 @@ class JobRunner:
             self.decisions.over_cap[(step.pass_, step.grad_mode)] = step.regime
             self.record(step, **fields, status=">cap", reason=t.note or f"a call past the cap {job.cap_s} s")
             return
-        fields.update(median_s=t.median_s, iqr_s=t.iqr_s)
+        fields.update(median_s=t.median_s, iqr_s=t.iqr_s, samples=[float(v) for v in t.times])
         if job.roofline:
             from ..machine import roofline_fraction
             flops, min_bytes = pass_cost(self.call, step.pass_, self.itemsize)

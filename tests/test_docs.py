@@ -77,8 +77,18 @@ def test_code_blocks_parse():
 def test_fences_are_tagged(page):
     """Every fenced block says its language, so no python example escapes the run
     as an untagged block (the command list in README is ``text``)."""
-    untagged = [line + 1 for lang, line, _ in code_blocks(page.read_text()) if lang not in ("python", "bash", "text")]
-    assert not untagged, f"{_id(page)}: fenced blocks at lines {untagged} need a language: python, bash or text"
+    untagged = [line + 1 for lang, line, _ in code_blocks(page.read_text())
+                if lang not in ("python", "bash", "text", "toml")]
+    assert not untagged, f"{_id(page)}: fenced blocks at lines {untagged} need a language: python, bash, toml or text"
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if "```toml" in p.read_text()], ids=_id)
+def test_every_toml_example_is_a_workload_file_that_loads(page):
+    """A ```toml block is a workload file: it parses, and each workload binds."""
+    from einlocal.workload_file import _tomllib, parse
+    for lang, line, code in code_blocks(page.read_text()):
+        if lang == "toml":
+            assert parse(_tomllib().loads(code), f"{_id(page)}:{line + 1}"), code
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if "```python" in p.read_text()], ids=_id)

@@ -54,7 +54,8 @@ def run_checked(op, arrays: tuple, params: dict, *, backend: str, pass_: str, se
     from .arrays import check_same_kind
     from .backends.namespaces import namespace
     from .call import forward, resolve_backend, vjp
-    from .check import compare_parts, random_inputs, reference_outputs
+    from .check import compare_parts, random_inputs
+    from .reference import reference_outputs
     from .timing import sync_for
     if pass_ not in PASSES:
         raise ValueError(f"pass_ must be one of {PASSES}, got {pass_!r}")
@@ -67,7 +68,8 @@ def run_checked(op, arrays: tuple, params: dict, *, backend: str, pass_: str, se
     as64 = {n: np.asarray(xp.to_numpy(a), np.float64) for n, a in given.items()}
     dy64 = random_inputs({"dy": call.out_shape}, "float64", seed)["dy"]
     dy = xp.from_numpy(dy64.astype(np.float32 if dtype == "bfloat16" else dtype), device)
-    ref = reference_outputs(call, as64, dy64)
+    fast, why = _float64_reference(op, call, kw)
+    ref = reference_outputs(call, as64, dy64, backend=fast)
 
     def run():
         if pass_ == "forward":
@@ -92,13 +94,48 @@ def run_checked(op, arrays: tuple, params: dict, *, backend: str, pass_: str, se
     info = {"op": op.name, "backend": name, "pass": pass_, "library": library, "dtype": dtype, "device": device,
             "shapes": {n: list(a.shape) for n, a in given.items()},
             "params": {k: (v if isinstance(v, (int, float, str)) else repr(v)) for k, v in kw.items()},
-            "check_error": worst[1], "check_tolerance": worst[2], "flops": flops, "bytes": call.min_bytes(itemsize)}
+            "check_error": worst[1], "check_tolerance": worst[2], "reference": why, "flops": flops,
+            "bytes": call.min_bytes(itemsize)}
     return run, info
+
+
+LOOPS_LIMIT = 3e5      # multiply-adds above which the pure-Python reference is too slow: a float64 lowering instead
+FAST_REFERENCES = ("einsum:numpy", "bmm:numpy")
+
+
+def _float64_reference(op, call, params: dict):
+    """(backend, what it is): None for the literal float64 loops where the call
+    is small; above `LOOPS_LIMIT` multiply-adds, a float64 lowering that passed
+    the check against the loops at small shapes derived from the call's
+    (`einlocal.workload_file.derive_reduced`)."""
+    import math
+
+    from . import registry
+    from .check import check
+    from .workload_file import derive_reduced
+    if math.prod(call.plan.range.values()) <= LOOPS_LIMIT:
+        return None, "loops:python"
+    small = derive_reduced(op, dict(call.arg_shapes), params)
+    if small is None:
+        return None, "loops:python (no smaller shapes to check a faster reference at)"
+    for name in FAST_REFERENCES:
+        if name in registry.available() and check(op, backends=[name], dtype="float64", seed=1, **small,
+                                                  **params).ok:
+            shapes = " ".join(f"{k}{tuple(v)}" for k, v in small.items())
+            return registry.get(name), f"{name} in float64, checked against loops:python at {shapes}"
+    return None, "loops:python (no float64 lowering passed at smaller shapes)"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """pytest-benchmark's machine info gets einlocal's (CPU model, library versions, threads, GPU)."""
+    from .machine import machine_info as einlocal_machine_info
+    machine_info["einlocal"] = einlocal_machine_info()
 
 
 @pytest.fixture
 def einlocal_bench(request):
-    """``einlocal_bench(op, *arrays, backend=..., pass_="forward", **params)``:
+    """``einlocal_bench(op, *arrays, backend=..., pass_="forward", workload=None, **params)``:
     check the call against the float64 reference (a failure fails the test),
     then time it with pytest-benchmark (device work synchronised), recording
     op, backend, pass, shapes, params, check_error, check_tolerance, flops,
@@ -110,10 +147,12 @@ def einlocal_bench(request):
                     "(pip install pytest-benchmark)")
     config = request.config
 
-    def bench(op, *arrays, backend="auto", pass_="forward", **params):
+    def bench(op, *arrays, backend="auto", pass_="forward", workload=None, **params):
         run, info = run_checked(op, arrays, params, backend=backend, pass_=pass_,
                                 seed=config.getoption("--einlocal-seed"))
         benchmark.extra_info.update(info)
+        if workload is not None:
+            benchmark.extra_info["workload"] = benchmark.group = workload
         shapes = " ".join(f"{k}({','.join(map(str, v))})" for k, v in info["shapes"].items())
         benchmark.group = benchmark.group or f"{info['op']} {shapes}"
         result = benchmark(run)

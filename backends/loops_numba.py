@@ -76,6 +76,7 @@ class NumbaLoops(Backend):
     takes = ("numpy", "torch")
     requires = ("numba",)
     compile_s = 10.0          # a backward's two kernels, ~4 s each on 2 cores
+    dtypes = _DTYPES
 
     def __init__(self, tiled: bool = True):
         self.tiled = tiled                # False: always the general nest (tests compare both)
@@ -87,6 +88,9 @@ class NumbaLoops(Backend):
         reason = super().cannot(plan, library=library, device=device, call=call)
         if reason:
             return reason
+        return self.cannot_device(device)
+
+    def cannot_device(self, device: str) -> str | None:
         if device != "cpu":
             return f"{self.name} runs on the CPU; the arrays are on {device}"
         return None
@@ -96,6 +100,9 @@ class NumbaLoops(Backend):
 
     def workspace(self, plan) -> tuple[int, str]:
         return 0, "none (loops read and write in place; padding is clipped loop ranges or masked lanes)"
+
+    def allocations(self, plan) -> list:
+        return []
 
     def kernel(self, plan, out_strides=None, dtype: str = "float64"):
         """The generated ``Kernel`` (``.source``) that runs ``plan`` on

@@ -95,6 +95,16 @@ class Namespace:
         """Whether two arrays may share memory."""
         return False
 
+    def unwritable(self, a) -> str | None:
+        """Why ``a`` cannot be written as an ``out=`` (read-only, or a
+        broadcast view whose elements share memory), or None."""
+        strides = getattr(self, "strides", None)
+        if strides is not None:
+            for k, (n, st) in enumerate(zip(a.shape, strides(a))):
+                if n > 1 and st == 0:
+                    return f"has stride 0 on axis {k} (a broadcast view: its {n} elements there are one)"
+        return None
+
     def sync(self, leaves) -> list:
         """Callables that wait for the device work behind these arrays."""
         return []

@@ -66,8 +66,9 @@ class Backend:
         if reason:
             return reason
         if dtype is not None:
-            if dtype not in namespace(library).dtypes:
-                return f"{library} has no {dtype}"
+            reason = namespace(library).lacks(dtype)
+            if reason:
+                return reason
             if self.dtypes is not None and dtype not in self.dtypes:
                 return f"{self.name} computes in {' or '.join(self.dtypes)}, not {dtype}"
         if grad is not None and grad not in self.grad_modes(library):

@@ -118,6 +118,15 @@ class Namespace:
         harness to create inputs; never called on user data)."""
         raise NotImplementedError
 
+    def from_numpy_as(self, a, dtype: str, device: str = "cpu"):
+        """``from_numpy`` holding ``a``'s values in ``dtype`` (a dtype name this
+        library has, numpy's or not: torch's and jax's bfloat16)."""
+        return self.from_numpy(a.astype(dtype), device)
+
+    def lacks(self, dtype: str) -> str | None:
+        """Why arrays of ``dtype`` cannot be computed in here, or None."""
+        return None if dtype in self.dtypes else f"{self.name} has no {dtype}"
+
     def to_numpy(self, a):
         return a
 

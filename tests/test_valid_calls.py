@@ -220,3 +220,53 @@ def test_the_memory_guard_adds_up_every_intermediate():
         el.conv2d(x, w, padding=1, backend="bmm:numpy")
     el.set_memory_budget(4 * total)
     el.conv2d(x, w, padding=1, backend="bmm:numpy")
+
+
+# -- auto and el.backends: only backends that run the call -------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 5, 5), (2, 4, 7, 7)])
+def test_auto_with_autodiff_on_jax_picks_a_backend_with_autodiff(shape):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    from einlocal.call import resolve_backend
+    x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    w = jnp.asarray(rng.standard_normal((shape[1] * 2, 1, 3, 3)).astype(np.float32))
+    call = el.depthwise_conv2d.bind(x, w, padding=1)
+    chosen = resolve_backend("auto", call, "jax", "cpu", "float32", "autodiff")
+    assert "autodiff" in chosen.grad_modes("jax")
+    dy = jnp.ones(call.out_shape, jnp.float32)
+    dx, dw, _ = el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, grad="autodiff")
+    want = el.vjp(el.depthwise_conv2d, np.ones(call.out_shape), np.asarray(x, np.float64), np.asarray(w, np.float64),
+                  padding=1, backend="loops:python")
+    np.testing.assert_allclose(np.asarray(dw), want[1], rtol=1e-4, atol=1e-4)
+    g = jax.jit(jax.grad(lambda w: el.depthwise_conv2d(x, w, padding=1, grad="autodiff").sum()))(w)
+    np.testing.assert_allclose(np.asarray(g), want[1], rtol=1e-4, atol=1e-4)
+
+
+def _arrays_of(kind: str):
+    """(x, weight, bias) of conv2d for one library and dtype."""
+    lib, dtype = kind.split("-")
+    x, w, b = X[:1, :, :5, :5], W_CV, B_CV
+    if lib == "numpy":
+        return x.astype(dtype), w.astype(dtype), b.astype(dtype)
+    mod = pytest.importorskip(lib)
+    if lib == "torch":
+        return tuple(mod.tensor(a).to(getattr(mod, dtype)) for a in (x, w, b))
+    return tuple(mod.numpy.asarray(a, dtype=dtype) for a in (x, w, b))
+
+
+@pytest.mark.parametrize("kind", ["numpy-float32", "numpy-float16", "numpy-float64", "torch-float32",
+                                  "torch-bfloat16", "torch-float16", "jax-float32", "jax-bfloat16"])
+def test_every_backend_el_backends_lists_runs_the_op(kind):
+    x, w, b = _arrays_of(kind)
+    listed = el.backends(el.conv2d, like=x)
+    assert listed and listed == el.backends(el.conv2d, like={"x": x, "weight": w, "bias": b}, groups=2)
+    for name in listed:
+        y = el.conv2d(x, w, b, groups=2, backend=name)
+        assert tuple(y.shape) == (1, 6, 3, 3) and str(y.dtype).endswith(kind.split("-")[1]), name
+    if kind.endswith("float16") and not kind.startswith("jax"):
+        assert "loops:numba" not in listed
+        with pytest.raises(el.BackendError, match="loops:numba computes in float32 or float64, not"):
+            el.conv2d(x, w, b, groups=2, backend="loops:numba")
+    assert el.conv2d(x, w, b, groups=2).dtype == x.dtype            # auto, too

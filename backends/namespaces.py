@@ -99,7 +99,7 @@ class Namespace:
         """Why ``a`` cannot be written as an ``out=`` (read-only, or a
         broadcast view whose elements share memory), or None."""
         strides = getattr(self, "strides", None)
-        if strides is not None:
+        if strides is not None and all(n for n in a.shape):      # an empty array has nothing to share
             for k, (n, st) in enumerate(zip(a.shape, strides(a))):
                 if n > 1 and st == 0:
                     return f"has stride 0 on axis {k} (a broadcast view: its {n} elements there are one)"

@@ -184,7 +184,7 @@ def cmd_choose(args) -> int:
     missing = xp.unavailable()
     if missing:
         raise BackendError(f"--library {args.library}: {missing}")
-    arrays = {k: xp.from_numpy(a, "cpu") for k, a in random_inputs(shapes, args.dtype, 0).items()}
+    arrays = {k: xp.from_numpy_as(a, args.dtype, "cpu") for k, a in random_inputs(shapes, args.dtype, 0).items()}
     entry = choose(op, arrays["x"], arrays["weight"], arrays.get("bias"), backends=_backend_names(args.backends),
                    passes=tuple(args.passes.split(",")), budget_s=args.budget, refresh=args.refresh,
                    details=True, **params)

@@ -148,6 +148,12 @@ class Namespace:
         """The forward pass, recorded for the library's autodiff."""
         raise NotImplementedError
 
+    def record_empty(self, call, backend, arrays: dict):
+        """The forward pass of an empty batch (``call.empty``), recorded so
+        that every gradient is zeros: by default the op recorded with its
+        derived backward (which gives zeros for an empty batch)."""
+        return self.record(call, backend, arrays, "vjp")
+
     def autodiff_vjp(self, call, backend, dy, arrays: dict, wrt) -> dict:
         raise BackendError(f"grad='autodiff' needs a library with automatic differentiation, not {self.name}")
 

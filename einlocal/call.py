@@ -91,6 +91,8 @@ def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):
     if xp.records(arrays, grad):
         if out is not None:
             raise ShapeError("out= cannot be used when an input requires grad (autograd needs a fresh result)")
+        if call.empty:      # nothing to compute or differentiate: the library's own way to give zeros
+            return xp.record_empty(call, backend_obj, arrays)
         return xp.record(call, backend_obj, arrays, grad)
     return run_forward(call, backend_obj, arrays, out)
 
@@ -127,6 +129,8 @@ def vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, gra
             check_budget(backend_obj, call.plan.backward[op], itemsize,
                          0 if arg in outs else math.prod(shapes[arg]))
     wanted = tuple(w for w in wrt if arrays.get(w) is not None)
+    if not wanted:          # no gradient asked for: nothing to run
+        return tuple(None for _ in call.args)
     if grad == "autodiff" and not call.empty:     # an empty batch's gradients are zeros, not differentiated
         grads = autodiff.vjp(call, backend_obj, dy, arrays, wanted, library)
         for arg, o in outs.items():

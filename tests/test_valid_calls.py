@@ -270,3 +270,42 @@ def test_every_backend_el_backends_lists_runs_the_op(kind):
         with pytest.raises(el.BackendError, match="loops:numba computes in float32 or float64, not"):
             el.conv2d(x, w, b, groups=2, backend="loops:numba")
     assert el.conv2d(x, w, b, groups=2).dtype == x.dtype            # auto, too
+
+
+@pytest.mark.parametrize("grad", ["vjp", "autodiff"])
+def test_an_empty_batch_under_torch_autograd_in_either_grad_mode(grad):
+    torch = pytest.importorskip("torch")
+    x = torch.zeros((0, 4, 7, 7), requires_grad=True)
+    w = torch.tensor(W_CV, requires_grad=True)
+    y = el.conv2d(x, w, groups=2, backend="bmm:torch", grad=grad)
+    assert y.shape == (0, 6, 5, 5) and y.requires_grad
+    y.sum().backward()
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape and not w.grad.any()
+
+
+@pytest.mark.parametrize("grad", ["vjp", "autodiff"])
+def test_an_empty_batch_under_jax_grad(grad):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x, w, b = jnp.zeros((0, 4, 7, 7), jnp.float32), jnp.asarray(W_CV), jnp.asarray(B_CV)
+
+    def loss(x, w, b):
+        return el.conv2d(x, w, b, groups=2, backend="bmm:jax", grad=grad).sum()
+    for fn in (jax.grad(loss, argnums=(0, 1, 2)), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))):
+        dx, dw, db = fn(x, w, b)
+        assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+        assert not np.asarray(dw).any() and not np.asarray(db).any()
+
+
+@pytest.mark.parametrize("grad", ["vjp", "autodiff"])
+@pytest.mark.parametrize("wrt", [(), ("bias",)])
+def test_vjp_with_no_gradient_or_only_the_bias_asked_for(grad, wrt):
+    torch = pytest.importorskip("torch")
+    x, w, b = torch.tensor(X), torch.tensor(W_CV), torch.tensor(B_CV)
+    dy = torch.ones((2, 6, 5, 5))
+    for backend in ("broadcast:torch", "native:torch"):
+        grads = el.vjp(el.conv2d, dy, x, w, b, groups=2, backend=backend, wrt=wrt, grad=grad)
+        assert grads[0] is None and grads[1] is None
+        assert (grads[2] is None) == (not wrt)
+        if wrt:
+            np.testing.assert_allclose(grads[2].numpy(), np.full(6, 50.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 
-from .lowering import execute, largest_intermediate
+from .lowering import execute, intermediates, largest_intermediate
 from .namespaces import namespace
 
 __all__ = ["Backend", "ArrayBackend", "missing_modules", "add_bias"]
@@ -41,10 +41,40 @@ class Backend:
         """Why this backend cannot run on this machine, or None."""
         return missing_modules(*self.requires)
 
+    # the floating dtypes it computes in (None: every one its array library has)
+    dtypes: tuple[str, ...] | None = None
+
     def cannot(self, plan, *, library: str, device: str, call=None) -> str | None:
         """Why it cannot run this plan on these arrays, or None."""
         if library not in self.takes:
             return f"{self.name} takes {' or '.join(self.takes)} arrays, not {library}"
+        return None
+
+    def cannot_device(self, device: str) -> str | None:
+        """Why it cannot run on ``device``, or None."""
+        return None
+
+    def refuses(self, *, library: str, device: str, dtype: str | None = None, grad: str | None = None,
+                plan=None, call=None) -> str | None:
+        """Why it cannot run a call on such arrays, or None: the library, the
+        device, the dtype, the grad mode and (given a plan) the plan itself,
+        as far as each is known.  `auto`, ``el.backends`` and ``el.check``
+        ask this one question."""
+        if library not in self.takes:
+            return f"{self.name} takes {' or '.join(self.takes)} arrays, not {library}"
+        reason = self.cannot_device(device)
+        if reason:
+            return reason
+        if dtype is not None:
+            reason = namespace(library).lacks(dtype)
+            if reason:
+                return reason
+            if self.dtypes is not None and dtype not in self.dtypes:
+                return f"{self.name} computes in {' or '.join(self.dtypes)}, not {dtype}"
+        if grad is not None and grad not in self.grad_modes(library):
+            return f"{self.name} has no grad={grad!r} for {library} arrays (it has {', '.join(self.grad_modes(library))})"
+        if plan is not None:
+            return self.cannot(plan, library=library, device=device, call=call)
         return None
 
     def grad_modes(self, library: str) -> tuple[str, ...]:
@@ -57,6 +87,13 @@ class Backend:
     def preload(self) -> None:
         """Start what this backend's first call would start (its compiler), so
         that a timed first call pays for its own work alone."""
+
+    def allocations(self, plan) -> list:
+        """[(elements, description)] of every intermediate it allocates
+        running ``plan`` (the result aside): what the memory guard adds up.
+        By default its largest (`workspace`); a lowering of several overrides."""
+        w = self.workspace(plan)
+        return [w] if w[0] else []
 
     def execute(self, plan, operands: dict, out=None):
         """Run one bound statement; ``out`` (if given) is overwritten."""
@@ -113,6 +150,9 @@ class ArrayBackend(Backend):
 
     def workspace(self, plan) -> tuple[int, str]:
         return _workspace(self, plan)
+
+    def allocations(self, plan) -> list:
+        return [c for c in intermediates(plan, *self.contraction_elements(plan)) if c[0]]
 
     def execute(self, plan, operands: dict, out=None):
         if self.xp.functional:

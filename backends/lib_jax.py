@@ -58,6 +58,11 @@ class Jax(Namespace):
         from . import autograd_jax
         return autograd_jax.apply(call, backend, arrays)
 
+    def record_empty(self, call, backend, arrays: dict):
+        """A constant (empty) result: jax differentiates it to zeros itself."""
+        from ..run import run_forward
+        return run_forward(call, backend, arrays)
+
     def autodiff_vjp(self, call, backend, dy, arrays: dict, wrt) -> dict:
         import jax
 
@@ -99,6 +104,22 @@ class Jax(Namespace):
 
     def from_numpy(self, a, device: str = "cpu"):
         return self.mod.asarray(a)
+
+    def from_numpy_as(self, a, dtype: str, device: str = "cpu"):
+        return self.mod.asarray(a, dtype=dtype)
+
+    def x64(self) -> bool:
+        """Whether jax computes float64 (its 64-bit mode; off by default)."""
+        if self.loaded():
+            return bool(sys.modules["jax"].config.jax_enable_x64)
+        import os
+        return os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true", "yes", "on")
+
+    def lacks(self, dtype: str) -> str | None:
+        if dtype == "float64" and not self.x64():
+            return ("jax computes float64 only with 64-bit mode on (JAX_ENABLE_X64=1, or "
+                    "jax.config.update('jax_enable_x64', True)); without it float64 becomes float32")
+        return super().lacks(dtype)
 
     def to_numpy(self, a):
         import numpy

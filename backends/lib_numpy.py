@@ -16,6 +16,11 @@ class NumpyLike(Namespace):
     def strides(self, a):
         return tuple(s // a.itemsize for s in a.strides)
 
+    def unwritable(self, a) -> str | None:
+        if not a.flags.writeable:
+            return "is read-only"
+        return super().unwritable(a)
+
     def as_strided(self, a, shape, strides, offset_index):
         base = a[tuple(slice(o, None) for o in offset_index)]
         return self.mod.lib.stride_tricks.as_strided(base, shape=shape, strides=tuple(s * a.itemsize for s in strides))

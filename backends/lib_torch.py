@@ -98,8 +98,12 @@ class Torch(Namespace):
     def from_numpy(self, a, device: str = "cpu"):
         return self.mod.from_numpy(a.copy()).to(device)
 
+    def from_numpy_as(self, a, dtype: str, device: str = "cpu"):
+        return self.mod.from_numpy(a.copy()).to(device=device, dtype=getattr(self.mod, dtype))
+
     def to_numpy(self, a):
-        return a.detach().cpu().numpy()
+        a = a.detach().cpu()
+        return (a.float() if a.dtype == self.mod.bfloat16 else a).numpy()   # numpy has no bfloat16
 
     def strides(self, a):
         return tuple(a.stride())

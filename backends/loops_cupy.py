@@ -41,6 +41,7 @@ class CupyLoops(Backend):
     engine = "cupy"
     takes = ("cupy",)
     requires = ("cupy",)
+    dtypes = _DTYPES
     compile_s = 10.0
 
     def __init__(self):

@@ -76,6 +76,7 @@ class NumbaLoops(Backend):
     takes = ("numpy", "torch")
     requires = ("numba",)
     compile_s = 10.0          # a backward's two kernels, ~4 s each on 2 cores
+    dtypes = _DTYPES
 
     def preload(self) -> None:
         """numba's compiler and CPU target start on the first compile (~0.3 s)."""
@@ -92,6 +93,9 @@ class NumbaLoops(Backend):
         reason = super().cannot(plan, library=library, device=device, call=call)
         if reason:
             return reason
+        return self.cannot_device(device)
+
+    def cannot_device(self, device: str) -> str | None:
         if device != "cpu":
             return f"{self.name} runs on the CPU; the arrays are on {device}"
         return None
@@ -101,6 +105,9 @@ class NumbaLoops(Backend):
 
     def workspace(self, plan) -> tuple[int, str]:
         return 0, "none (loops read and write in place; padding is clipped loop ranges or masked lanes)"
+
+    def allocations(self, plan) -> list:
+        return []
 
     def kernel(self, plan, out_strides=None, dtype: str = "float64"):
         """The generated ``Kernel`` (``.source``) that runs ``plan`` on

@@ -42,6 +42,7 @@ class TritonLoops(Backend):
     engine = "triton"
     takes = ("torch",)
     requires = ("triton", "torch")
+    dtypes = _DTYPES
     compile_s = 10.0
 
     def __init__(self):
@@ -70,13 +71,19 @@ class TritonLoops(Backend):
     def unavailable(self) -> str | None:
         return missing_modules(*self.requires)
 
+    def cannot_device(self, device: str) -> str | None:
+        if not device.startswith("cuda") and not (device == "cpu" and interpreting()):
+            return (f"loops:triton runs on CUDA tensors (CPU tensors only under the Triton interpreter, "
+                    f"TRITON_INTERPRET=1); got device {device}")
+        return None
+
     def cannot(self, plan, *, library: str, device: str, call=None) -> str | None:
         reason = super().cannot(plan, library=library, device=device, call=call)
         if reason:
             return reason
-        if not device.startswith("cuda") and not (device == "cpu" and interpreting()):
-            return (f"loops:triton runs on CUDA tensors (CPU tensors only under the Triton interpreter, "
-                    f"TRITON_INTERPRET=1); got device {device}")
+        reason = self.cannot_device(device)
+        if reason:
+            return reason
         sizes = [math.prod(s) for _, s in plan.shapes] + [math.prod(plan.out_shape), plan.iterations]
         if max(sizes) > INT32_LIMIT:
             return f"loops:triton indexes with int32; {max(sizes)} elements exceed {INT32_LIMIT}"

@@ -12,7 +12,7 @@ import itertools
 import math
 
 
-__all__ = ["window", "fold", "execute", "tap_slices"]
+__all__ = ["window", "fold", "execute", "tap_slices", "largest_intermediate", "intermediates"]
 
 
 def main_indices(win):
@@ -189,6 +189,13 @@ def execute(strategy, xp, plan, operands: dict, out=None):
 def largest_intermediate(plan, strategy_elements: int, what: str):
     """(elements, description) of the largest array a lowering creates:
     the strategy's own, a padded operand copy, or the unfolded output."""
+    return max(intermediates(plan, strategy_elements, what), key=lambda c: c[0])
+
+
+def intermediates(plan, strategy_elements: int, what: str) -> list:
+    """[(elements, description)] of every array a lowering creates besides
+    its result: the strategy's own, padded operand copies, the unfolded
+    output and its padded buffer."""
     cands = [(strategy_elements, what)]
     for w in plan.windows.values():
         if w.padded:
@@ -197,4 +204,4 @@ def largest_intermediate(plan, strategy_elements: int, what: str):
         cands.append((math.prod(plan.unfolded_shape()), f"unfolded output {plan.unfolded_shape()}"))
         if plan.out_window.padded:
             cands.append((math.prod(plan.out_window.padded_shape), f"padded output {plan.out_window.padded_shape}"))
-    return max(cands, key=lambda c: c[0])
+    return cands

@@ -96,6 +96,16 @@ class Namespace:
         """Whether two arrays may share memory."""
         return False
 
+    def unwritable(self, a) -> str | None:
+        """Why ``a`` cannot be written as an ``out=`` (read-only, or a
+        broadcast view whose elements share memory), or None."""
+        strides = getattr(self, "strides", None)
+        if strides is not None and all(n for n in a.shape):      # an empty array has nothing to share
+            for k, (n, st) in enumerate(zip(a.shape, strides(a))):
+                if n > 1 and st == 0:
+                    return f"has stride 0 on axis {k} (a broadcast view: its {n} elements there are one)"
+        return None
+
     def sync(self, leaves) -> list:
         """Callables that wait for the device work behind these arrays."""
         return []
@@ -108,6 +118,15 @@ class Namespace:
         """A new array of this library holding numpy array ``a`` (used by the
         harness to create inputs; never called on user data)."""
         raise NotImplementedError
+
+    def from_numpy_as(self, a, dtype: str, device: str = "cpu"):
+        """``from_numpy`` holding ``a``'s values in ``dtype`` (a dtype name this
+        library has, numpy's or not: torch's and jax's bfloat16)."""
+        return self.from_numpy(a.astype(dtype), device)
+
+    def lacks(self, dtype: str) -> str | None:
+        """Why arrays of ``dtype`` cannot be computed in here, or None."""
+        return None if dtype in self.dtypes else f"{self.name} has no {dtype}"
 
     def to_numpy(self, a):
         return a
@@ -129,6 +148,12 @@ class Namespace:
     def record(self, call, backend, arrays: dict, grad: str):
         """The forward pass, recorded for the library's autodiff."""
         raise NotImplementedError
+
+    def record_empty(self, call, backend, arrays: dict):
+        """The forward pass of an empty batch (``call.empty``), recorded so
+        that every gradient is zeros: by default the op recorded with its
+        derived backward (which gives zeros for an empty batch)."""
+        return self.record(call, backend, arrays, "vjp")
 
     def autodiff_vjp(self, call, backend, dy, arrays: dict, wrt) -> dict:
         raise BackendError(f"grad='autodiff' needs a library with automatic differentiation, not {self.name}")

@@ -252,11 +252,12 @@ def generate(plan, out_strides=None, *, fastmath: bool = False, init: bool = Fal
     lines += [head, f"def {KERNEL_NAME}({', '.join(args)}):"]
     ind = "    "
     start = (lambda idx: f"{INIT}[{idx}]") if init else (lambda idx: "0")
+    whole = INIT if init else "0"    # the whole start array: numba lowers no `init_[...]` of a read-only one
     if "__empty__" in clips:
-        lines.append(ind + f"{_arr(out.name)}[...] = {start('...')}")
+        lines.append(ind + f"{_arr(out.name)}[...] = {whole}")
         lines.append(ind + "return")
     elif prezero and not zero_in_parallel:
-        lines.append(ind + f"{_arr(out.name)}[...] = {start('...')}")
+        lines.append(ind + f"{_arr(out.name)}[...] = {whole}")
 
     product: list[str] = []
     pending = [acc for acc in stmt.operands if load_depth[acc.name] < 0]

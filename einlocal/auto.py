@@ -98,20 +98,22 @@ def auto_backend(call, library: str, device: str, dtype: str | None = None) -> s
 
 
 @functools.lru_cache(maxsize=4096)
-def _unmeasured_choice(call, library: str, device: str, dtype, budget_16mib: int) -> str:
+def _unmeasured_choice(call, library: str, device: str, dtype, budget_16mib: int, grad: str | None = None) -> str:
     """Auto without a measurement, once per call key (and memory budget, in
     16 MiB steps): the array strategies only (written once, checked on every
-    library); natives and generated loops are picked by a measured el.choose."""
-    names = candidates(call, library, device, array_strategies_only=True)
+    library) that can do what the call asks (its dtype, and grad mode where
+    given); natives and generated loops are picked by a measured el.choose."""
+    names = candidates(call, library, device, array_strategies_only=True, dtype=dtype, grad=grad)
     name = cost_model_choice(call, library, device, itemsize=_itemsize(dtype), names=names)
     if name is not None:
         return name
-    for name in namespace(library).fallback:
+    for name in (*namespace(library).fallback, *names):
         if name in registry.available():
             b = registry.get(name)
-            if not b.cannot(call.plan, library=library, device=device, call=call):
+            if not b.refuses(library=library, device=device, dtype=dtype, grad=grad, plan=call.plan, call=call):
                 return name
-    raise BackendError(f"no backend can run {call.kind} on {library} arrays on {device}; "
+    raise BackendError(f"no backend can run {call.kind} on {library} arrays on {device}"
+                       f"{f' in {dtype}' if dtype else ''}{f' with grad={grad!r}' if grad else ''}; "
                        f"available: {', '.join(registry.available())}")
 
 
@@ -119,7 +121,10 @@ def _itemsize(dtype: str | None) -> int:
     return {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}.get(dtype or "float32", 4)
 
 
-def candidates(call, library: str, device: str, *, array_strategies_only: bool = False) -> list[str]:
+def candidates(call, library: str, device: str, *, array_strategies_only: bool = False, dtype: str | None = None,
+               grad: str | None = None) -> list[str]:
+    """The backends that can run ``call`` on such arrays (and in ``dtype``,
+    with ``grad``, where given)."""
     out = []
     for name in registry.available():
         if name == "loops:python":
@@ -127,7 +132,7 @@ def candidates(call, library: str, device: str, *, array_strategies_only: bool =
         b = registry.get(name)
         if array_strategies_only and b.strategy not in registry.ARRAY_STRATEGIES:
             continue
-        if library in b.takes and not b.cannot(call.plan, library=library, device=device, call=call):
+        if not b.refuses(library=library, device=device, dtype=dtype, grad=grad, plan=call.plan, call=call):
             out.append(name)
     return out
 

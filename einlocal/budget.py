@@ -60,15 +60,21 @@ def set_memory_budget(nbytes: int | None) -> None:
     _budget = None if nbytes is None else int(nbytes)
 
 
-def check_budget(backend, plan, itemsize: int) -> None:
-    """Raise MemoryBudgetError if ``backend``'s lowering of ``plan`` would
-    create an intermediate larger than the budget."""
-    elements, what = backend.workspace(plan)
-    nbytes = elements * itemsize
+def check_budget(backend, plan, itemsize: int, result: int = 0) -> None:
+    """Raise MemoryBudgetError if what ``backend`` allocates running
+    ``plan`` -- every intermediate of its lowering, plus ``result``
+    elements for a result einlocal allocates (no ``out=``) -- is over the
+    budget."""
+    allocs = [(n, what) for n, what in backend.allocations(plan) if n]
+    if result:
+        allocs.append((result, f"result {tuple(plan.out_shape)}"))
+    nbytes = sum(n for n, _ in allocs) * itemsize
     budget = memory_budget()
     if nbytes > budget:
+        largest = max(allocs, key=lambda c: c[0])[1]
+        parts = "; ".join(f"{what}: {n * itemsize:,} bytes" for n, what in allocs)
         raise MemoryBudgetError(
-            f"backend {backend.name}: its largest intermediate, the {what}, needs {nbytes:,} bytes "
-            f"({nbytes / 2**20:,.1f} MiB), over the memory budget of {budget:,} bytes "
-            f"({budget / 2**20:,.1f} MiB) for {plan.stmt}; choose another backend or raise the budget "
+            f"backend {backend.name} would allocate {nbytes:,} bytes ({nbytes / 2**20:,.1f} MiB; {parts}; the "
+            f"largest, the {largest}), over the memory budget of {budget:,} bytes ({budget / 2**20:,.1f} MiB) "
+            f"for {plan.stmt}; choose another backend or raise the budget "
             f"(el.set_memory_budget or EINLOCAL_MEMORY_BUDGET)")

@@ -6,11 +6,13 @@ Every check happens before any work.
 """
 from __future__ import annotations
 
+import math
+
 from . import auto, registry
 from .arrays import check_same_kind, device_of, dtype_name, library_of, requires_grad, shape_of
 from .backends import autodiff
 from .backends.namespaces import namespace
-from .budget import check_budget
+from .budget import check_budget, memory_budget
 from .errors import BackendError, ShapeError
 from .run import Call, run_forward, run_vjp
 
@@ -20,15 +22,19 @@ GRAD_MODES = ("vjp", "autodiff")
 FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
-def resolve_backend(name, call: Call, library: str, device: str, dtype: str | None = None):
+def resolve_backend(name, call: Call, library: str, device: str, dtype: str | None = None, grad: str | None = None):
     """The backend object for ``name`` ("auto" included) that can run
-    ``call`` on these arrays; BackendError saying why not."""
+    ``call`` on these arrays (dtype, and grad mode where given);
+    BackendError saying why not."""
     if name is None or name == "auto":
         name = auto.auto_backend(call, library, device, dtype=dtype)
+        if registry.get(name).refuses(library=library, device=device, dtype=dtype, grad=grad, plan=call.plan, call=call):
+            # the cached or modelled pick cannot do what this call asks: the best that can
+            name = auto._unmeasured_choice(call, library, device, dtype, memory_budget() >> 24, grad)
     if not isinstance(name, str):
         raise BackendError(f"backend must be a str such as 'bmm:numpy' or 'auto', got {name!r}")
     backend = registry.get(name)
-    reason = backend.cannot(call.plan, library=library, device=device, call=call)
+    reason = backend.refuses(library=library, device=device, dtype=dtype, plan=call.plan, call=call)
     if reason:
         raise BackendError(f"backend {name!r} cannot run {call.kind} here: {reason}")
     return backend
@@ -51,17 +57,20 @@ def _check_out(out, shape, dtype: str, library: str, device: str, inputs: dict, 
         raise ShapeError(f"{what} is on {device_of(out)} but the inputs are on {device}")
     if requires_grad(out):
         raise ShapeError(f"{what} requires grad; pass a tensor that does not")
+    reason = xp.unwritable(out)
+    if reason:
+        raise ShapeError(f"{what} {reason}; pass a writable array of shape {tuple(shape)}")
     for name, a in inputs.items():
         if a is not None and xp.overlaps(out, a):
             raise ShapeError(f"{what} overlaps the memory of argument {name!r}; pass a separate array")
 
 
-def _prepare(call: Call, arrays: dict, backend_name, what: str):
+def _prepare(call: Call, arrays: dict, backend_name, what: str, grad: str | None = None):
     library, dtype, device = check_same_kind(arrays, what)
     if dtype not in FLOATS:
         raise ShapeError(f"{what}arrays have dtype {dtype}; einlocal computes in floating point "
                          f"(float16, bfloat16, float32, float64)")
-    backend = resolve_backend(backend_name, call, library, device, dtype)
+    backend = resolve_backend(backend_name, call, library, device, dtype, grad)
     return backend, library, dtype, device
 
 
@@ -70,17 +79,20 @@ def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):
     arrays ask for gradients)."""
     if grad not in GRAD_MODES:
         raise BackendError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
-    backend_obj, library, dtype, device = _prepare(call, arrays, backend, "")
+    backend_obj, library, dtype, device = _prepare(call, arrays, backend, "", grad)
     if grad not in backend_obj.grad_modes(library):
         raise BackendError(f"backend {backend_obj.name} has no grad={grad!r} for {library} arrays "
                            f"(it has {', '.join(backend_obj.grad_modes(library))})")
     _check_out(out, call.out_shape, dtype, library, device, arrays)
     itemsize = next(a for a in arrays.values() if a is not None).dtype.itemsize
-    check_budget(backend_obj, call.plan, itemsize)
+    if not call.empty:
+        check_budget(backend_obj, call.plan, itemsize, 0 if out is not None else math.prod(call.out_shape))
     xp = namespace(library)
     if xp.records(arrays, grad):
         if out is not None:
             raise ShapeError("out= cannot be used when an input requires grad (autograd needs a fresh result)")
+        if call.empty:      # nothing to compute or differentiate: the library's own way to give zeros
+            return xp.record_empty(call, backend_obj, arrays)
         return xp.record(call, backend_obj, arrays, grad)
     return run_forward(call, backend_obj, arrays, out)
 
@@ -93,7 +105,9 @@ def vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, gra
     for w in wrt:
         if w not in call.args:
             raise ShapeError(f"wrt names {w!r}, which is not an array argument (arguments: {', '.join(call.args)})")
-    backend_obj, library, dtype, device = _prepare(call, {**arrays, "dy": dy}, backend, "")
+    if grad not in GRAD_MODES:
+        raise BackendError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+    backend_obj, library, dtype, device = _prepare(call, {**arrays, "dy": dy}, backend, "", grad)
     if shape_of(dy) != tuple(call.out_shape):
         raise ShapeError(f"dy has shape {shape_of(dy)} but the op's output has shape {tuple(call.out_shape)}")
     if grad not in backend_obj.grad_modes(library):
@@ -109,11 +123,15 @@ def vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, gra
                 _check_out(o, shapes[arg], dtype, library, device, arrays, f"out[{arg!r}]")
                 outs[arg] = o
     itemsize = dy.dtype.itemsize
+    shapes = dict(call.arg_shapes)
     for arg, op, _ in call.operands:
-        if arg in wrt:
-            check_budget(backend_obj, call.plan.backward[op], itemsize)
+        if arg in wrt and not call.empty:
+            check_budget(backend_obj, call.plan.backward[op], itemsize,
+                         0 if arg in outs else math.prod(shapes[arg]))
     wanted = tuple(w for w in wrt if arrays.get(w) is not None)
-    if grad == "autodiff":
+    if not wanted:          # no gradient asked for: nothing to run
+        return tuple(None for _ in call.args)
+    if grad == "autodiff" and not call.empty:     # an empty batch's gradients are zeros, not differentiated
         grads = autodiff.vjp(call, backend_obj, dy, arrays, wanted, library)
         for arg, o in outs.items():
             if arg in grads:

@@ -4,10 +4,11 @@ reshaped for free so every statement stays plain."""
 from __future__ import annotations
 
 import functools
+import operator
 
 from .arrays import Shaped, shape_of
 from .call import forward, vjp as _vjp
-from .errors import ShapeError
+from .errors import ParameterError, ShapeError
 from .plan import bind
 from .run import Call, register_rebatch
 from .spec import parse
@@ -15,14 +16,36 @@ from .spec import parse
 __all__ = ["locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d", "CatalogueOp", "vjp"]
 
 
+def _int(v):
+    """``v`` as a Python int if it is integral (int, numpy integer, anything
+    with ``__index__``; never a bool), else None."""
+    if isinstance(v, bool) or getattr(v, "dtype", None) is not None and getattr(v, "ndim", 0) != 0:
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
 def _tuple(v, n: int, what: str, *, minimum: int) -> tuple[int, ...]:
-    t = (v,) * n if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else None
-    if t is None or len(t) != n or not all(isinstance(e, int) and not isinstance(e, bool) for e in t):
+    """An integer or ``n`` integers (a tuple or list; of any integral type) -> ``n`` Python ints."""
+    one = _int(v)
+    t = (one,) * n if one is not None else tuple(_int(e) for e in v) if isinstance(v, (tuple, list)) else None
+    if t is None or len(t) != n or any(e is None for e in t):
         raise ShapeError(f"{what} must be an int or {n} ints, got {v!r}")
     for k, e in enumerate(t):
         if e < minimum:
             raise ShapeError(f"{what} must be >= {minimum} on every axis, got {e} on spatial axis {k}")
     return t
+
+
+def _pair(p):
+    """``(before, after)`` from a 2-sequence of integers, else None."""
+    if isinstance(p, (tuple, list)) and len(p) == 2:
+        a, b = _int(p[0]), _int(p[1])
+        if a is not None and b is not None:
+            return a, b
+    return None
 
 
 def _padding(padding, kernel, dilation, stride, what="padding") -> tuple[tuple[int, int], ...]:
@@ -40,24 +63,56 @@ def _padding(padding, kernel, dilation, stride, what="padding") -> tuple[tuple[i
                 out.append((total // 2, total - total // 2))   # the extra zero goes after
             return tuple(out)
         raise ShapeError(f"{what} must be an int, a pair, a pair of pairs, 'valid' or 'same'; got {padding!r}")
-    if isinstance(padding, int) and not isinstance(padding, bool):
-        pads = ((padding, padding),) * n
+    one = _int(padding)
+    if one is not None:
+        pads = ((one, one),) * n
+    elif n == 1 and _pair(padding) is not None:          # a 1-d (left, right) pair
+        pads = (_pair(padding),)
     elif isinstance(padding, (tuple, list)) and len(padding) == n:
         pads = []
         for p in padding:
-            if isinstance(p, int) and not isinstance(p, bool):
-                pads.append((p, p))
-            elif isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(e, int) for e in p):
-                pads.append(tuple(p))
+            e = _int(p)
+            if e is not None:
+                pads.append((e, e))
+            elif _pair(p) is not None:
+                pads.append(_pair(p))
             else:
                 raise ShapeError(f"{what} entries must be ints or (before, after) pairs, got {p!r}")
         pads = tuple(pads)
     else:
-        raise ShapeError(f"{what} must be an int, {n} ints, {n} (before, after) pairs, 'valid' or 'same'; got {padding!r}")
+        forms = f"{n} ints, {n} (before, after) pairs" if n > 1 else "(p,), (left, right), ((left, right),)"
+        raise ShapeError(f"{what} must be an int, {forms}, 'valid' or 'same'; got {padding!r}")
     for k, (a, b) in enumerate(pads):
         if a < 0 or b < 0:
             raise ShapeError(f"{what} must be non-negative, got ({a}, {b}) on spatial axis {k}")
     return pads
+
+
+def depthwise_multiplier(in_channels, out_channels, depth_multiplier, what: str) -> int:
+    """The channel multiplier of a depthwise layer built as
+    ``(in_channels, out_channels)`` or with ``depth_multiplier=``."""
+    cin = _int(in_channels)
+    if cin is None or cin < 1:
+        raise ShapeError(f"{what}: in_channels must be a positive int, got {in_channels!r}")
+    if out_channels is None and depth_multiplier is None:
+        raise ShapeError(f"{what}: give out_channels (a multiple of in_channels = {cin}) or depth_multiplier=")
+    m = None
+    if depth_multiplier is not None:
+        m = _int(depth_multiplier)
+        if m is None or m < 1:
+            raise ShapeError(f"{what}: depth_multiplier must be a positive int, got {depth_multiplier!r}")
+    if out_channels is not None:
+        cout = _int(out_channels)
+        if cout is None or cout < 1:
+            raise ShapeError(f"{what}: out_channels must be a positive int, got {out_channels!r}")
+        if cout % cin:
+            raise ShapeError(f"{what}: out_channels = {cout} is not a multiple of in_channels = {cin} (a depthwise "
+                             f"layer has out_channels = in_channels * depth_multiplier)")
+        if m is not None and m * cin != cout:
+            raise ShapeError(f"{what}: out_channels = {cout} but in_channels * depth_multiplier = {cin} * {m} = "
+                             f"{cin * m}")
+        m = cout // cin
+    return m
 
 
 def _out_size(size, pad, k, d, s, axis: str) -> int:
@@ -122,14 +177,16 @@ def _bind_lc(ndim: int, x_shape, w_shape, b_shape, stride, padding, dilation) ->
     reads = ", ".join(_expr(spatial[a], taps[a], stride[a], dilation[a], pads[a][0]) for a in range(ndim))
     text = f"y[n,o,{','.join(spatial)}] += x[n,c,{reads}] * wt[o,c,{','.join(taps)},{','.join(spatial)}]"
     pad = any(p for pr in pads for p in pr)
-    plan = bind(parse(text), (("wt", tuple(w_shape)), ("x", tuple(x_shape))), (), None, pad)
+    plan_x = (max(N, 1), *tuple(x_shape)[1:])      # an empty batch plans as one (`Call.empty`)
+    plan = bind(parse(text), (("wt", tuple(w_shape)), ("x", plan_x)), (), None, pad)
     plan = bind(plan.stmt, plan.shapes, (), None, pad)
     kind = "locally_connected2d" if ndim == 2 else "locally_connected1d"
     params = (("stride", stride), ("padding", pads), ("dilation", dilation))
     bias = None if b_shape is None else ("bias", (1, Cout, *So))
     arg_shapes = (("x", tuple(x_shape)), ("weight", tuple(w_shape))) + ((("bias", tuple(b_shape)),) if b_shape else ())
     return Call(kind, params, plan, ("x", "weight", "bias"),
-                (("x", "x", tuple(x_shape)), ("weight", "wt", tuple(w_shape))), out_shape, bias, arg_shapes)
+                (("x", "x", tuple(x_shape)), ("weight", "wt", tuple(w_shape))), out_shape, bias, arg_shapes,
+                empty=N == 0)
 
 
 @functools.lru_cache(maxsize=2048)
@@ -143,8 +200,10 @@ def _bind_grouped(x_shape, w_shape, b_shape, stride, padding, dilation, groups, 
             raise ShapeError(f"depthwise weight axis 0 is {Cout}, not a multiple of x's {Cin} channels (C*m)")
         groups = Cin
     else:
-        if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
+        g = _int(groups)
+        if g is None or g < 1:
             raise ShapeError(f"groups must be a positive int, got {groups!r}")
+        groups = g
         if Cin % groups:
             raise ShapeError(f"groups={groups} does not divide x axis 1 (Cin) = {Cin}")
         if Cout % groups:
@@ -171,11 +230,12 @@ def _bind_grouped(x_shape, w_shape, b_shape, stride, padding, dilation, groups, 
         xs, ws, ys = (N, G, Cg, H, W), (G, Og, Cg, kh, kw), (N, G, Og, Ho, Wo)
         kind = "conv2d"
         params = (("stride", stride), ("padding", pads), ("dilation", dilation), ("groups", groups))
-    plan = bind(parse(text), (("x", xs), ("wt", ws)), (("h", Ho), ("w", Wo)), None, pad)
+    plan_xs = (max(N, 1), *xs[1:])                # an empty batch plans as one (`Call.empty`)
+    plan = bind(parse(text), (("x", plan_xs), ("wt", ws)), (("h", Ho), ("w", Wo)), None, pad)
     bias = None if b_shape is None else ("bias", (1,) + ys[1:3] + (1, 1))
     arg_shapes = (("x", tuple(x_shape)), ("weight", tuple(w_shape))) + ((("bias", tuple(b_shape)),) if b_shape else ())
     return Call(kind, params, plan, ("x", "weight", "bias"), (("x", "x", xs), ("weight", "wt", ws)),
-                (N, Cout, Ho, Wo), bias, arg_shapes)
+                (N, Cout, Ho, Wo), bias, arg_shapes, empty=N == 0)
 
 
 class CatalogueOp:
@@ -196,7 +256,7 @@ class CatalogueOp:
         register_rebatch(name, self._rebatch)
 
     def bind(self, x, weight, bias=None, **params) -> Call:
-        return self._binder(x, weight, bias, **params)
+        return self.bind_arrays({"x": x, "weight": weight, "bias": bias}, params)
 
     def split(self, args: tuple, kwargs: dict) -> tuple[dict, dict]:
         """(arrays by argument name, the op's parameters) from a call's arguments."""
@@ -211,7 +271,17 @@ class CatalogueOp:
                 arrays[n] = params.pop(n)
         return arrays, params
 
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The op's parameters (keywords other than backend, out and grad)."""
+        code = self._binder.__code__
+        return code.co_varnames[code.co_argcount:code.co_argcount + code.co_kwonlyargcount]
+
     def bind_arrays(self, arrays: dict, params: dict) -> Call:
+        unknown = [k for k in params if k not in self.parameters]
+        if unknown:
+            raise ParameterError(f"{self.name}() got an unexpected keyword argument {unknown[0]!r}; its parameters "
+                                 f"are {', '.join(self.parameters)} (and backend, out, grad)")
         return self._binder(arrays.get("x"), arrays.get("weight"), arrays.get("bias"), **params)
 
     def spec(self) -> dict:
@@ -240,12 +310,6 @@ class CatalogueOp:
 
     def __repr__(self) -> str:
         return f"<einlocal op {self.name}>"
-
-
-def _only(params: dict, allowed, name: str):
-    extra = set(params) - set(allowed)
-    if extra:
-        raise TypeError(f"{name}() got an unexpected keyword argument {sorted(extra)[0]!r}")
 
 
 def _lc_binder(ndim: int):

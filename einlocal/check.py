@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import registry
+from .check_large import large_reference
 from .errors import EinlocalError, MemoryBudgetError
-from .reference import reference_outputs
+from .reference import reference_outputs, terms as _terms
 
 __all__ = ["check", "CheckReport", "CheckRow", "random_inputs", "tolerance", "reference_outputs", "compare_parts"]
 
@@ -51,6 +52,7 @@ class CheckReport:
     seed: int
     rows: list
     reference_vjp_error: float = 0.0
+    reference_note: str = ""         # how the reference was computed, where not by the pure-Python loops
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,7 @@ class CheckReport:
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         lines = [f"check {self.op}({shapes}{', ' + params if params else ''}) {self.dtype}, seed={self.seed}",
                  f"reference VJP vs finite difference: {self.reference_vjp_error:.2g} of tolerance",
+                 *([self.reference_note] if self.reference_note else []),
                  f"{'backend':<20} {'status':<8} {'worst err/tol':>13}  detail"]
         for r in self.rows:
             detail = r.reason or ", ".join(f"{k} {v:.2g}" for k, v in r.errors.items())
@@ -157,14 +160,19 @@ def compare_parts(got, ref, scale, terms, dtype) -> tuple[float, float, float]:
 
 
 def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None, grad_modes=None,
-          device: str = "cpu", reference: dict | None = None, **shapes_and_params) -> CheckReport:
+          device: str = "cpu", reference: dict | None = None, progress=None, reference_limit=None,
+          **shapes_and_params) -> CheckReport:
     """Check backends on one op and shape against the float64 reference.
 
     ``op``: a catalogue op or an ``el.Op``; array arguments are given as
     shapes by name (``x=(2, 3, 8, 8), weight=(...)``), other keywords are
     the op's parameters.  ``backends``: names (default: every available
     one); unavailable ones and those that cannot take the op are rows
-    marked skipped with the reason.  Returns a ``CheckReport``; ``.ok``.
+    marked skipped with the reason.  Above ``reference_limit``
+    multiply-adds (default ``check_large.REFERENCE_LIMIT``) the reference is
+    a fast float64 lowering that passed the pure-Python one at a batch of
+    one (the report says so).  ``progress``: called with a line per step.
+    Returns a ``CheckReport``; ``.ok``.
     """
     from .arrays import shape_of
     from .backends.namespaces import namespace
@@ -175,8 +183,14 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
     arrays = random_inputs(shapes, "float64", seed)
     call, fwd, bwd = _op_parts(op, arrays, params)
     dy = random_inputs({"dy": call.out_shape}, "float64", seed + 2)["dy"]
+    note = ""
     if reference is None:
-        ref, vjp_err = _reference_cached(op, seed, _freeze(shapes), _freeze(params))
+        ref = large_reference(op, call, arrays, dy, seed, shapes, params, dtype, progress, reference_limit,
+                              run_check=check, terms=_terms, eps=_EPS)
+        if ref is not None:
+            ref, vjp_err, note = ref
+        else:
+            ref, vjp_err = _reference_cached(op, seed, _freeze(shapes), _freeze(params))
     else:
         ref, vjp_err = reference, 0.0
     names = list(backends) if backends is not None else [n for n in registry.NAMES if n != "loops:python"]
@@ -189,18 +203,18 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
         b = registry.get(name)
         library = b.takes[0]
         xp = namespace(library)
-        if dtype not in xp.dtypes:
-            rows.append(CheckRow(name, "skipped", reason=f"{library} has no {dtype}"))
-            continue
-        conv = {n: (None if a is None else xp.from_numpy(_cast(a, dtype), device)) for n, a in arrays.items()}
-        dy_l = xp.from_numpy(_cast(dy, dtype), device)
-        reason = b.cannot(call.plan, library=library, device=device, call=call)
+        # the backend's own checks, the dtype included: a check runs the dtype it names, or skips
+        reason = b.refuses(library=library, device=device, dtype=dtype, plan=call.plan, call=call)
         if reason:
             rows.append(CheckRow(name, "skipped", reason=reason))
             continue
+        conv = {n: (None if a is None else xp.from_numpy_as(a, dtype, device)) for n, a in arrays.items()}
+        dy_l = xp.from_numpy_as(dy, dtype, device)
         row = CheckRow(name, "pass")
+        if progress is not None:
+            progress(f"{name} ...")
         try:
-            poison = None if xp.functional else xp.from_numpy(np.full(call.out_shape, np.nan, dtype=_np_dtype(dtype)), device)
+            poison = None if xp.functional else xp.from_numpy_as(np.full(call.out_shape, np.nan), dtype, device)
             y = fwd(conv, backend=name, out=poison)
             _expect_kind(y, conv["x"] if "x" in conv else next(iter(conv.values())), call.out_shape, name)
             if poison is not None and y is not poison:
@@ -212,7 +226,7 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
                 outs = None
                 if not xp.functional and mode == "vjp":
                     outs = tuple(None if conv.get(n) is None else
-                                 xp.from_numpy(np.full(shape_of(conv[n]), np.nan, dtype=_np_dtype(dtype)), device)
+                                 xp.from_numpy_as(np.full(shape_of(conv[n]), np.nan), dtype, device)
                                  for n in call.args)
                 grads = bwd(dy_l, conv, backend=name, grad=mode, out=outs)
                 for n, g in zip(call.args, grads):
@@ -227,7 +241,7 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
         if row.status == "pass" and row.worst > 1.0:
             row.status = "fail"
         rows.append(row)
-    return CheckReport(getattr(op, "name", str(op)), shapes, params, dtype, seed, rows, vjp_err)
+    return CheckReport(getattr(op, "name", str(op)), shapes, params, dtype, seed, rows, vjp_err, note)
 
 
 def _freeze(d: dict):
@@ -262,15 +276,6 @@ def _reference(op, seed, shapes, params):
     call, fwd, bwd = _op_parts(op, arrays, params)
     dy = random_inputs({"dy": call.out_shape}, "float64", seed + 2)["dy"]
     return reference_outputs(call, arrays, dy), _reference_vjp_error(call, fwd, bwd, arrays, dy, seed)
-
-
-def _np_dtype(dtype: str):
-    return np.float32 if dtype == "bfloat16" else np.dtype(dtype)
-
-
-def _cast(a, dtype):
-    """The numpy array that holds inputs of ``dtype`` (numpy has no bfloat16: float32)."""
-    return a.astype(np.float32 if dtype == "bfloat16" else dtype)
 
 
 def _expect_kind(y, like, shape, name):

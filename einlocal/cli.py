@@ -24,35 +24,70 @@ def _param(text: str):
     return values[0] if len(values) == 1 else values
 
 
-def _add_op_arguments(p: argparse.ArgumentParser) -> None:
+def _padding(text: str):
+    """'1', '1,2' (per axis), '1:0,2:1' ((before, after) per axis), 'same', 'valid'."""
+    if text in ("same", "valid"):
+        return text
+    if ":" not in text:
+        return _param(text)
+    pairs = []
+    for part in text.split(","):
+        before, sep, after = part.partition(":")
+        try:
+            pairs.append((int(before), int(after)) if sep else (int(before),) * 2)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected BEFORE:AFTER per axis, e.g. 1:0,2:1, got {text!r}") from None
+    return tuple(pairs)
+
+
+PADDING_HELP = ("an int (every side), 'a,b' (a on both sides of axis 1, b of axis 2), 'top:bottom,left:right' "
+                "(asymmetric; one 'left:right' for a 1-d op), 'same' or 'valid'")
+
+
+def _add_op_arguments(p: argparse.ArgumentParser, *, backends: bool = True) -> None:
     p.add_argument("op", help="locally_connected2d, locally_connected1d, depthwise_conv2d or conv2d")
     p.add_argument("--x", type=_ints, required=True, help="shape of x, e.g. 2,3,8,8")
     p.add_argument("--weight", type=_ints, required=True, help="shape of the weight")
     p.add_argument("--bias", type=_ints, default=None, help="shape of the bias (none by default)")
-    for name in ("stride", "padding", "dilation"):
-        p.add_argument(f"--{name}", type=_param, default=None, help=f"{name}: an int, a pair 'a,b'"
-                       + (", 'same' or 'valid'" if name == "padding" else ""))
+    p.add_argument("--stride", type=_param, default=None, help="stride: an int or a pair 'a,b'")
+    p.add_argument("--padding", type=_padding, default=None, help=f"padding: {PADDING_HELP}")
+    p.add_argument("--dilation", type=_param, default=None, help="dilation: an int or a pair 'a,b'")
     p.add_argument("--groups", type=int, default=None, help="conv2d groups")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"))
-    p.add_argument("--backends", default="", help="comma-separated names or prefixes (default: all available)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"),
+                   help="the arrays' dtype (default float32)")
+    if backends:
+        p.add_argument("--backends", default="", help="comma-separated names or prefixes (default: all available)")
 
 
 def _op_kwargs(args) -> tuple:
+    """(op, shapes, params), the op bound to them: a bad op, shape or
+    parameter is an einlocal error here, before any work."""
+    from .arrays import Shaped
     from .catalogue import CATALOGUE
+    from .errors import ShapeError
     if args.op not in CATALOGUE:
-        raise SystemExit(f"einlocal: unknown op {args.op!r}; valid: {', '.join(CATALOGUE)}")
+        raise ShapeError(f"unknown op {args.op!r}; valid: {', '.join(CATALOGUE)}")
     shapes = {"x": args.x, "weight": args.weight}
     if args.bias:
         shapes["bias"] = args.bias
     params = {k: getattr(args, k) for k in ("stride", "padding", "dilation", "groups") if getattr(args, k) is not None}
-    return CATALOGUE[args.op], shapes, params
+    op = CATALOGUE[args.op]
+    op.bind_arrays({k: Shaped(v) for k, v in shapes.items()}, params)
+    return op, shapes, params
 
 
 def _backend_names(text: str, *, keep_python: bool = False) -> list[str] | None:
+    """The registered names ``text`` names or prefixes; BackendError for a
+    word that names none."""
     from . import registry
+    from .errors import BackendError
     wanted = [w for w in text.split(",") if w]
     if not wanted:
         return None
+    for w in wanted:
+        if not w.startswith("peer") and not any(n == w or n.startswith(w) for n in registry.NAMES):
+            raise BackendError(f"--backends: {w!r} names no backend; valid names (or their prefixes): "
+                               f"{', '.join(registry.NAMES)}")
     names = [n for n in registry.NAMES if any(n == w or n.startswith(w) for w in wanted)]
     names = [n for n in names if keep_python or n != "loops:python"] + [w for w in wanted if w.startswith("peer")]
     return names or wanted
@@ -72,10 +107,29 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def _progress(after_s: float = 2.0):
+    """A progress printer for stderr, silent for the first ``after_s`` seconds."""
+    import time
+    start = time.perf_counter()
+    pending = []
+
+    def say(line: str) -> None:
+        elapsed = time.perf_counter() - start
+        if elapsed < after_s:
+            pending[:] = [line]
+            return
+        for p in pending:
+            print(f"  ... {p}", file=sys.stderr, flush=True)
+        pending.clear()
+        print(f"  [{elapsed:6.1f} s] {line}", file=sys.stderr, flush=True)
+    return say
+
+
 def cmd_check(args) -> int:
     from .check import check
     op, shapes, params = _op_kwargs(args)
-    report = check(op, backends=_backend_names(args.backends), dtype=args.dtype, seed=args.seed, **shapes, **params)
+    report = check(op, backends=_backend_names(args.backends), dtype=args.dtype, seed=args.seed,
+                   progress=_progress(), reference_limit=args.reference_limit, **shapes, **params)
     print(report)
     return 0 if report.ok else 1
 
@@ -83,20 +137,17 @@ def cmd_check(args) -> int:
 def cmd_source(args) -> int:
     """Print the code a generating backend emits for an op's forward
     statement and each backward statement (or the one ``--pass`` names)."""
-    import numpy as np
-
     from . import registry
-    from .errors import EinlocalError
+    from .arrays import Shaped
+    from .errors import BackendError
     op, shapes, params = _op_kwargs(args)
-    try:
-        arrays = {k: np.zeros(v, dtype=np.float32) for k, v in shapes.items()}
-        call = op.bind(arrays["x"], arrays["weight"], arrays.get("bias"), **params)
-        plans = {"forward": call.plan, **{f"d{k}": p for k, p in call.plan.backward.items()}}
-        if args.pass_ not in ("all", *plans):
-            raise SystemExit(f"einlocal source: --pass {args.pass_!r}; this op has {', '.join(plans)} (or all)")
-        backend = registry.generator(args.backend)
-    except EinlocalError as e:
-        raise SystemExit(f"einlocal source: {e}") from None
+    call = op.bind_arrays({k: Shaped(v) for k, v in shapes.items()}, params)
+    # one vocabulary with `check`: the gradient of argument a is "da" (dx, dweight)
+    plans = {"forward": call.plan, **{f"d{arg}": call.plan.backward[stmt_op] for arg, stmt_op, _ in call.operands}}
+    if args.pass_ not in ("all", *plans):
+        raise BackendError(f"--pass {args.pass_!r}: the generated statements of {args.op} are "
+                           f"{', '.join(plans)} (or all)")
+    backend = registry.generator(args.backend)
     for name, plan in plans.items():
         if args.pass_ in ("all", name):
             print(f"# ===== {args.backend}, {name}: {plan}\n")
@@ -127,9 +178,13 @@ def cmd_choose(args) -> int:
     from .backends.namespaces import namespace
     from .check import random_inputs
     from .choose import choose
+    from .errors import BackendError
     op, shapes, params = _op_kwargs(args)
     xp = namespace(args.library)
-    arrays = {k: xp.from_numpy(a, "cpu") for k, a in random_inputs(shapes, args.dtype, 0).items()}
+    missing = xp.unavailable()
+    if missing:
+        raise BackendError(f"--library {args.library}: {missing}")
+    arrays = {k: xp.from_numpy_as(a, args.dtype, "cpu") for k, a in random_inputs(shapes, args.dtype, 0).items()}
     entry = choose(op, arrays["x"], arrays["weight"], arrays.get("bias"), backends=_backend_names(args.backends),
                    passes=tuple(args.passes.split(",")), budget_s=args.budget, refresh=args.refresh,
                    details=True, **params)
@@ -142,8 +197,14 @@ def cmd_choose(args) -> int:
 
 
 def cmd_table(args) -> int:
+    from .errors import ShapeError
     from .table import csv, load_run, markdown, plot
-    run = load_run(args.file)
+    try:
+        run = load_run(args.file)
+    except OSError as e:
+        raise ShapeError(f"cannot read {args.file}: {e.strerror or e}") from None
+    except ValueError as e:     # not JSON, or JSON of neither kind
+        raise ShapeError(f"{args.file} is not a results file: {e}") from None
     if args.csv:
         print(csv(run["records"]), end="")
     else:
@@ -197,18 +258,37 @@ def _kept(outdir) -> str:
 # -- parser -------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit status 2 (as every einlocal error)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _passes(allowed):
+    def parse(text: str) -> str:
+        bad = [p for p in text.split(",") if p not in allowed]
+        if bad or not text:
+            raise argparse.ArgumentTypeError(f"pass {bad[0] if bad else text!r}; valid: {', '.join(allowed)}")
+        return text
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
     from . import registry
-    p = argparse.ArgumentParser(prog="einlocal", description="Locally connected, depthwise and grouped "
-                                "convolutions: which way of computing them is fastest here?")
-    sub = p.add_subparsers(dest="command", required=True)
+    from .table import PASSES, REGIMES
+    from .workloads import WORKLOADS
+    p = _Parser(prog="einlocal", description="Locally connected, depthwise and grouped "
+                "convolutions: which way of computing them is fastest here?")
+    p.add_argument("--debug", action="store_true", help="on an error, the full traceback (else one line, exit 2)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("compare", help="workloads (the report ones, or --workloads-file), every available backend, "
                        "checked then timed; tables and figures under results/")
     c.add_argument("--quick", action="store_true", help="within about a minute: small budgets, fresh regime only")
     c.add_argument("--reduced", action="store_true", help="the workloads at their reduced (tiny) shapes")
-    c.add_argument("--workloads", default="", help="comma-separated ids (default: all); the report workloads: "
-                   "W1, W2, W3a, W3b, W4, W5")
+    c.add_argument("--workloads", default="", help=f"comma-separated ids (default: all); the report workloads: "
+                   f"{', '.join(WORKLOADS)}, W4; or a --workloads-file's (a sweep's id runs all its values)")
     c.add_argument("--workloads-file", default=None, metavar="FILE.toml",
                    help="your own workloads (a TOML workload file; docs/workloads.md) instead of the report ones")
     c.add_argument("--resume", action="store_true",
@@ -225,7 +305,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--cap", type=float, default=None, help="cap in seconds per measurement")
     c.add_argument("--out", default="results", help="folder for results.md/.csv/.json/.png")
     c.add_argument("--no-write", action="store_true", help="print only, write nothing")
-    c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
     c.set_defaults(run=cmd_compare)
 
     b = sub.add_parser("backends", help="available backends and what they take; unavailable ones and why")
@@ -233,40 +313,47 @@ def parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("check", help="every backend against the float64 reference; exit 1 on a failure")
     _add_op_arguments(k)
-    k.add_argument("--seed", type=int, default=None)
+    k.add_argument("--seed", type=int, default=None, help="the inputs' random seed (default: a new one, printed)")
+    k.add_argument("--reference-limit", type=float, default=None,
+                   help="above this many multiply-adds, check against a fast float64 lowering that passed the "
+                        "pure-Python reference at batch 1, one channel per group (default 3e5)")
     k.set_defaults(run=cmd_check)
 
     t = sub.add_parser("bench", help="time forward/backward, memory, roofline for one op and shape")
     _add_op_arguments(t)
-    t.add_argument("--passes", default="forward,backward", help="forward,backward,forward+backward")
-    t.add_argument("--regimes", default="fresh,steady")
-    t.add_argument("--budget", type=float, default=0.3)
-    t.add_argument("--cap", type=float, default=20.0)
+    t.add_argument("--passes", type=_passes(PASSES), default="forward,backward",
+                   help=f"comma-separated: {', '.join(PASSES)}")
+    t.add_argument("--regimes", type=_passes(REGIMES), default="fresh,steady",
+                   help=f"comma-separated: {', '.join(REGIMES)}")
+    t.add_argument("--budget", type=float, default=0.3, help="timed seconds per measurement")
+    t.add_argument("--cap", type=float, default=20.0, help="cap in seconds per measurement")
     t.add_argument("--threads", type=int, default=None, help="thread count for every library")
     t.add_argument("--reference", default="", help="check at full size first against this float64 backend")
-    t.add_argument("--no-memory", action="store_true")
+    t.add_argument("--no-memory", action="store_true", help="do not measure peak memory")
     t.add_argument("--in-process", action="store_true", help="no subprocess per library (no kill at the cap)")
     t.add_argument("--out", default="", help="also write <name>.md/.csv/.json/.png here")
-    t.add_argument("--name", default="bench")
+    t.add_argument("--name", default="bench", help="the file name for --out (default bench)")
     t.set_defaults(run=cmd_bench)
 
     h = sub.add_parser("choose", help="measure the candidates, cache and print the fastest")
     _add_op_arguments(h)
-    h.add_argument("--library", default="numpy", choices=registry.ENGINES)
-    h.add_argument("--passes", default="forward")
-    h.add_argument("--budget", type=float, default=0.1)
+    h.add_argument("--library", default="numpy", choices=registry.ENGINES, help="the arrays to measure on")
+    h.add_argument("--passes", type=_passes(PASSES[:2]), default="forward",
+                   help=f"comma-separated: {', '.join(PASSES[:2])} (default forward)")
+    h.add_argument("--budget", type=float, default=0.1, help="timed seconds per candidate")
     h.add_argument("--refresh", action="store_true", help="measure again even if cached")
     h.set_defaults(run=cmd_choose)
 
     g = sub.add_parser("source", help="print the code a loops backend generates for an op, forward and backward")
-    _add_op_arguments(g)
+    _add_op_arguments(g, backends=False)
     g.add_argument("--backend", default="loops:numba", help="loops:numba (default), loops:triton or loops:cupy")
-    g.add_argument("--pass", dest="pass_", default="all", help="forward, dx, dwt, db, ... or all (default)")
+    g.add_argument("--pass", dest="pass_", default="all",
+                   help="forward, dx, dweight (the gradient of each array argument, as in check) or all (default)")
     g.set_defaults(run=cmd_source)
 
     a = sub.add_parser("table", help="markdown (or CSV) from einlocal or pytest-benchmark JSON")
-    a.add_argument("file")
-    a.add_argument("--csv", action="store_true")
+    a.add_argument("file", help="results.json of einlocal compare/bench, or pytest-benchmark JSON")
+    a.add_argument("--csv", action="store_true", help="CSV instead of markdown")
     a.add_argument("--plot", default="", help="also write a PNG here")
     a.set_defaults(run=cmd_table)
 
@@ -276,10 +363,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one subcommand; an einlocal error is one line on stderr and exit
+    status 2 (the traceback with --debug)."""
+    from .errors import EinlocalError
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = parser().parse_args(argv)
     args.argv = argv
-    return args.run(args)
+    try:
+        return args.run(args)
+    except EinlocalError as e:
+        if debug:
+            raise
+        lines = str(e).strip().splitlines() or [""]
+        more = " (more with --debug)" if len(lines) > 1 else ""
+        print(f"einlocal {args.command}: {type(e).__name__}: {lines[0]}{more}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -277,7 +277,7 @@ def depthwise_from_torch_conv(conv, *, backend: str = "auto"):
     if conv.groups != C or out % C:
         raise ShapeError(f"depthwise_from_torch_conv needs groups == in_channels and out_channels a multiple of "
                          f"it; got in_channels {C}, out_channels {out}, groups {conv.groups}")
-    layer = DepthwiseConv2d(C, out // C, tuple(conv.kernel_size), stride=tuple(conv.stride),
+    layer = DepthwiseConv2d(C, out, tuple(conv.kernel_size), stride=tuple(conv.stride),
                             padding=_conv_padding(conv), dilation=tuple(conv.dilation), bias=conv.bias is not None,
                             backend=backend, device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():

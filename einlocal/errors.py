@@ -1,6 +1,6 @@
 """The error classes of einlocal's public contract (docs/errors.md)."""
 
-__all__ = ["EinlocalError", "SpecError", "ShapeError", "BackendError", "MemoryBudgetError", "CacheDirError"]
+__all__ = ["EinlocalError", "SpecError", "ShapeError", "ParameterError", "BackendError", "MemoryBudgetError", "CacheDirError"]
 
 
 class EinlocalError(ValueError):
@@ -16,6 +16,11 @@ class ShapeError(EinlocalError):
     """A shape, size, stride, padding, dilation or group count that does not
     fit; an out-of-bounds read without ``pad=0``; a missing range; mismatched
     dtypes or devices; a bad ``out=``."""
+
+
+class ParameterError(ShapeError, TypeError):
+    """An unknown keyword argument of an op: a ``ShapeError`` (and, as
+    Python's own, a ``TypeError``) that lists the op's parameters."""
 
 
 class BackendError(EinlocalError):

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from einlocal import catalogue
-from einlocal.catalogue import _out_size, _padding, _tuple
+from einlocal.catalogue import _out_size, _padding, _tuple, depthwise_multiplier
+from einlocal.errors import ShapeError
 
 __all__ = ["locally_connected2d", "locally_connected1d", "depthwise_conv2d", "conv2d",
            "init_locally_connected2d", "init_locally_connected1d", "init_depthwise_conv2d", "init_conv2d",
@@ -111,11 +112,18 @@ def init_locally_connected1d(key, in_channels: int, out_channels: int, kernel_si
     return _params(key, (out_channels, in_channels, *k, *out), (out_channels, *out), in_channels * k[0], bias, dtype)
 
 
-def init_depthwise_conv2d(key, channels: int, multiplier: int, kernel_size, *, bias=True,
-                          dtype=jnp.float32) -> dict:
-    """{"weight": (C*m, 1, kh, kw), "bias": (C*m,) or None}; fan-in kh*kw as torch's groups=C conv."""
+def init_depthwise_conv2d(key, in_channels: int, out_channels: int | None = None, kernel_size=None, *,
+                          depth_multiplier: int | None = None, bias=True, dtype=jnp.float32) -> dict:
+    """{"weight": (out_channels, 1, kh, kw), "bias": (out_channels,) or None}, as
+    ``nn.Conv2d(in_channels, out_channels, kernel_size, groups=in_channels)``: out_channels a
+    multiple of in_channels (or ``depth_multiplier=m`` for out_channels = in_channels * m);
+    fan-in kh*kw."""
+    m = depthwise_multiplier(in_channels, out_channels, depth_multiplier, "init_depthwise_conv2d")
+    if kernel_size is None:
+        raise ShapeError("init_depthwise_conv2d: kernel_size is required")
     k = _tuple(kernel_size, 2, "kernel_size", minimum=1)
-    return _params(key, (channels * multiplier, 1, *k), (channels * multiplier,), k[0] * k[1], bias, dtype)
+    out = int(in_channels) * m
+    return _params(key, (out, 1, *k), (out,), k[0] * k[1], bias, dtype)
 
 
 def init_conv2d(key, in_channels: int, out_channels: int, kernel_size, *, groups=1, bias=True,

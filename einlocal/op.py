@@ -83,7 +83,7 @@ class Op:
         grads = self.vjp(dy, **{n: a for n, a in arrays.items() if a is not None}, **params, **kw)
         return tuple(grads[n] for n in self.inputs)
 
-    def bind(self, *, sizes=None, out_shape=None, **shapes):
+    def bind(self, /, *, sizes=None, out_shape=None, **shapes):
         """The plan for these operand shapes (no arrays needed)."""
         return bind(self.statement, tuple((k, tuple(v)) for k, v in shapes.items()),
                     tuple(sorted((sizes or {}).items())), None if out_shape is None else tuple(out_shape), self.pad)
@@ -105,11 +105,11 @@ class Op:
         return Call("op", (), plan, names, tuple((n, n, shapes[n]) for n in names), plan.out_shape, None,
                     tuple(shapes.items()))
 
-    def __call__(self, *, backend="auto", sizes=None, out=None, grad="vjp", **arrays):
+    def __call__(self, /, *, backend="auto", sizes=None, out=None, grad="vjp", **arrays):
         call = self._call(arrays, sizes, out)
         return forward(call, arrays, backend=backend, out=out, grad=grad)
 
-    def vjp(self, dy, *args, backend="auto", wrt=None, out=None, sizes=None, grad="vjp", **arrays) -> dict:
+    def vjp(self, dy, /, *args, backend="auto", wrt=None, out=None, sizes=None, grad="vjp", **arrays) -> dict:
         """Gradients as a dict name -> array (None where not in ``wrt``);
         ``out`` may be a dict of preallocated gradients, overwritten."""
         if args:

@@ -265,6 +265,8 @@ def bind(stmt: Statement, shapes, sizes=(), out_shape=None, pad: bool = False) -
         for k, ax in enumerate(acc.axes):
             lo, hi = ax.bounds(ranges)
             size = shapes[acc.name][k]
+            if max(-lo, hi) >= 2 ** 62:
+                raise ShapeError(f"{_ax(acc, k)} reads {lo}..{hi}: beyond 64-bit index arithmetic (2**62)")
             if (lo < 0 or hi >= size) and not pad:
                 raise ShapeError(
                     f"{_ax(acc, k)} reads {lo}..{hi} but has size {size} (valid 0..{size - 1}); "

@@ -39,6 +39,7 @@ class Call:
     out_shape: tuple[int, ...]
     bias: tuple[str, tuple[int, ...]] | None = None
     arg_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    empty: bool = False      # an empty batch: ``plan`` is bound with a batch of one, nothing runs
 
     @property
     def param(self) -> dict:
@@ -47,7 +48,8 @@ class Call:
     def __hash__(self) -> int:
         h = self.__dict__.get("_hash")
         if h is None:
-            h = hash((self.kind, self.params, self.plan, self.args, self.operands, self.out_shape, self.bias))
+            h = hash((self.kind, self.params, self.plan, self.args, self.operands, self.out_shape, self.bias,
+                      self.empty))
             self.__dict__["_hash"] = h
         return h
 
@@ -92,6 +94,9 @@ def run_forward(call: Call, backend, arrays: dict, out=None):
     """The forward pass on one backend, no checks (they are done): the
     result has the public output shape."""
     lib = library_of(arrays[call.args[0]])
+    if call.empty:      # an empty batch: an empty result, nothing to compute
+        x = arrays[call.args[0]]
+        return out if out is not None else namespace(lib).zeros(call.out_shape, x)
     ops = _statement_operands(call, arrays)
     out_s = None if out is None else view(lib, out, call.plan.out_shape, "out=", must_view=True)
     bias = None
@@ -108,6 +113,8 @@ def run_vjp(call: Call, backend, dy, arrays: dict, wrt, outs: dict | None = None
     backward statements; no checks."""
     lib = library_of(dy)
     xp = namespace(lib)
+    if call.empty:
+        return _empty_vjp(call, xp, dy, arrays, wrt, outs or {})
     dy_s = view(lib, dy, call.plan.out_shape, "dy")
     ops = _statement_operands(call, arrays)
     shapes = dict(call.arg_shapes)
@@ -115,7 +122,7 @@ def run_vjp(call: Call, backend, dy, arrays: dict, wrt, outs: dict | None = None
     outs = outs or {}
     out_s = {op: view(lib, outs[arg], call.plan.shape[op], f"out[{arg!r}]", must_view=True)
              for op, arg in want.items() if outs.get(arg) is not None}
-    grads = backend.vjp(call, dy_s, ops, tuple(want), out_s)
+    grads = backend.vjp(call, dy_s, ops, tuple(want), out_s) if want else {}
     result = {}
     for op, arg in want.items():
         g = grads[op]
@@ -129,3 +136,14 @@ def run_vjp(call: Call, backend, dy, arrays: dict, wrt, outs: dict | None = None
     return result
 
 
+
+
+def _empty_vjp(call: Call, xp, dy, arrays: dict, wrt, outs: dict) -> dict:
+    """Gradients for an empty batch: zeros (empty for x)."""
+    result = {}
+    for arg, shape in call.arg_shapes:
+        if arg in wrt and arrays.get(arg) is not None:
+            o = outs.get(arg)
+            z = xp.zeros(shape, dy)
+            result[arg] = xp.assign(o, z) if o is not None else z
+    return result

@@ -17,6 +17,7 @@ from .errors import SpecError
 
 __all__ = ["Affine", "Access", "Statement", "parse", "RESERVED"]
 
+MAX_INTEGER = 2 ** 53    # the largest coefficient or constant (index arithmetic stays exact in int64)
 RESERVED = frozenset({"out", "sizes", "backend", "pad", "grad", "wrt"})
 
 _NAME = r"[A-Za-z_][A-Za-z_0-9]*"
@@ -204,7 +205,8 @@ class _Parser:
         return Affine(tuple((n, a) for n, a in coefs.items() if a != 0), const)
 
     def term(self):
-        """``INT``, ``NAME``, ``INT*NAME``, ``NAME*INT`` (or a product of ints)."""
+        """``INT``, ``NAME``, ``INT*NAME``, ``NAME*INT`` (or a product of ints); a factor
+        after ``*`` may carry a sign (``t*-2``)."""
         coef, name = 1, None
         while True:
             kind, value = self.peek()
@@ -218,6 +220,8 @@ class _Parser:
                 self.fail("expected an index name or an integer")
             if self.peek() == ("op", "*"):
                 self.take()
+                while self.peek() in (("op", "-"), ("op", "+")):   # a signed factor: t*-2
+                    coef *= -1 if self.take() == "-" else 1
             else:
                 return name, coef
 
@@ -244,6 +248,11 @@ def validate(stmt: Statement, text: str = "") -> Statement:
     if dup:
         raise SpecError(f"statement {text!r}: operand {sorted(dup)[0]!r} appears more than once; give each array its own name")
     for acc in (stmt.out, *stmt.operands):
+        for k, ax in enumerate(acc.axes):
+            big = [v for v in (ax.const, *(a for _, a in ax.terms)) if abs(v) > MAX_INTEGER]
+            if big:
+                raise SpecError(f"statement {text!r}: {acc.name} axis {k} ({ax}) has the integer {big[0]}, beyond "
+                                f"{MAX_INTEGER} (2**53): index arithmetic must stay exact in 64-bit integers")
         if not acc.axes:
             raise SpecError(f"statement {text!r}: {acc.name}[] has no axes")
         seen: dict[str, int] = {}

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import catalogue, registry
-from .catalogue import _out_size, _padding, _tuple
+from .catalogue import _int, _out_size, _padding, _tuple, depthwise_multiplier
 from .errors import BackendError, ShapeError
 
 __all__ = ["LocallyConnected2d", "LocallyConnected1d", "DepthwiseConv2d",
@@ -132,9 +132,10 @@ depthwise_conv2d = _functional("depthwise_conv2d", 2, slice(2, 4))
 # Modules
 
 def _positive(value, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    v = _int(value)
+    if v is None or v < 1:
         raise ShapeError(f"{what} must be a positive int, got {value!r}")
-    return value
+    return v
 
 
 def _check_backend(name) -> str:
@@ -295,24 +296,31 @@ class LocallyConnected1d(_LocallyConnected):
 
 
 class DepthwiseConv2d(_Local):
-    """Depthwise 2d convolution with channel multiplier: nn.Conv2d(channels,
-    channels*multiplier, kernel_size, groups=channels) computed by einlocal.
+    """Depthwise 2d convolution, with ``nn.Conv2d``'s arguments:
+    ``DepthwiseConv2d(in_channels, out_channels, kernel_size)`` is
+    ``nn.Conv2d(in_channels, out_channels, kernel_size, groups=in_channels)``
+    computed by einlocal; ``out_channels`` is a multiple of ``in_channels``
+    (the channel multiplier ``out_channels // in_channels``).  Alternatively
+    give ``depth_multiplier=m`` instead of ``out_channels`` (Keras' name).
 
-    x (N, channels, H, W) -> y (N, channels*multiplier, Ho, Wo); output
-    channel c*multiplier + k reads input channel c.
-    weight (channels*multiplier, 1, kh, kw) (PyTorch's layout); bias (channels*multiplier,).
+    x (N, in_channels, H, W) -> y (N, out_channels, Ho, Wo); output channel
+    c*m + k reads input channel c.
+    weight (out_channels, 1, kh, kw) (PyTorch's layout); bias (out_channels,).
     Initialised as nn.Conv2d: uniform in +-1/sqrt(kh*kw).
     """
 
     _op_name = "depthwise_conv2d"
     ndim = 2
 
-    def __init__(self, channels: int, multiplier: int, kernel_size, stride=1, padding=0, dilation=1,
-                 bias: bool = True, backend: str = "auto", device=None, dtype=None):
+    def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size=None, stride=1, padding=0,
+                 dilation=1, bias: bool = True, backend: str = "auto", device=None, dtype=None, *,
+                 depth_multiplier: int | None = None):
         super().__init__()
         name = type(self).__name__
-        self.channels = _positive(channels, f"{name}: channels")
-        self.multiplier = _positive(multiplier, f"{name}: multiplier")
+        self.in_channels = self.channels = _positive(in_channels, f"{name}: in_channels")
+        self.multiplier = depthwise_multiplier(in_channels, out_channels, depth_multiplier, name)
+        if kernel_size is None:
+            raise ShapeError(f"{name}: kernel_size is required")
         self.kernel_size = _tuple(kernel_size, 2, f"{name}: kernel_size", minimum=1)
         self.stride = _tuple(stride, 2, f"{name}: stride", minimum=1)
         self.dilation = _tuple(dilation, 2, f"{name}: dilation", minimum=1)
@@ -336,5 +344,5 @@ class DepthwiseConv2d(_Local):
         return self._call_op(x)
 
     def extra_repr(self) -> str:
-        return (f"{self.channels}, multiplier={self.multiplier}, kernel_size={self.kernel_size}, "
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}" + self._repr_tail())

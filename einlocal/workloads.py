@@ -29,11 +29,12 @@ WORKLOADS: dict[str, Workload] = load_file(REPORT_FILE)
 
 
 def get(workload_id: str) -> Workload:
-    """The workload called `workload_id` (case-insensitive); ValueError listing the ids."""
+    """The workload called `workload_id` (case-insensitive); ShapeError (a ValueError) listing the ids."""
+    from .errors import ShapeError
     for key, w in WORKLOADS.items():
         if key.lower() == str(workload_id).lower():
             return w
-    raise ValueError(f"unknown workload {workload_id!r}; valid: {', '.join(WORKLOADS)}"
+    raise ShapeError(f"unknown workload {workload_id!r}; valid: {', '.join(WORKLOADS)}"
                      + (", W4" if ragged_available() else ""))
 
 

@@ -26,6 +26,9 @@ def pytest_addoption(parser):
     parser.addoption("--backends", default="", help="comma-separated backend names (or prefixes) to test")
     parser.addoption("--hypothesis-examples", type=int, default=300,
                      help="examples for the differential test over random statements")
+    parser.addoption("--fuzz-examples", type=int, default=300,
+                     help="cases of the differential fuzz of every CPU backend (tests/test_fuzz.py); "
+                          "the long profile is 5000")
 
 
 def _selected(config):

@@ -198,7 +198,7 @@ def test_to_torch_conv_refuses_asymmetric_padding():
     torch = pytest.importorskip("torch")
     from einlocal.torch import DepthwiseConv2d, LocallyConnected2d
     with pytest.raises(el.ShapeError, match="symmetrically"):
-        cv.to_torch_conv(DepthwiseConv2d(2, 1, 2, padding="same"))
+        cv.to_torch_conv(DepthwiseConv2d(2, 2, 2, padding="same"))
     with pytest.raises(el.ShapeError, match="no nn.Conv2d equivalent"):
         cv.to_torch_conv(LocallyConnected2d(2, 1, 2, 4))
     with pytest.raises(el.ShapeError, match="groups == in_channels"):

@@ -21,7 +21,7 @@ CASES = {
     "locally_connected2d": ((2, 3, 7, 6), elj.init_locally_connected2d, (3, 4, (3, 2), (7, 6)),
                             dict(stride=(2, 1), padding=1, dilation=(1, 2))),
     "locally_connected1d": ((2, 3, 9), elj.init_locally_connected1d, (3, 2, 3, 9), dict(stride=2, padding=1)),
-    "depthwise_conv2d": ((2, 3, 6, 5), elj.init_depthwise_conv2d, (3, 2, 3), dict(padding=1)),
+    "depthwise_conv2d": ((2, 3, 6, 5), elj.init_depthwise_conv2d, (3, 6, 3), dict(padding=1)),
     "conv2d": ((2, 4, 6, 6), elj.init_conv2d, (4, 6, 3), dict(stride=2, groups=2)),
 }
 INIT_PARAMS = {"locally_connected2d": ("stride", "padding", "dilation"),
@@ -182,7 +182,8 @@ def test_numpy_inputs_are_taken_and_jax_out_is_refused():
     (elj.init_locally_connected2d, (2, 4, (3, 1), (6, 6)), dict(padding="same"), 6,
      ((4, 2, 3, 1, 6, 6), (4, 6, 6))),
     (elj.init_locally_connected1d, (2, 3, 5, 20), dict(dilation=2), 10, ((3, 2, 5, 12), (3, 12))),
-    (elj.init_depthwise_conv2d, (4, 3, 5), {}, 25, ((12, 1, 5, 5), (12,))),
+    (elj.init_depthwise_conv2d, (4, 12, 5), {}, 25, ((12, 1, 5, 5), (12,))),
+    (elj.init_depthwise_conv2d, (4,), dict(kernel_size=5, depth_multiplier=3), 25, ((12, 1, 5, 5), (12,))),
     (elj.init_conv2d, (4, 8, 3), dict(groups=2), 18, ((8, 2, 3, 3), (8,))),
 ])
 def test_init_follows_torch_conv2d_scheme(init, args, kw, fan_in, shapes):
@@ -201,3 +202,8 @@ def test_init_follows_torch_conv2d_scheme(init, args, kw, fan_in, shapes):
 def test_init_rejects_a_kernel_larger_than_the_input():
     with pytest.raises(el.ShapeError, match="kernel"):
         elj.init_locally_connected2d(jax.random.key(0), 1, 1, 5, (3, 3))
+
+
+def test_init_depthwise_refuses_out_channels_not_a_multiple():
+    with pytest.raises(el.ShapeError, match="out_channels = 6 is not a multiple of in_channels = 4"):
+        elj.init_depthwise_conv2d(jax.random.key(0), 4, 6, 3)

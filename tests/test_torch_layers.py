@@ -28,9 +28,9 @@ CASES = {
                  {}),
     "lc1d": (lambda **kw: elt.LocallyConnected1d(2, 3, 3, 9, stride=2, padding=1, **kw), (2, 2, 9),
              el.locally_connected1d, dict(stride=2, padding=1)),
-    "depthwise": (lambda **kw: elt.DepthwiseConv2d(3, 2, 3, padding="same", **kw), (2, 3, 6, 5),
+    "depthwise": (lambda **kw: elt.DepthwiseConv2d(3, 6, 3, padding="same", **kw), (2, 3, 6, 5),
                   el.depthwise_conv2d, dict(padding="same")),
-    "depthwise-strided": (lambda **kw: elt.DepthwiseConv2d(2, 1, (2, 3), stride=2, dilation=(2, 1), **kw),
+    "depthwise-strided": (lambda **kw: elt.DepthwiseConv2d(2, 2, (2, 3), stride=2, dilation=(2, 1), **kw),
                           (1, 2, 8, 7), el.depthwise_conv2d, dict(stride=2, dilation=(2, 1))),
 }
 
@@ -131,7 +131,7 @@ def test_parameter_layouts():
     assert lc.output_size == (6, 3)
     lc1 = elt.LocallyConnected1d(3, 5, 4, 10, padding=2)
     assert lc1.weight.shape == (5, 3, 4, 11) and lc1.bias.shape == (5, 11)
-    dw = elt.DepthwiseConv2d(6, 3, (3, 5))
+    dw = elt.DepthwiseConv2d(6, 18, (3, 5))
     assert dw.weight.shape == (18, 1, 3, 5) and dw.bias.shape == (18,) and dw.out_channels == 18
     same = elt.LocallyConnected2d(2, 2, 4, (7, 9), padding="same")
     assert same.output_size == (7, 9) and same.padding == ((1, 2), (1, 2))
@@ -144,7 +144,7 @@ def test_extra_repr():
         assert part in r, (part, r)
     plain = repr(elt.LocallyConnected2d(4, 2, 1, 8))
     assert "padding" not in plain and "dilation" not in plain and "bias" not in plain and "backend='auto'" in plain
-    assert "DepthwiseConv2d(3, multiplier=2, kernel_size=(3, 3)" in repr(elt.DepthwiseConv2d(3, 2, 3))
+    assert "DepthwiseConv2d(3, 6, kernel_size=(3, 3)" in repr(elt.DepthwiseConv2d(3, 6, 3))
     assert "input_size=(9,)" in repr(elt.LocallyConnected1d(1, 1, 2, 9))
 
 
@@ -178,7 +178,7 @@ def _conv_bound(fan_in_channels: int, kernel) -> float:
 @pytest.mark.parametrize("make, fan_in_channels, kernel", [
     (lambda: elt.LocallyConnected2d(6, 8, (3, 2), (20, 20)), 6, (3, 2)),
     (lambda: elt.LocallyConnected1d(6, 8, 6, 200), 6, (6, 1)),
-    (lambda: elt.DepthwiseConv2d(64, 4, (5, 5)), 1, (5, 5)),
+    (lambda: elt.DepthwiseConv2d(64, 256, (5, 5)), 1, (5, 5)),
 ])
 def test_init_matches_conv2d(make, fan_in_channels, kernel):
     fan_in = fan_in_channels * math.prod(kernel)
@@ -269,7 +269,7 @@ def test_meta_device_uses_the_fake_implementation():
     assert layer.weight.device.type == "meta"
     y = layer(torch.empty(4, 3, 7, 6, device="meta"))
     assert y.device.type == "meta" and tuple(y.shape) == (4, 2, 3, 2)
-    dw = elt.DepthwiseConv2d(3, 2, 3, stride=2, padding=1).to("meta")
+    dw = elt.DepthwiseConv2d(3, 6, 3, stride=2, padding=1).to("meta")
     assert tuple(dw(torch.empty(1, 3, 9, 8, device="meta")).shape) == (1, 6, 5, 4)
 
 
@@ -314,7 +314,10 @@ def test_functional_ops_match_the_catalogue():
     (lambda: elt.LocallyConnected2d(3, 2, 3, 8, padding=-1), ["padding", "-1"]),
     (lambda: elt.LocallyConnected2d(3, 2, (3, 3, 3), 8), ["kernel_size"]),
     (lambda: elt.LocallyConnected2d(3, 2, 3, 8, stride=2, padding="same"), ["same", "stride"]),
-    (lambda: elt.DepthwiseConv2d(3, 0, 3), ["multiplier", "0"]),
+    (lambda: elt.DepthwiseConv2d(3, 0, 3), ["out_channels", "0"]),
+    (lambda: elt.DepthwiseConv2d(8, 12, 3), ["out_channels = 12", "not a multiple of in_channels = 8"]),
+    (lambda: elt.DepthwiseConv2d(3, 6, 3, depth_multiplier=3), ["out_channels = 6", "3 * 3 = 9"]),
+    (lambda: elt.DepthwiseConv2d(3, kernel_size=3), ["out_channels", "depth_multiplier"]),
 ])
 def test_bad_constructor_arguments(make, words):
     with pytest.raises(el.ShapeError) as e:
@@ -336,7 +339,7 @@ def test_bad_inputs_raise_before_work():
         lc(torch.randn(1, 3, 8, 9))
     with pytest.raises(el.ShapeError, match="3 input channels"):
         lc(torch.randn(1, 4, 8, 8))
-    dw = elt.DepthwiseConv2d(4, 2, 3)
+    dw = elt.DepthwiseConv2d(4, 8, 3)
     with pytest.raises(el.ShapeError, match="4 input channels"):
         dw(torch.randn(1, 2, 8, 8))       # 2 channels would silently read as multiplier 4
     with pytest.raises(el.ShapeError, match="kernel extent 3"):
@@ -349,3 +352,19 @@ def test_importing_einlocal_imports_no_torch_and_torch_is_not_shadowed():
             "assert hasattr(torch, 'nn') and hasattr(torch.library, 'custom_op')\n"
             "assert elt.LocallyConnected2d.__mro__[-2] is torch.nn.Module\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_depthwise_takes_conv2d_arguments():
+    """(in_channels, out_channels, kernel_size) as nn.Conv2d(..., groups=in_channels); or depth_multiplier=."""
+    dw = elt.DepthwiseConv2d(8, 16, 3)
+    conv = torch.nn.Conv2d(8, 16, 3, groups=8)
+    assert dw.weight.shape == conv.weight.shape == (16, 1, 3, 3) and dw.out_channels == 16
+    assert dw.in_channels == 8 and dw.multiplier == 2
+    same = elt.DepthwiseConv2d(8, kernel_size=3, depth_multiplier=2)
+    assert same.weight.shape == (16, 1, 3, 3)
+    assert elt.DepthwiseConv2d(8, 16, 3, depth_multiplier=2).out_channels == 16
+    with torch.no_grad():
+        conv.weight.copy_(dw.weight)
+        conv.bias.copy_(dw.bias)
+    x = torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(dw(x), conv(x), rtol=1e-4, atol=1e-5)

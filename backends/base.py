@@ -77,6 +77,12 @@ class Backend:
             return self.cannot(plan, library=library, device=device, call=call)
         return None
 
+    def own_autodiff(self, library: str) -> bool:
+        """Whether this backend's gradient is the library's autodiff of its own
+        forward calls (a native conv): then a forward call is recorded by the
+        library as it is, with nothing of einlocal's around it."""
+        return False
+
     def grad_modes(self, library: str) -> tuple[str, ...]:
         return ("vjp", "autodiff") if namespace(library).autodiff else ("vjp",)
 

@@ -100,5 +100,8 @@ class Numpy(NumpyLike):
         import numpy
         return isinstance(a, numpy.ndarray)
 
+    def fast_key(self, a):
+        return (type(a), a.shape, a.dtype)
+
     def overlaps(self, a, b) -> bool:
         return bool(self.mod.shares_memory(a, b))

@@ -24,6 +24,9 @@ class Torch(Namespace):
         torch = sys.modules.get("torch")
         return torch is not None and isinstance(a, torch.Tensor)
 
+    def fast_key(self, a):
+        return (type(a), a.shape, a.dtype, a.device)
+
     def device_of(self, a) -> str:
         d = a.device
         return d.type if d.index is None else f"{d.type}:{d.index}"

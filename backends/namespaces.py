@@ -78,6 +78,12 @@ class Namespace:
     def device_of(self, a) -> str:
         return "cpu"
 
+    def fast_key(self, a):
+        """What a call's validity depends on in array ``a`` (its shape, dtype,
+        device), as a hashable value; None where calls on it take no fast
+        path (a value being traced)."""
+        return None
+
     def device_name(self, device: str) -> str:
         """A label for a device other than the CPU, for keys and tables."""
         return device

@@ -1,7 +1,8 @@
 """``native:torch``: PyTorch's own convolution (``F.conv2d`` with groups,
 stride, dilation; asymmetric padding through ``F.pad``) for the catalogue
 ops that are one: conv2d and depthwise_conv2d.  The peer (oneDNN, cuDNN)
-the array strategies are measured against; backward is torch autograd."""
+the array strategies are measured against; backward is PyTorch's own
+convolution backward."""
 from __future__ import annotations
 
 from ..errors import BackendError
@@ -32,6 +33,9 @@ class NativeTorch(Backend):
                     f"{self.name} runs {', '.join(self.kinds)}")
         return None
 
+    def own_autodiff(self, library: str) -> bool:
+        return True       # its vjp is torch autograd through F.conv2d: autograd records the forward itself
+
     def execute(self, plan, operands: dict, out=None):
         raise BackendError(f"{self.name} runs whole catalogue ops (forward/vjp), not single statements")
 
@@ -60,15 +64,31 @@ class NativeTorch(Backend):
         return y
 
     def vjp(self, call, dy, operands: dict, wrt, outs: dict) -> dict:
-        """torch autograd through the native conv; only ``wrt`` is computed
-        (conv backward skips what no input asks for)."""
+        """PyTorch's own convolution backward (``aten.convolution_backward``,
+        what autograd runs for ``F.conv2d``), for only the gradients in ``wrt``;
+        no autograd needed, so it also runs inside a custom op's backward."""
         import torch
-        with torch.enable_grad():
-            leaves = {n: operands[n].detach().requires_grad_(n in wrt) for n in ("x", "wt")}
-            y = self.conv(call, leaves["x"], leaves["wt"])
-            grads = torch.autograd.grad(y, [leaves[n] for n in wrt], dy)
+        import torch.nn.functional as F
+        p = call.param
+        shapes = dict(call.arg_shapes)
+        x = operands["x"].reshape(shapes["x"])
+        wt = operands["wt"].reshape(shapes["weight"])
+        (pt, pb), (pl, pr) = p["padding"]
+        symmetric = pt == pb and pl == pr
+        if not symmetric:
+            x = F.pad(x, (pl, pr, pt, pb))
+        groups = x.shape[1] if call.kind == "depthwise_conv2d" else p["groups"]
+        dy4 = dy.reshape(x.shape[0], wt.shape[0], *dy.shape[-2:])
+        dx, dw, _ = torch.ops.aten.convolution_backward(
+            dy4, x, wt, None, list(p["stride"]), [pt, pl] if symmetric else [0, 0], list(p["dilation"]), False,
+            [0, 0], groups, ["x" in wrt, "wt" in wrt, False])
+        if dx is not None and not symmetric:
+            dx = dx[:, :, pt:dx.shape[2] - pb, pl:dx.shape[3] - pr]
         result = {}
-        for n, g in zip(wrt, grads):
+        for n, g in (("x", dx), ("wt", dw)):
+            if n not in wrt:
+                continue
+            g = g.reshape(operands[n].shape)
             o = outs.get(n)
             result[n] = o.copy_(g) if o is not None else g
         return result

@@ -60,11 +60,11 @@ def set_memory_budget(nbytes: int | None) -> None:
     _budget = None if nbytes is None else int(nbytes)
 
 
-def check_budget(backend, plan, itemsize: int, result: int = 0) -> None:
+def check_budget(backend, plan, itemsize: int, result: int = 0) -> int:
     """Raise MemoryBudgetError if what ``backend`` allocates running
     ``plan`` -- every intermediate of its lowering, plus ``result``
     elements for a result einlocal allocates (no ``out=``) -- is over the
-    budget."""
+    budget; else return those bytes."""
     allocs = [(n, what) for n, what in backend.allocations(plan) if n]
     if result:
         allocs.append((result, f"result {tuple(plan.out_shape)}"))
@@ -78,3 +78,4 @@ def check_budget(backend, plan, itemsize: int, result: int = 0) -> None:
             f"largest, the {largest}), over the memory budget of {budget:,} bytes ({budget / 2**20:,.1f} MiB) "
             f"for {plan.stmt}; choose another backend or raise the budget "
             f"(el.set_memory_budget or EINLOCAL_MEMORY_BUDGET)")
+    return nbytes

@@ -7,6 +7,7 @@ Every check happens before any work.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from . import auto, registry
 from .arrays import check_same_kind, device_of, dtype_name, library_of, requires_grad, shape_of
@@ -16,7 +17,7 @@ from .budget import check_budget, memory_budget
 from .errors import BackendError, ShapeError
 from .run import Call, run_forward, run_vjp
 
-__all__ = ["Call", "forward", "vjp", "resolve_backend", "GRAD_MODES"]
+__all__ = ["Call", "forward", "vjp", "resolve_backend", "prepare", "execute", "Prepared", "GRAD_MODES"]
 
 GRAD_MODES = ("vjp", "autodiff")
 FLOATS = ("float16", "bfloat16", "float32", "float64")
@@ -74,9 +75,23 @@ def _prepare(call: Call, arrays: dict, backend_name, what: str, grad: str | None
     return backend, library, dtype, device
 
 
-def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):
-    """Check everything, then run the forward pass (differentiably when the
-    arrays ask for gradients)."""
+@dataclass(frozen=True)
+class Prepared:
+    """A forward call that passed every check: what running it needs, and the
+    bytes the memory guard counted (a repeat re-checks them against the budget)."""
+
+    call: Call
+    backend: object
+    library: str
+    dtype: str
+    device: str
+    grad: str
+    xp: object
+    nbytes: int
+
+
+def prepare(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp") -> Prepared:
+    """Every check of a forward call, before any work."""
     if grad not in GRAD_MODES:
         raise BackendError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
     backend_obj, library, dtype, device = _prepare(call, arrays, backend, "", grad)
@@ -85,16 +100,32 @@ def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):
                            f"(it has {', '.join(backend_obj.grad_modes(library))})")
     _check_out(out, call.out_shape, dtype, library, device, arrays)
     itemsize = next(a for a in arrays.values() if a is not None).dtype.itemsize
+    nbytes = 0
     if not call.empty:
-        check_budget(backend_obj, call.plan, itemsize, 0 if out is not None else math.prod(call.out_shape))
-    xp = namespace(library)
-    if xp.records(arrays, grad):
+        nbytes = check_budget(backend_obj, call.plan, itemsize, 0 if out is not None else math.prod(call.out_shape))
+    return Prepared(call, backend_obj, library, dtype, device, grad, namespace(library), nbytes)
+
+
+def execute(p: Prepared, arrays: dict, out=None):
+    """Run a prepared forward call (differentiably when the arrays ask for
+    gradients): the library's autodiff records the backend's own calls where
+    those are its gradient (`Backend.own_autodiff`), else einlocal's
+    derived backward statements are recorded as the call's gradient."""
+    xp, call = p.xp, p.call
+    if xp.records(arrays, p.grad):
         if out is not None:
             raise ShapeError("out= cannot be used when an input requires grad (autograd needs a fresh result)")
         if call.empty:      # nothing to compute or differentiate: the library's own way to give zeros
-            return xp.record_empty(call, backend_obj, arrays)
-        return xp.record(call, backend_obj, arrays, grad)
-    return run_forward(call, backend_obj, arrays, out)
+            return xp.record_empty(call, p.backend, arrays)
+        if not p.backend.own_autodiff(p.library):
+            return xp.record(call, p.backend, arrays, p.grad)
+    return run_forward(call, p.backend, arrays, out)
+
+
+def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):
+    """Check everything, then run the forward pass (differentiably when the
+    arrays ask for gradients)."""
+    return execute(prepare(call, arrays, backend=backend, out=out, grad=grad), arrays, out)
 
 
 def vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, grad="vjp") -> tuple:

@@ -201,6 +201,12 @@ class _Local(nn.Module):
                              f"got x of shape {tuple(x.shape)}")
 
     def _call_op(self, x: Tensor) -> Tensor:
+        if type(x) is Tensor and not torch.compiler.is_compiling():
+            # eager: the catalogue op itself (its fast path for repeated calls; a native backend recorded
+            # by autograd as it is); the custom op is what a compiled or exported graph holds
+            return getattr(catalogue, self._op_name)(x, self.weight, self.bias, stride=self.stride,
+                                                     padding=self.padding, dilation=self.dilation,
+                                                     backend=self.backend)
         return OPS[self._op_name](x, self.weight, self.bias, list(self.stride), self._flat_padding(),
                                   list(self.dilation), self.backend)
 

@@ -126,7 +126,10 @@ def test_first_layer_never_computes_dx(backend, case, monkeypatch):
     y = _run(op, tensors, params, backend=backend)
     executed.clear()
     y.sum().backward()
-    assert tensors[w_name].grad is not None
+    assert tensors[w_name].grad is not None and tensors[x_name].grad is None
+    if b.own_autodiff("torch"):     # torch's own autograd of the backend's forward calls (it skips dx itself)
+        assert asked == [], f"backward asked einlocal for {asked}"
+        return
     assert asked == [(w_op,)], f"backward asked for {asked}"
     if b.general:
         assert call.plan.backward[x_op] not in executed, "the dx statement ran"

@@ -1,9 +1,11 @@
-"""The `einlocal` command: compare, backends, check, bench, choose, table, source."""
+"""The `einlocal` command: compare, backends, check, bench, choose, cache, table, source."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["main"]
@@ -255,6 +257,59 @@ def _kept(outdir) -> str:
     return f"{len(done)} finished job(s), {len(records)} record(s)"
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Warnings raised inside, each printed as one line on stderr at the end."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        print(f"einlocal {command}: warning: {w.message}", file=sys.stderr)
+
+
+def _fail(command: str, err) -> int:
+    """An error of the cache subcommands: one line on stderr, exit status 2."""
+    print(f"einlocal {command}: {err}", file=sys.stderr)
+    return 2
+
+
+def cmd_cache(args) -> int:
+    from . import cachetool
+    from .errors import EinlocalError
+    try:
+        with _warnings_as_lines(f"cache {args.action}"):
+            return _cache_action(args, cachetool)
+    except (EinlocalError, OSError) as e:
+        return _fail(f"cache {args.action}", e)
+
+
+def _cache_action(args, cachetool) -> int:
+    if args.action == "list":
+        lines = cachetool.rows()
+        print("\n".join(lines) if lines else "the choice cache is empty")
+    elif args.action == "export":
+        n = cachetool.export(args.file)
+        print(f"exported {n} entr{'y' if n == 1 else 'ies'} to {args.file}")
+    elif args.action == "import":
+        header, verdicts = cachetool.import_file(args.file, replace=args.replace)
+        machine = header.get("machine") or {}
+        print(f"{args.file}: einlocal {header.get('einlocal')}, exported {header.get('exported')} "
+              f"on {machine.get('hostname')} ({machine.get('cpu')})")
+        for desc, ok, why in verdicts:
+            print(f"  {'accepted' if ok else 'rejected'}: {desc}: {why}")
+        n = sum(ok for _, ok, _ in verdicts)
+        print(f"accepted {n} of {len(verdicts)} entries")
+    elif args.action == "prune":
+        removed = cachetool.prune(unused_days=args.unused_days)
+        for desc, why in removed:
+            print(f"  removed: {desc}: {why}")
+        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+    else:
+        n = cachetool.clear()
+        print(f"removed {n} entr{'y' if n == 1 else 'ies'}")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------------------------
 
 
@@ -343,6 +398,18 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--budget", type=float, default=0.1, help="timed seconds per candidate")
     h.add_argument("--refresh", action="store_true", help="measure again even if cached")
     h.set_defaults(run=cmd_choose)
+
+    e = sub.add_parser("cache", help="the choice cache: list, export FILE, import FILE, prune, clear")
+    e_sub = e.add_subparsers(dest="action", required=True)
+    e_sub.add_parser("list", help="one line per entry: op, shapes, dtype, device, backend, time, date")
+    e_sub.add_parser("export", help="write every entry to FILE, with the machine and versions").add_argument("file")
+    i = e_sub.add_parser("import", help="take the entries of FILE this machine can use; each one's verdict")
+    i.add_argument("file")
+    i.add_argument("--replace", action="store_true", help="an imported entry replaces a local one for the same key")
+    r = e_sub.add_parser("prune", help="remove the entries this machine cannot use")
+    r.add_argument("--unused-days", type=float, default=None, help="also those not used for this many days")
+    e_sub.add_parser("clear", help="remove every entry")
+    e.set_defaults(run=cmd_cache)
 
     g = sub.add_parser("source", help="print the code a loops backend generates for an op, forward and backward")
     _add_op_arguments(g, backends=False)

@@ -1,4 +1,4 @@
-"""The `einlocal` command: compare, backends, check, bench, choose, cache, table, source."""
+"""The `einlocal` command: compare, backends, check, bench, choose, cache, tune, table, source."""
 from __future__ import annotations
 
 import argparse
@@ -268,7 +268,7 @@ def _warnings_as_lines(command: str):
 
 
 def _fail(command: str, err) -> int:
-    """An error of the cache subcommands: one line on stderr, exit status 2."""
+    """An error of the cache and tune subcommands: one line on stderr, exit status 2."""
     print(f"einlocal {command}: {err}", file=sys.stderr)
     return 2
 
@@ -308,6 +308,24 @@ def _cache_action(args, cachetool) -> int:
         n = cachetool.clear()
         print(f"removed {n} entr{'y' if n == 1 else 'ies'}")
     return 0
+
+
+def cmd_tune(args) -> int:
+    from .errors import EinlocalError
+    from .tuning import tune
+
+    def report(desc, status, detail):
+        print(f"  {status}: {desc}: {detail}", flush=True)
+    try:
+        with _warnings_as_lines("tune"):
+            results = tune(args.file, passes=tuple(args.passes.split(",")), budget_s=args.budget,
+                           backends=_backend_names(args.backends), refresh=args.refresh, report=report)
+    except (EinlocalError, OSError) as e:
+        return _fail("tune", e)
+    failed = sum(status == "failed" for _, status, _ in results)
+    print(f"{len(results) - failed} of {len(results)} calls tuned or already cached"
+          + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0
 
 
 # -- parser -------------------------------------------------------------------------------------------
@@ -410,6 +428,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--unused-days", type=float, default=None, help="also those not used for this many days")
     e_sub.add_parser("clear", help="remove every entry")
     e.set_defaults(run=cmd_cache)
+
+    u = sub.add_parser("tune", help="measure the calls EINLOCAL_RECORD_UNTUNED recorded in FILE; fill the cache")
+    u.add_argument("file")
+    u.add_argument("--passes", default="forward")
+    u.add_argument("--budget", type=float, default=0.1, help="timed seconds per candidate")
+    u.add_argument("--backends", default="", help="comma-separated names or prefixes (default: all available)")
+    u.add_argument("--refresh", action="store_true", help="measure again calls already cached")
+    u.set_defaults(run=cmd_tune)
 
     g = sub.add_parser("source", help="print the code a loops backend generates for an op, forward and backward")
     _add_op_arguments(g, backends=False)

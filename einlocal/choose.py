@@ -41,10 +41,11 @@ def choose(op, *args, backends=None, passes=("forward",), budget_s: float = 0.1,
     "forward+backward") summed, about `budget_s` timed seconds each, in
     `rounds` interleaved rounds (every candidate once per round, so a slow
     spell of the machine hits them all alike); a candidate's time is the
-    median of its rounds, one over `cap_s` is dropped, and one over 3x the
-    fastest after the first round is measured no further (its time goes to
-    the close ones). A cached choice is replaced only by a challenger faster
-    by more than `margin` (5%) in the median and in at least 3 of 4 rounds.
+    lower quartile of its rounds' medians (noise only adds time), one over
+    `cap_s` is dropped, and one over 3x the fastest after the first round is
+    measured no further (its time goes to the close ones). A cached choice
+    is replaced only by a challenger faster by more than `margin` (5%) and
+    faster in at least 3 of 4 rounds.
     Caches the winner on disk (`cache_dir()/choices.json`, keyed by
     statement, shapes, dtype, device name and library versions, with the op,
     shapes, parameters and date for `einlocal cache list`); later
@@ -142,18 +143,25 @@ def _race(call, names, fwd, bwd, passes, itemsize, budget_s, cap_s, rounds):
         if r == 0 and per_round:    # clear losers are measured no further
             best = min(v[0] for v in per_round.values())
             live = [n for n in live if per_round[n][0] <= 3 * best]
-    seconds = {n: statistics.median(v) for n, v in per_round.items()}
+    seconds = {n: _quiet(v) for n, v in per_round.items()}
     return seconds, per_round, dropped
 
 
 def _significantly_faster(challenger: list, incumbent: list, margin: float) -> bool:
-    """The challenger's median is below (1 - margin) x the incumbent's, and it
-    was faster in at least 3 of every 4 rounds both ran."""
+    """The challenger's time (`_quiet`) is below (1 - margin) x the incumbent's, and
+    it was faster in at least 3 of every 4 rounds both ran."""
     paired = list(zip(challenger, incumbent))
     if not paired:
         return False
     wins = sum(c < i for c, i in paired)
-    return statistics.median(challenger) < (1 - margin) * statistics.median(incumbent) and 4 * wins >= 3 * len(paired)
+    return _quiet(challenger) < (1 - margin) * _quiet(incumbent) and 4 * wins >= 3 * len(paired)
+
+
+def _quiet(times: list) -> float:
+    """The lower quartile of a candidate's round times (the second fastest of 5): noise on
+    a shared machine only adds time, so this is its time on a quiet one, yet one lucky
+    round does not decide."""
+    return statistics.quantiles(times, n=4, method="inclusive")[0] if len(times) > 1 else times[0]
 
 
 def _describe(op, call, arrays: dict, params: dict) -> dict:

@@ -151,9 +151,9 @@ def test_choose_measures_in_interleaved_rounds(monkeypatch):
     assert [n for n, _ in log[:3]] != [n for n, _ in log[3:6]]    # the order turns from round to round
 
 
-def test_choose_takes_the_median_of_the_rounds(monkeypatch):
+def test_choose_takes_the_lower_quartile_of_the_rounds(monkeypatch):
     x, w = arrays()
-    # bmm has one slow round (the machine was busy), einsum one fast one: the medians decide
+    # bmm has one slow round (the machine was busy), einsum one lucky fast one: neither decides
     scripted(monkeypatch, {"bmm:numpy": [1e-4, 9e-4, 1e-4, 1e-4, 1e-4], "einsum:numpy": [2e-4, 2e-4, 0.5e-4, 2e-4, 2e-4]})
     entry = el.choose(el.depthwise_conv2d, x, w, backends=["bmm:numpy", "einsum:numpy"], budget_s=1.0, details=True)
     assert entry["backend"] == "bmm:numpy"

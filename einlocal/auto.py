@@ -75,6 +75,9 @@ def choice_key(call, library: str, dtype: str, device: str) -> tuple:
 # -- auto -------------------------------------------------------------------------------------
 
 
+_UNTUNED_ENV = ("EINLOCAL_RECORD_UNTUNED", "EINLOCAL_REQUIRE_TUNED")
+
+
 @functools.lru_cache(maxsize=4096)
 def _key_string(call, library: str, dtype: str, device: str) -> str:
     from .choice_cache import key_string
@@ -88,8 +91,10 @@ def auto_backend(call, library: str, device: str, dtype: str | None = None) -> s
     ``EINLOCAL_RECORD_UNTUNED`` names, and is a BackendError under ``EINLOCAL_REQUIRE_TUNED``
     (`einlocal.untuned`)."""
     if dtype is not None:
+        # inside a trace (jax.jit) the arrays have no device yet: key by the one the call will run on
+        key_device = namespace(library).trace_device() if device == "traced" else device
         try:
-            entry = choice_cache().get_string(_key_string(call, library, dtype, device))
+            entry = choice_cache().get_string(_key_string(call, library, dtype, key_device))
         except (OSError, ValueError):
             entry = None
         if entry and entry.get("backend") in registry.available():
@@ -98,11 +103,8 @@ def auto_backend(call, library: str, device: str, dtype: str | None = None) -> s
                 return entry["backend"]
         if any(name in os.environ for name in _UNTUNED_ENV):
             from .untuned import on_miss
-            on_miss(call, library, device, dtype)
+            on_miss(call, library, key_device, dtype)
     return _unmeasured_choice(call, library, device, dtype, memory_budget() >> 24)
-
-
-_UNTUNED_ENV = ("EINLOCAL_RECORD_UNTUNED", "EINLOCAL_REQUIRE_TUNED")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -151,3 +151,18 @@ def test_tune_measures_torch_tensors_on_the_recorded_device(tmp_path, monkeypatc
     assert "  tuned: locally_connected2d x=2x3x6x6 weight=4x3x3x3x4x4" in capsys.readouterr().out
     monkeypatch.setenv("EINLOCAL_REQUIRE_TUNED", "1")
     assert el.locally_connected2d(torch.rand(2, 3, 6, 6), torch.rand(4, 3, 3, 3, 4, 4)).shape == (2, 4, 4, 4)
+
+
+def test_inside_jax_jit_auto_uses_the_measured_choice_of_the_default_device(monkeypatch):
+    jax = pytest.importorskip("jax")
+    x, w, params = depthwise()
+    x, w = jax.numpy.asarray(x), jax.numpy.asarray(w)
+    traced = jax.jit(lambda x, w: el.depthwise_conv2d(x, w, **params))
+    monkeypatch.setenv("EINLOCAL_REQUIRE_TUNED", "1")
+    with pytest.raises(el.BackendError, match=r"depthwise_conv2d x=2x3x8x8 .* float32 jax on cpu, and "):
+        traced(x, w)                              # tracers have no device: the key names the default one
+    name = el.choose(el.depthwise_conv2d, x, w, backends=["einsum:jax", "bmm:jax"], budget_s=0.002, **params)
+    ran = []
+    real = auto.auto_backend
+    monkeypatch.setattr(auto, "auto_backend", lambda *a, **k: ran.append(real(*a, **k)) or ran[-1])
+    assert traced(x, w).shape == (2, 6, 8, 8) and ran == [name]

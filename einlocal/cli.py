@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-import warnings
 from pathlib import Path
 
 __all__ = ["main"]
@@ -257,75 +255,14 @@ def _kept(outdir) -> str:
     return f"{len(done)} finished job(s), {len(records)} record(s)"
 
 
-@contextlib.contextmanager
-def _warnings_as_lines(command: str):
-    """Warnings raised inside, each printed as one line on stderr at the end."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        print(f"einlocal {command}: warning: {w.message}", file=sys.stderr)
-
-
-def _fail(command: str, err) -> int:
-    """An error of the cache and tune subcommands: one line on stderr, exit status 2."""
-    print(f"einlocal {command}: {err}", file=sys.stderr)
-    return 2
-
-
 def cmd_cache(args) -> int:
-    from . import cachetool
-    from .errors import EinlocalError
-    try:
-        with _warnings_as_lines(f"cache {args.action}"):
-            return _cache_action(args, cachetool)
-    except (EinlocalError, OSError) as e:
-        return _fail(f"cache {args.action}", e)
-
-
-def _cache_action(args, cachetool) -> int:
-    if args.action == "list":
-        lines = cachetool.rows()
-        print("\n".join(lines) if lines else "the choice cache is empty")
-    elif args.action == "export":
-        n = cachetool.export(args.file)
-        print(f"exported {n} entr{'y' if n == 1 else 'ies'} to {args.file}")
-    elif args.action == "import":
-        header, verdicts = cachetool.import_file(args.file, replace=args.replace)
-        machine = header.get("machine") or {}
-        print(f"{args.file}: einlocal {header.get('einlocal')}, exported {header.get('exported')} "
-              f"on {machine.get('hostname')} ({machine.get('cpu')})")
-        for desc, ok, why in verdicts:
-            print(f"  {'accepted' if ok else 'rejected'}: {desc}: {why}")
-        n = sum(ok for _, ok, _ in verdicts)
-        print(f"accepted {n} of {len(verdicts)} entries")
-    elif args.action == "prune":
-        removed = cachetool.prune(unused_days=args.unused_days)
-        for desc, why in removed:
-            print(f"  removed: {desc}: {why}")
-        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
-    else:
-        n = cachetool.clear()
-        print(f"removed {n} entr{'y' if n == 1 else 'ies'}")
-    return 0
+    from .cli_cache import cache_command
+    return cache_command(args)
 
 
 def cmd_tune(args) -> int:
-    from .errors import EinlocalError
-    from .tuning import tune
-
-    def report(desc, status, detail):
-        print(f"  {status}: {desc}: {detail}", flush=True)
-    try:
-        with _warnings_as_lines("tune"):
-            results = tune(args.file, passes=tuple(args.passes.split(",")), budget_s=args.budget,
-                           backends=_backend_names(args.backends), refresh=args.refresh, report=report)
-    except (EinlocalError, OSError) as e:
-        return _fail("tune", e)
-    failed = sum(status == "failed" for _, status, _ in results)
-    print(f"{len(results) - failed} of {len(results)} calls tuned or already cached"
-          + (f"; {failed} failed" if failed else ""))
-    return 1 if failed else 0
+    from .cli_cache import tune_command
+    return tune_command(args, _backend_names(args.backends))
 
 
 # -- parser -------------------------------------------------------------------------------------------
@@ -431,7 +368,7 @@ def parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("tune", help="measure the calls EINLOCAL_RECORD_UNTUNED recorded in FILE; fill the cache")
     u.add_argument("file")
-    u.add_argument("--passes", default="forward")
+    u.add_argument("--passes", default="forward", help="forward, backward, forward+backward: what is timed and summed")
     u.add_argument("--budget", type=float, default=0.1, help="timed seconds per candidate")
     u.add_argument("--backends", default="", help="comma-separated names or prefixes (default: all available)")
     u.add_argument("--refresh", action="store_true", help="measure again calls already cached")

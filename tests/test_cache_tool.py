@@ -136,7 +136,7 @@ def test_import_of_a_file_it_cannot_read_is_one_line_exit_2(tmp_path, use_cache,
     assert main(["cache", "import", str(path)]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("einlocal cache import: ") and message in err[0], err
+    assert len(err) == 1 and err[0].startswith("einlocal cache: CacheFileError: ") and message in err[0], err
 
 
 def test_prune_removes_the_entries_this_machine_cannot_use(use_cache, capsys):
@@ -183,11 +183,11 @@ def test_a_directory_in_place_of_the_cache_file(use_cache, capsys):
     assert main(["cache", "list"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == "the choice cache is empty"
-    assert "einlocal cache list: warning: ChoiceCache: cannot read the cache file" in captured.err
+    assert "einlocal cache: warning: ChoiceCache: cannot read the cache file" in captured.err
     assert "Traceback" not in captured.err
     assert main(["cache", "clear"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("einlocal cache clear: einlocal cannot write the choice cache") \
+    assert len(err) == 1 and err[0].startswith("einlocal cache: CacheDirError: einlocal cannot write the choice cache") \
         and "it is a directory" in err[0]
     x, w = np.ones((2, 3, 8, 8), np.float32), np.ones((6, 1, 3, 3), np.float32)
     auto._cache_state.clear()       # a new process: it warns once again

@@ -138,7 +138,7 @@ def test_tune_reports_bad_lines_and_calls_it_cannot_rebuild(tmp_path, capsys):
 def test_tune_of_a_missing_file_is_one_line_exit_2(tmp_path, capsys):
     assert main(["tune", str(tmp_path / "nothing.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("einlocal tune: cannot read") and "nothing.jsonl" in err[0]
+    assert len(err) == 1 and err[0].startswith("einlocal tune: RecordFileError: cannot read") and "nothing.jsonl" in err[0]
 
 
 def test_tune_measures_torch_tensors_on_the_recorded_device(tmp_path, monkeypatch, capsys):

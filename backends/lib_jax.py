@@ -39,6 +39,11 @@ class Jax(Namespace):
         except Exception:  # a tracer has no devices
             return "traced"
 
+    def trace_device(self) -> str:
+        import jax
+        dev = jax.devices()[0]
+        return f"{dev.platform}:{dev.id}" if dev.platform != "cpu" else "cpu"
+
     def is_tracer(self, a) -> bool:
         core = sys.modules.get("jax.core") or sys.modules["jax"].core
         return isinstance(a, core.Tracer)

@@ -88,6 +88,10 @@ class Namespace:
         """A label for a device other than the CPU, for keys and tables."""
         return device
 
+    def trace_device(self) -> str:
+        """The device a call inside a trace will run on (its tracers have none): the default one."""
+        return "cpu"
+
     def gpu_name(self) -> str | None:
         """The GPU it sees, where it is loaded and sees one."""
         return None

@@ -75,6 +75,9 @@ def choice_key(call, library: str, dtype: str, device: str) -> tuple:
 # -- auto -------------------------------------------------------------------------------------
 
 
+_UNTUNED_ENV = ("EINLOCAL_RECORD_UNTUNED", "EINLOCAL_REQUIRE_TUNED")
+
+
 @functools.lru_cache(maxsize=4096)
 def _key_string(call, library: str, dtype: str, device: str) -> str:
     from .choice_cache import key_string
@@ -84,16 +87,23 @@ def _key_string(call, library: str, dtype: str, device: str) -> str:
 def auto_backend(call, library: str, device: str, dtype: str | None = None) -> str:
     """The backend "auto" runs: the cached measured choice for this key, else the cost
     model's pick among the backends that take these arrays (never a measurement, so it is
-    safe inside a trace or a backward pass)."""
+    safe inside a trace or a backward pass). A miss is appended to the file
+    ``EINLOCAL_RECORD_UNTUNED`` names, and is a BackendError under ``EINLOCAL_REQUIRE_TUNED``
+    (`einlocal.untuned`)."""
     if dtype is not None:
+        # inside a trace (jax.jit) the arrays have no device yet: key by the one the call will run on
+        key_device = namespace(library).trace_device() if device == "traced" else device
         try:
-            entry = choice_cache().get_string(_key_string(call, library, dtype, device))
+            entry = choice_cache().get_string(_key_string(call, library, dtype, key_device))
         except (OSError, ValueError):
             entry = None
         if entry and entry.get("backend") in registry.available():
             b = registry.get(entry["backend"])
             if not b.cannot(call.plan, library=library, device=device, call=call):
                 return entry["backend"]
+        if any(name in os.environ for name in _UNTUNED_ENV):
+            from .untuned import on_miss
+            on_miss(call, library, key_device, dtype)
     return _unmeasured_choice(call, library, device, dtype, memory_budget() >> 24)
 
 

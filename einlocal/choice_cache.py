@@ -12,10 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # Windows: no cross-process lock
-    fcntl = None
+from .errors import CacheDirError
 
 __all__ = ["ChoiceCache", "key_string", "FORMAT_VERSION"]
 
@@ -43,8 +40,10 @@ class ChoiceCache:
     `{"format": 1, "entries": {key: {"value": {...}, "used": stamp}}}`; each
     write reloads it under a lock (`<file>.lock`), applies one change, evicts
     and replaces the file atomically, so processes writing different keys keep
-    each other's entries. An unreadable file or a different format warns and
-    starts empty.
+    each other's entries (the lock is `filelock`'s, on every platform). A
+    corrupt file or a different format warns and starts empty; a file that
+    cannot be read at all (a directory, no permission) warns and is left
+    alone, and a write to it raises `CacheDirError` saying what to do.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, max_entries: int = 512):
@@ -60,6 +59,7 @@ class ChoiceCache:
         self._last_stamp = 0
         self._snapshot: tuple[Any, dict] | None = None  # (file signature, entries)
         self._touched: dict[str, int] = {}  # key -> stamp of hits not yet written
+        self._warned: set[str] = set()
         atexit.register(self._flush_quietly)
 
     # -- public ---------------------------------------------------------------
@@ -90,16 +90,39 @@ class ChoiceCache:
         """Store `value` (a JSON-able dict) for `key`, evicting beyond `max_entries`."""
         if not isinstance(value, dict):
             raise TypeError(f"ChoiceCache.put: value must be a dict, got {type(value).__name__}")
-        k = key_string(key)
-        value = json.loads(json.dumps(value, default=_jsonable))  # a JSON copy, checked
+        self.put_strings({key_string(key): value})
+
+    def put_strings(self, values: dict) -> None:
+        """Store several entries at once: key string (`key_string`) -> value dict."""
+        for k, value in values.items():
+            if not isinstance(k, str) or not isinstance(value, dict):
+                raise TypeError(f"ChoiceCache.put_strings: need str -> dict, got {type(k).__name__} -> "
+                                f"{type(value).__name__}")
+        values = json.loads(json.dumps(values, default=_jsonable))  # a JSON copy, checked
         with self._locked():
             entries = self._read_copy()
             self._apply_touches(entries)
-            entries[k] = {"value": value, "used": self._stamp()}
+            for k, value in values.items():
+                entries[k] = {"value": value, "used": self._stamp()}
             by_use = sorted(entries, key=lambda name: entries[name]["used"])
             for old in by_use[: max(0, len(entries) - self.max_entries)]:
                 del entries[old]
             self._write(entries)
+
+    def remove(self, keys) -> int:
+        """Remove the entries of these key strings; returns how many were there."""
+        with self._locked():
+            entries = self._read_copy()
+            self._apply_touches(entries)
+            gone = [k for k in keys if entries.pop(k, None) is not None]
+            if gone:
+                self._write(entries)
+            return len(gone)
+
+    def items(self) -> list[tuple[str, dict]]:
+        """(key string, {"value": ..., "used": stamp}) of every entry, least recently used first."""
+        entries = self._read()
+        return [(k, {"value": dict(entries[k]["value"]), "used": entries[k]["used"]}) for k in self.keys()]
 
     def clear(self) -> None:
         """Remove every entry (the file stays, empty)."""
@@ -143,19 +166,27 @@ class ChoiceCache:
         self._last_stamp = max(time.time_ns(), self._last_stamp + 1)
         return self._last_stamp
 
+    def _unusable(self, err: OSError) -> CacheDirError:
+        what = "it is a directory" if self.path.is_dir() else (err.strerror or str(err))
+        return CacheDirError(f"einlocal cannot write the choice cache {self.path}: {what}; remove or repair it, "
+                             "or set EINLOCAL_CACHE_DIR to another folder")
+
     @contextlib.contextmanager
     def _locked(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a") as lock:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            self._holding = True
-            try:
-                yield
-            finally:
-                self._holding = False
-                if fcntl is not None:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+        from filelock import FileLock
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self._lock_path))
+            lock.acquire()
+        except OSError as err:
+            raise CacheDirError(f"einlocal cannot lock the choice cache at {self._lock_path}: "
+                                f"{err.strerror or err}; set EINLOCAL_CACHE_DIR to a folder you can write to") from None
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            lock.release()
 
     _holding = False
 
@@ -169,6 +200,14 @@ class ChoiceCache:
                 return self._snapshot[1]
             entries = self._parse(self.path.read_text())
         except FileNotFoundError:
+            return {}
+        except OSError as err:   # a directory, no permission: say so once, use no entries, touch nothing
+            reason = "it is a directory" if self.path.is_dir() else (err.strerror or str(err))
+            if reason not in self._warned:
+                self._warned.add(reason)
+                warnings.warn(f"ChoiceCache: cannot read the cache file {self.path} ({reason}); no cached choice "
+                              "is used: remove or repair it, or set EINLOCAL_CACHE_DIR to another folder",
+                              RuntimeWarning, stacklevel=3)
             return {}
         except ValueError as err:
             warnings.warn(f"ChoiceCache: unreadable cache file {self.path} ({err}); "
@@ -207,14 +246,19 @@ class ChoiceCache:
     def _write(self, entries: dict) -> None:
         """Replace the file atomically (temp file in the same folder + os.replace)."""
         data = {"format": FORMAT_VERSION, "entries": entries}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as err:
+            raise self._unusable(err) from None
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as err:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(err, (IsADirectoryError, PermissionError)):
+                raise self._unusable(err) from None
             raise

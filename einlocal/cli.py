@@ -1,4 +1,4 @@
-"""The `einlocal` command: compare, backends, check, bench, choose, table, source."""
+"""The `einlocal` command: compare, backends, check, bench, choose, cache, tune, table, source."""
 from __future__ import annotations
 
 import argparse
@@ -255,6 +255,16 @@ def _kept(outdir) -> str:
     return f"{len(done)} finished job(s), {len(records)} record(s)"
 
 
+def cmd_cache(args) -> int:
+    from .cli_cache import cache_command
+    return cache_command(args)
+
+
+def cmd_tune(args) -> int:
+    from .cli_cache import tune_command
+    return tune_command(args, _backend_names(args.backends))
+
+
 # -- parser -------------------------------------------------------------------------------------------
 
 
@@ -343,6 +353,26 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--budget", type=float, default=0.1, help="timed seconds per candidate")
     h.add_argument("--refresh", action="store_true", help="measure again even if cached")
     h.set_defaults(run=cmd_choose)
+
+    e = sub.add_parser("cache", help="the choice cache: list, export FILE, import FILE, prune, clear")
+    e_sub = e.add_subparsers(dest="action", required=True)
+    e_sub.add_parser("list", help="one line per entry: op, shapes, dtype, device, backend, time, date")
+    e_sub.add_parser("export", help="write every entry to FILE, with the machine and versions").add_argument("file")
+    i = e_sub.add_parser("import", help="take the entries of FILE this machine can use; each one's verdict")
+    i.add_argument("file")
+    i.add_argument("--replace", action="store_true", help="an imported entry replaces a local one for the same key")
+    r = e_sub.add_parser("prune", help="remove the entries this machine cannot use")
+    r.add_argument("--unused-days", type=float, default=None, help="also those not used for this many days")
+    e_sub.add_parser("clear", help="remove every entry")
+    e.set_defaults(run=cmd_cache)
+
+    u = sub.add_parser("tune", help="measure the calls EINLOCAL_RECORD_UNTUNED recorded in FILE; fill the cache")
+    u.add_argument("file")
+    u.add_argument("--passes", default="forward", help="forward, backward, forward+backward: what is timed and summed")
+    u.add_argument("--budget", type=float, default=0.1, help="timed seconds per candidate")
+    u.add_argument("--backends", default="", help="comma-separated names or prefixes (default: all available)")
+    u.add_argument("--refresh", action="store_true", help="measure again calls already cached")
+    u.set_defaults(run=cmd_tune)
 
     g = sub.add_parser("source", help="print the code a loops backend generates for an op, forward and backward")
     _add_op_arguments(g, backends=False)

@@ -34,4 +34,5 @@ class MemoryBudgetError(EinlocalError, MemoryError):
 
 class CacheDirError(EinlocalError, PermissionError):
     """A cache folder that is not the user's own or that others can write to:
-    einlocal writes and imports no generated code there."""
+    einlocal writes and imports no generated code there; or a cache file it
+    cannot write (a directory in its place, no permission)."""

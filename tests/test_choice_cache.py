@@ -10,6 +10,7 @@ import pytest
 
 from einlocal import choice_cache
 from einlocal.choice_cache import FORMAT_VERSION, ChoiceCache, key_string
+from einlocal.errors import CacheDirError
 
 
 def key(i):
@@ -55,7 +56,8 @@ def test_writes_leave_no_temporary_file(path):
     cache = ChoiceCache(path)
     for i in range(5):
         cache.put(key(i), {"i": i})
-    assert sorted(os.listdir(path.parent)) == ["choices.json", "choices.json.lock"]
+    # the lock file stays where the platform's lock keeps it (filelock removes it on Windows)
+    assert sorted(n for n in os.listdir(path.parent) if n != "choices.json.lock") == ["choices.json"]
     data = json.loads(path.read_text())
     assert data["format"] == FORMAT_VERSION and len(data["entries"]) == 5
 
@@ -135,3 +137,71 @@ def test_value_must_be_a_json_dict(path):
 def test_default_path_is_in_the_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path))
     assert ChoiceCache().path == tmp_path / "choices.json"
+
+
+def test_a_directory_in_the_files_place_warns_on_read_and_is_a_clear_error_on_write(path):
+    path.mkdir(parents=True)
+    cache = ChoiceCache(path)
+    with pytest.warns(RuntimeWarning, match="is a directory"):
+        assert cache.get(key(0)) is None
+    assert len(cache) == 0        # warned once: no second warning
+    with pytest.raises(CacheDirError, match=r"choices.json: it is a directory; remove or repair it"):
+        cache.put(key(0), {"i": 0})
+    assert path.is_dir()
+
+
+def test_an_unreadable_file_warns_and_is_left_alone(path, monkeypatch):
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"format": FORMAT_VERSION, "entries": {}}))
+    real = type(path).read_text
+
+    def no_permission(self, *a, **k):
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(path), "read_text", no_permission)
+    with pytest.warns(RuntimeWarning, match="cannot read the cache file .*Permission denied"):
+        assert ChoiceCache(path).get(key(0)) is None
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"format": FORMAT_VERSION, "entries": {}}   # not rebuilt
+
+
+_HOLDER = """
+import sys, time
+from filelock import FileLock
+with FileLock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_writers_wait_for_the_lock_another_process_holds(path):
+    """The lock is filelock's (every platform): a put waits while another process holds it."""
+    import threading
+    path.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path) + ".lock"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        writer = threading.Thread(target=ChoiceCache(path).put, args=(key(0), {"i": 0}))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive() and not path.exists()     # still waiting for the lock
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        writer.join(30)
+        assert not writer.is_alive() and ChoiceCache(path).get(key(0)) == {"i": 0}
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_put_strings_items_and_remove(path):
+    cache = ChoiceCache(path)
+    cache.put_strings({key_string(key(i)): {"i": i} for i in range(3)})
+    assert [e["value"]["i"] for _, e in cache.items()] == [0, 1, 2]
+    assert cache.remove([key_string(key(1)), "no such key"]) == 1
+    assert [json.loads(k)[-1] for k, _ in cache.items()] == [0, 2]
+    with pytest.raises(TypeError, match="need str -> dict"):
+        cache.put_strings({key_string(key(3)): 3})

@@ -96,3 +96,108 @@ def test_key_separates_dtypes():
     call = el.depthwise_conv2d.bind(x, w)
     assert auto.choice_key(call, "numpy", "float32", "cpu") != \
         auto.choice_key(call, "numpy", "float64", "cpu")
+
+
+choose_mod = importlib.import_module("einlocal.choose")
+
+
+class _Log(list):
+    reset = None
+
+
+def scripted(monkeypatch, times):
+    """Make measurement deterministic: each backend's time per round comes from
+    `times[name]` (a list, one per round, the last repeated); returns the log of
+    (backend, round) in the order measured."""
+    log, rounds, times = _Log(), {}, dict(times)
+    real_forward = choose_mod.forward
+    seen = []
+
+    def forward(call, arrays, backend):
+        seen.append(backend)
+        return real_forward(call, arrays, backend=backend)
+
+    def measure(fn, **kw):
+        seen.clear()
+        fn()
+        name = seen[-1]
+        r = rounds[name] = rounds.get(name, -1) + 1
+        log.append((name, r))
+        t = times[name][min(r, len(times[name]) - 1)]
+        return timing.Timing(t, 0.0, t, t, 1, t, False, (t,))
+
+    def reset(new_times):
+        """Script another el.choose: new times, rounds counted from 0 again."""
+        log.clear()
+        rounds.clear()
+        times.clear()
+        times.update(new_times)
+
+    monkeypatch.setattr(choose_mod, "forward", forward)
+    monkeypatch.setattr(timing, "measure", measure)
+    log.reset = reset
+    return log
+
+
+def test_choose_measures_in_interleaved_rounds(monkeypatch):
+    x, w = arrays()
+    names = ["bmm:numpy", "einsum:numpy", "broadcast:numpy"]
+    log = scripted(monkeypatch, {"bmm:numpy": [2e-4], "einsum:numpy": [1e-4], "broadcast:numpy": [1.5e-4]})
+    entry = el.choose(el.depthwise_conv2d, x, w, backends=names, budget_s=1.0, rounds=4, details=True)
+    assert entry["backend"] == "einsum:numpy" and entry["rounds"] == 4
+    assert len(log) == 12
+    for r in range(4):      # every candidate once per round before any is measured again
+        assert sorted(n for n, k in log[3 * r:3 * r + 3]) == sorted(names) and {k for _, k in log[3 * r:3 * r + 3]} == {r}
+    assert [n for n, _ in log[:3]] != [n for n, _ in log[3:6]]    # the order turns from round to round
+
+
+def test_choose_takes_the_lower_quartile_of_the_rounds(monkeypatch):
+    x, w = arrays()
+    # bmm has one slow round (the machine was busy), einsum one lucky fast one: neither decides
+    scripted(monkeypatch, {"bmm:numpy": [1e-4, 9e-4, 1e-4, 1e-4, 1e-4], "einsum:numpy": [2e-4, 2e-4, 0.5e-4, 2e-4, 2e-4]})
+    entry = el.choose(el.depthwise_conv2d, x, w, backends=["bmm:numpy", "einsum:numpy"], budget_s=1.0, details=True)
+    assert entry["backend"] == "bmm:numpy"
+    assert entry["seconds"] == {"bmm:numpy": 1e-4, "einsum:numpy": 2e-4}
+
+
+def test_clear_losers_are_measured_no_further(monkeypatch):
+    x, w = arrays()
+    log = scripted(monkeypatch, {"bmm:numpy": [1e-4], "einsum:numpy": [1.1e-4], "broadcast:numpy": [5e-4]})
+    entry = el.choose(el.depthwise_conv2d, x, w, backends=["bmm:numpy", "einsum:numpy", "broadcast:numpy"],
+                      budget_s=1.0, details=True)
+    assert [n for n, _ in log].count("broadcast:numpy") == 1 and [n for n, _ in log].count("bmm:numpy") == 5
+    assert entry["seconds"]["broadcast:numpy"] == 5e-4 and entry["backend"] == "bmm:numpy"
+
+
+@pytest.mark.parametrize("challenger, replaced", [
+    ([0.97e-4], False),                                   # 3% faster: noise, the cached choice stays
+    ([0.5e-4, 0.5e-4, 2e-4, 2e-4, 0.5e-4], False),        # faster in the median, but only in 3 of 5 rounds
+    ([0.8e-4, 0.8e-4, 1.2e-4, 0.8e-4, 0.8e-4], True),     # 20% faster in 4 of 5 rounds
+])
+def test_a_cached_choice_is_replaced_only_by_a_significantly_faster_one(monkeypatch, challenger, replaced):
+    x, w = arrays()
+    names = ["bmm:numpy", "einsum:numpy"]
+    log = scripted(monkeypatch, {"bmm:numpy": [2e-4], "einsum:numpy": [1e-4]})
+    assert el.choose(el.depthwise_conv2d, x, w, backends=names, budget_s=1.0) == "einsum:numpy"
+    log.reset({"einsum:numpy": [1e-4], "bmm:numpy": challenger})
+    entry = el.choose(el.depthwise_conv2d, x, w, backends=names, budget_s=1.0, refresh=True, details=True)
+    assert entry["backend"] == ("bmm:numpy" if replaced else "einsum:numpy")
+    assert ("kept" in entry) is not replaced
+    assert el.choose(el.depthwise_conv2d, x, w) == entry["backend"]     # what the cache now holds
+
+
+def test_the_entry_describes_the_call():
+    x, w = arrays()
+    entry = el.choose(el.depthwise_conv2d, x, w, padding=1, backends=["einsum:numpy"], budget_s=0.002, details=True)
+    assert entry["op"] == {"op": "depthwise_conv2d"} and entry["params"] == {"padding": 1}
+    assert entry["shapes"] == [["x", [2, 3, 8, 8]], ["weight", [6, 1, 3, 3]]]
+    assert (entry["dtype"], entry["library"], entry["device"]) == ("float32", "numpy", "cpu")
+    assert entry["measured"].endswith("Z") and entry["measured"][:4].isdigit()
+
+
+@pytest.mark.parametrize("kw, match", [({"rounds": 0}, "rounds must be an int >= 1"),
+                                       ({"margin": 1.5}, r"margin must be a number in \[0, 1\)")])
+def test_choose_rejects_bad_rounds_and_margin(kw, match):
+    x, w = arrays()
+    with pytest.raises(el.BackendError, match=match):
+        el.choose(el.depthwise_conv2d, x, w, **kw)

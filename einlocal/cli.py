@@ -6,74 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_args import PADDING_HELP, add_op_arguments, op_kwargs  # noqa: F401
+
 __all__ = ["main"]
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
-
-
-def _param(text: str):
-    """'1' -> 1, '2,1' -> (2, 1), 'same' -> 'same'."""
-    if text in ("same", "valid"):
-        return text
-    values = _ints(text)
-    return values[0] if len(values) == 1 else values
-
-
-def _padding(text: str):
-    """'1', '1,2' (per axis), '1:0,2:1' ((before, after) per axis), 'same', 'valid'."""
-    if text in ("same", "valid"):
-        return text
-    if ":" not in text:
-        return _param(text)
-    pairs = []
-    for part in text.split(","):
-        before, sep, after = part.partition(":")
-        try:
-            pairs.append((int(before), int(after)) if sep else (int(before),) * 2)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected BEFORE:AFTER per axis, e.g. 1:0,2:1, got {text!r}") from None
-    return tuple(pairs)
-
-
-PADDING_HELP = ("an int (every side), 'a,b' (a on both sides of axis 1, b of axis 2), 'top:bottom,left:right' "
-                "(asymmetric; one 'left:right' for a 1-d op), 'same' or 'valid'")
-
-
-def _add_op_arguments(p: argparse.ArgumentParser, *, backends: bool = True) -> None:
-    p.add_argument("op", help="locally_connected2d, locally_connected1d, depthwise_conv2d or conv2d")
-    p.add_argument("--x", type=_ints, required=True, help="shape of x, e.g. 2,3,8,8")
-    p.add_argument("--weight", type=_ints, required=True, help="shape of the weight")
-    p.add_argument("--bias", type=_ints, default=None, help="shape of the bias (none by default)")
-    p.add_argument("--stride", type=_param, default=None, help="stride: an int or a pair 'a,b'")
-    p.add_argument("--padding", type=_padding, default=None, help=f"padding: {PADDING_HELP}")
-    p.add_argument("--dilation", type=_param, default=None, help="dilation: an int or a pair 'a,b'")
-    p.add_argument("--groups", type=int, default=None, help="conv2d groups")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"),
-                   help="the arrays' dtype (default float32)")
-    if backends:
-        p.add_argument("--backends", default="", help="comma-separated names or prefixes (default: all available)")
-
-
-def _op_kwargs(args) -> tuple:
-    """(op, shapes, params), the op bound to them: a bad op, shape or
-    parameter is an einlocal error here, before any work."""
-    from .arrays import Shaped
-    from .catalogue import CATALOGUE
-    from .errors import ShapeError
-    if args.op not in CATALOGUE:
-        raise ShapeError(f"unknown op {args.op!r}; valid: {', '.join(CATALOGUE)}")
-    shapes = {"x": args.x, "weight": args.weight}
-    if args.bias:
-        shapes["bias"] = args.bias
-    params = {k: getattr(args, k) for k in ("stride", "padding", "dilation", "groups") if getattr(args, k) is not None}
-    op = CATALOGUE[args.op]
-    op.bind_arrays({k: Shaped(v) for k, v in shapes.items()}, params)
-    return op, shapes, params
 
 
 def _backend_names(text: str, *, keep_python: bool = False) -> list[str] | None:
@@ -127,7 +62,7 @@ def _progress(after_s: float = 2.0):
 
 def cmd_check(args) -> int:
     from .check import check
-    op, shapes, params = _op_kwargs(args)
+    op, shapes, params = op_kwargs(args)
     report = check(op, backends=_backend_names(args.backends), dtype=args.dtype, seed=args.seed,
                    progress=_progress(), reference_limit=args.reference_limit, **shapes, **params)
     print(report)
@@ -140,12 +75,12 @@ def cmd_source(args) -> int:
     from . import registry
     from .arrays import Shaped
     from .errors import BackendError
-    op, shapes, params = _op_kwargs(args)
+    op, shapes, params = op_kwargs(args)
     call = op.bind_arrays({k: Shaped(v) for k, v in shapes.items()}, params)
     # one vocabulary with `check`: the gradient of argument a is "da" (dx, dweight)
     plans = {"forward": call.plan, **{f"d{arg}": call.plan.backward[stmt_op] for arg, stmt_op, _ in call.operands}}
     if args.pass_ not in ("all", *plans):
-        raise BackendError(f"--pass {args.pass_!r}: the generated statements of {args.op} are "
+        raise BackendError(f"--pass {args.pass_!r}: the generated statements of {op.name} are "
                            f"{', '.join(plans)} (or all)")
     backend = registry.generator(args.backend)
     for name, plan in plans.items():
@@ -158,11 +93,11 @@ def cmd_source(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import benchmark
     from .table import markdown, write_results
-    op, shapes, params = _op_kwargs(args)
+    op, shapes, params = op_kwargs(args)
     records = benchmark(op, backends=_backend_names(args.backends), passes=tuple(args.passes.split(",")),
                         regimes=tuple(args.regimes.split(",")), budget_s=args.budget, cap_s=args.cap,
                         dtype=args.dtype, memory=not args.no_memory, isolate=not args.in_process,
-                        threads=args.threads, reference=args.reference or None, workload=args.op,
+                        threads=args.threads, reference=args.reference or None, workload=args.op or "statement",
                         **shapes, **params)
     print(markdown(records))
     if args.out:
@@ -179,13 +114,13 @@ def cmd_choose(args) -> int:
     from .check import random_inputs
     from .choose import choose
     from .errors import BackendError
-    op, shapes, params = _op_kwargs(args)
+    op, shapes, params = op_kwargs(args)
     xp = namespace(args.library)
     missing = xp.unavailable()
     if missing:
         raise BackendError(f"--library {args.library}: {missing}")
     arrays = {k: xp.from_numpy_as(a, args.dtype, "cpu") for k, a in random_inputs(shapes, args.dtype, 0).items()}
-    entry = choose(op, arrays["x"], arrays["weight"], arrays.get("bias"), backends=_backend_names(args.backends),
+    entry = choose(op, **arrays, backends=_backend_names(args.backends),
                    passes=tuple(args.passes.split(",")), budget_s=args.budget, refresh=args.refresh,
                    details=True, **params)
     for name, seconds in sorted(entry["seconds"].items(), key=lambda kv: kv[1]):
@@ -322,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(run=cmd_backends)
 
     k = sub.add_parser("check", help="every backend against the float64 reference; exit 1 on a failure")
-    _add_op_arguments(k)
+    add_op_arguments(k)
     k.add_argument("--seed", type=int, default=None, help="the inputs' random seed (default: a new one, printed)")
     k.add_argument("--reference-limit", type=float, default=None,
                    help="above this many multiply-adds, check against a fast float64 lowering that passed the "
@@ -330,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     k.set_defaults(run=cmd_check)
 
     t = sub.add_parser("bench", help="time forward/backward, memory, roofline for one op and shape")
-    _add_op_arguments(t)
+    add_op_arguments(t)
     t.add_argument("--passes", type=_passes(PASSES), default="forward,backward",
                    help=f"comma-separated: {', '.join(PASSES)}")
     t.add_argument("--regimes", type=_passes(REGIMES), default="fresh,steady",
@@ -346,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(run=cmd_bench)
 
     h = sub.add_parser("choose", help="measure the candidates, cache and print the fastest")
-    _add_op_arguments(h)
+    add_op_arguments(h)
     h.add_argument("--library", default="numpy", choices=registry.ENGINES, help="the arrays to measure on")
     h.add_argument("--passes", type=_passes(PASSES[:2]), default="forward",
                    help=f"comma-separated: {', '.join(PASSES[:2])} (default forward)")
@@ -375,7 +310,7 @@ def parser() -> argparse.ArgumentParser:
     u.set_defaults(run=cmd_tune)
 
     g = sub.add_parser("source", help="print the code a loops backend generates for an op, forward and backward")
-    _add_op_arguments(g, backends=False)
+    add_op_arguments(g, backends=False)
     g.add_argument("--backend", default="loops:numba", help="loops:numba (default), loops:triton or loops:cupy")
     g.add_argument("--pass", dest="pass_", default="all",
                    help="forward, dx, dweight (the gradient of each array argument, as in check) or all (default)")

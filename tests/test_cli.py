@@ -194,3 +194,29 @@ def test_progress_is_shown_once_a_command_runs_for_seconds(capsys, monkeypatch):
     say("einsum:numpy ...")
     err = capsys.readouterr().err.splitlines()
     assert err == ["  ... reference: first", "  [   3.0 s] bmm:numpy ...", "  [   4.0 s] einsum:numpy ..."]
+
+
+STATEMENT = ["--statement", "y[b,o,t] += x[b,c,2*t+k-1] * w[o,c,k,t]", "--pad", "0",
+             "--shape", "x=2,3,12", "--shape", "w=2,3,3,6"]
+
+
+def test_check_bench_choose_and_source_take_a_statement(capsys):
+    assert main(["check", *STATEMENT, "--backends", "einsum:numpy,bmm:numpy"]) == 0
+    out = capsys.readouterr().out
+    assert "einsum:numpy         pass" in out and "bmm:numpy            pass" in out
+    assert main(["bench", *STATEMENT, "--backends", "einsum:numpy", "--budget", "0.005", "--regimes", "fresh",
+                 "--in-process", "--no-memory"]) == 0
+    assert "einsum:numpy" in capsys.readouterr().out
+    assert main(["choose", *STATEMENT, "--backends", "einsum:numpy,bmm:numpy", "--budget", "0.01"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] in ("einsum:numpy", "bmm:numpy")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shape", "x=2,3,12"], "--shape w=DIMS is missing"),
+    (["--shape", "x=2,3,12", "--shape", "v=1"], "expected NAME=DIMS with NAME one of x, w"),
+    (["--shape", "x=2,3,12", "--shape", "w=2,3,3,6", "--x", "1,2"], "--x goes with a catalogue op"),
+], ids=["missing-operand", "unknown-operand", "catalogue-option"])
+def test_a_statement_s_shapes_are_checked_before_any_work(args, message, capsys):
+    assert main(["check", "--statement", "y[b,o,t] += x[b,c,2*t+k-1] * w[o,c,k,t]", "--pad", "0", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

@@ -309,3 +309,19 @@ def test_vjp_with_no_gradient_or_only_the_bias_asked_for(grad, wrt):
         assert (grads[2] is None) == (not wrt)
         if wrt:
             np.testing.assert_allclose(grads[2].numpy(), np.full(6, 50.0))
+
+
+def test_el_backends_leaves_out_triton_for_cpu_tensors_outside_the_interpreter(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from einlocal import registry
+    if "loops:triton" not in registry.available():
+        pytest.skip(registry.unavailable().get("loops:triton", "loops:triton is not registered"))
+    import importlib
+    lt = importlib.import_module("einlocal.backends.loops_triton")
+    x = torch.tensor(X[:1, :, :5, :5])
+    assert "loops:triton" in el.backends(el.conv2d, like=x)            # the interpreter is on in the tests
+    monkeypatch.setattr(lt, "interpreting", lambda: False)
+    assert "loops:triton" not in el.backends(el.conv2d, like=x)
+    assert "loops:triton" not in el.backends(el.conv2d, like={"x": x, "weight": torch.tensor(W_CV)}, groups=2)
+    with pytest.raises(el.BackendError, match="runs on CUDA tensors"):
+        el.conv2d(x, torch.tensor(W_CV), groups=2, backend="loops:triton")

@@ -39,6 +39,7 @@ def benchmark(op, *, backends=None, passes=("forward", "backward"), regimes=("fr
     """
     spec = op_spec(op)
     shapes, params = split_shapes(spec, shapes_and_params)
+    _validate(spec, shapes, params, backends, passes, regimes, dtype)
     names = list(backends) if backends is not None else default_backends(spec)
     from .machine import roof as machine_roof
     roof = machine_roof()
@@ -62,3 +63,25 @@ def default_backends(spec: dict) -> list[str]:
             continue
         out.append(name)
     return out
+
+
+def _validate(spec: dict, shapes: dict, params: dict, backends, passes, regimes, dtype: str) -> None:
+    """Every argument of `benchmark` checked before any process starts: the op
+    binds to the shapes and parameters, the backends exist, the passes,
+    regimes and dtype are ones einlocal knows; a named einlocal error if not."""
+    from . import registry
+    from .arrays import Shaped
+    from .errors import BackendError, ShapeError
+    from .harness import build_op
+    from .table import PASSES, REGIMES
+    build_op(spec).bind_arrays({k: Shaped(v) for k, v in shapes.items()}, dict(params))
+    for name in backends or ():
+        if name not in registry.NAMES:
+            raise BackendError(f"benchmark: unknown backend {name!r}; valid names: {', '.join(registry.NAMES)}")
+    for what, given, valid in (("passes", passes, PASSES), ("regimes", regimes, REGIMES)):
+        bad = [v for v in given if v not in valid]
+        if bad or not given:
+            raise ShapeError(f"benchmark: {what}={tuple(given)!r}: {bad[0] if bad else 'none given'!r} is not one of "
+                             f"{', '.join(valid)}")
+    if dtype not in ("float16", "bfloat16", "float32", "float64"):
+        raise ShapeError(f"benchmark: dtype={dtype!r}; einlocal computes in float16, bfloat16, float32 or float64")

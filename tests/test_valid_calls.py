@@ -325,3 +325,19 @@ def test_el_backends_leaves_out_triton_for_cpu_tensors_outside_the_interpreter(m
     assert "loops:triton" not in el.backends(el.conv2d, like={"x": x, "weight": torch.tensor(W_CV)}, groups=2)
     with pytest.raises(el.BackendError, match="runs on CUDA tensors"):
         el.conv2d(x, torch.tensor(W_CV), groups=2, backend="loops:triton")
+
+
+@pytest.mark.parametrize("kw, error, message", [
+    (dict(x=(2, 4, 8, 8)), el.ShapeError, "weight is required"),
+    (dict(x=(2, 4, 8, 8), weight=(6, 3, 3, 3)), el.ShapeError, "weight axis 1 is 3"),
+    (dict(x=(2, 4, 8, 8), weight=(6, 4, 3, 3), strid=2), el.ShapeError, "unexpected keyword argument 'strid'"),
+    (dict(x=(2, 4, 8, 8), weight=(6, 4, 3, 3), backends=["nope"]), el.BackendError, "unknown backend 'nope'"),
+    (dict(x=(2, 4, 8, 8), weight=(6, 4, 3, 3), passes=("fwd",)), el.ShapeError, "'fwd' is not one of forward"),
+    (dict(x=(2, 4, 8, 8), weight=(6, 4, 3, 3), regimes=("hot",)), el.ShapeError, "'hot' is not one of fresh"),
+    (dict(x=(2, 4, 8, 8), weight=(6, 4, 3, 3), dtype="int8"), el.ShapeError, "dtype='int8'"),
+], ids=["missing-weight", "bad-shape", "misspelt-keyword", "unknown-backend", "bad-pass", "bad-regime", "bad-dtype"])
+def test_benchmark_refuses_bad_arguments_before_any_work(kw, error, message, monkeypatch):
+    from einlocal import bench
+    monkeypatch.setattr(bench, "run_jobs", lambda *a, **k: pytest.fail("jobs ran"))
+    with pytest.raises(error, match=message):
+        el.benchmark(el.conv2d, **kw)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from ..arrays import requires_grad
 
 __all__ = ["wants_grad", "apply"]
 
 
 def wants_grad(arrays: dict) -> bool:
-    return torch.is_grad_enabled() and any(a is not None and requires_grad(a) for a in arrays.values())
+    """Whether autograd records a call on these tensors (every one a torch tensor: checked before)."""
+    return torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in arrays.values())
 
 
 class _EinlocalFunction(torch.autograd.Function):

@@ -65,8 +65,7 @@ class Torch(Namespace):
         return [lambda r, d=d: torch.cuda.synchronize(d) for d in devices]
 
     def records(self, arrays: dict, grad: str) -> bool:
-        from . import autograd_torch
-        return autograd_torch.wants_grad(arrays)
+        return self.mod.is_grad_enabled() and any(a is not None and a.requires_grad for a in arrays.values())
 
     def cuda_events(self, a) -> bool:
         return bool(getattr(a, "is_cuda", False))

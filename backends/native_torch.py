@@ -44,8 +44,10 @@ class NativeTorch(Backend):
         import torch.nn.functional as F
         p = call.param
         shapes = dict(call.arg_shapes)
-        x = x.reshape(shapes["x"])                 # the public layouts: free reshapes
-        wt = wt.reshape(shapes["weight"])
+        if x.shape != shapes["x"]:                 # the public layouts: free reshapes
+            x = x.reshape(shapes["x"])
+        if wt.shape != shapes["weight"]:
+            wt = wt.reshape(shapes["weight"])
         (pt, pb), (pl, pr) = p["padding"]
         if pt == pb and pl == pr:
             padding = (pt, pl)

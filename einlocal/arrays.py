@@ -32,7 +32,7 @@ def device_of(a) -> str:
 
 
 def shape_of(a) -> tuple[int, ...]:
-    return tuple(int(s) for s in a.shape)
+    return tuple(map(int, a.shape))
 
 
 def requires_grad(a) -> bool:

@@ -74,7 +74,7 @@ class Call:
 def view(library: str, a, shape, what: str, *, must_view: bool = False):
     """``a`` reshaped to ``shape`` (free for contiguous arrays).  With
     ``must_view`` (an ``out=``) a reshape that would copy is a ShapeError."""
-    if shape_of(a) == tuple(shape):
+    if tuple(a.shape) == tuple(shape):      # (shapes are ints already: no per-axis conversion on the hot path)
         return a
     if not must_view:
         return a.reshape(shape)

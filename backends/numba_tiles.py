@@ -47,9 +47,15 @@ from .numba_simd import LANES, REGISTERS
 __all__ = ["Tiling", "tiling", "generate"]
 
 # accumulators in a tile, leaving registers for loads.  With AVX-512's 32
-# registers, 24 measured slower than 12 on a depthwise layer (and compiled
-# slower): the loads, not the registers, bound these tiles.
+# registers, 24 measured slower than 12 on a depthwise layer and a shared-weight
+# conv (W3b forward 23.5 -> 27 ms, W5 5.1 -> 5.6 ms), whose weight is a
+# broadcast scalar: the loads, not the registers, bound these tiles.  Where
+# every operand is a vector load (a locally connected layer: weight and input
+# both along the row), MAX_ACC_WIDE: a 6x4 block loads 10 vectors per 24
+# multiply-adds, not 7 per 12 (W2 forward 8.6 -> 7.0 ms, backward 20 -> 18.4 ms
+# of one core's time, medians).
 MAX_ACC = 12
+MAX_ACC_WIDE = 24
 MAX_TAPS = 16         # summed iterations unrolled into one loop body
 # Below this many flops per byte of the op's minimum traffic each element is
 # used about once and the op is memory-bound.  Tiles then only stream: each
@@ -108,19 +114,21 @@ def _lanes(dtype: str, r: int) -> int:
     return top if r >= top else 1 << (r.bit_length() - 1)
 
 
-def _choose_blocks(cands, ops, live, flat) -> tuple[tuple[str, int], ...]:
+def _choose_blocks(cands, ops, live, flat, v) -> tuple[tuple[str, int], ...]:
     """Up to two output indices and their block sizes: the most multiply-adds
-    per vector load, with at most MAX_ACC accumulators, registers for the
+    per vector load, with at most MAX_ACC accumulators (MAX_ACC_WIDE where
+    every operand loads vectors along ``v``), registers for the
     loads one side keeps resident, and little work lost to a last block that
     overlaps; among blocks within 5% of the best, the one whose loads lie
     closest together in memory (fewer streams for the prefetcher)."""
+    top_acc = MAX_ACC_WIDE if REGISTERS >= 32 and all(v in a.names for a in ops) else MAX_ACC
     scored = []
     for k in (1, 2):
         for us in itertools.combinations(cands, k):
-            for U in itertools.product(*(range(2, min(live[u], MAX_ACC) + 1) for u in us)):
+            for U in itertools.product(*(range(2, min(live[u], top_acc) + 1) for u in us)):
                 acc = math.prod(U)
                 loads = [math.prod(s for u, s in zip(us, U) if u in a.names) for a in ops]
-                if acc > MAX_ACC or acc + min(loads) + 1 > REGISTERS:
+                if acc > top_acc or acc + min(loads) + 1 > REGISTERS:
                     continue
                 waste = math.prod(math.ceil(live[u] / s) * s / live[u] for u, s in zip(us, U))
                 spread = sum((s - 1) * abs(flat[a.name][0].get(u, 0)) for a in ops for u, s in zip(us, U))
@@ -199,7 +207,7 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
             return None
         blocks = _stream_blocks(outs, ops, plan, live, every=bool(outside))
     else:
-        blocks = _choose_blocks(outs, ops, live, flat)
+        blocks = _choose_blocks(outs, ops, live, flat, v)
     loops = tuple(n for n in summed if n not in taps and n not in outside) + ((v,) if form == "reduce" else ())
     if streaming:   # memory order (each operand's rows follow one another), indices all operands read first
         outer = tuple(sorted(outs, key=lambda u: -abs(out_strides[out.axis_of(u)])))

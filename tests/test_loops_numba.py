@@ -124,6 +124,11 @@ def test_memory_bound_statements_stream(numba_backend):
         assert f"map form (streaming: memory-bound): {LANES['float32']} lanes along w" in head, (name, head)
         assert ("blocks ox2" if name == "forward" else "blocks cx4") in head and "prange over: h" in head, head
         assert "vstore_nt" not in numba_backend.source(plan, dtype="float32")     # 16 KB: stays in cache
+    # taller: a tile takes rows of h (at least 8 tiles), inside the batch
+    plan = _plans(el.locally_connected2d, x=(16, 4, 24, 16), weight=(2, 4, 1, 1, 24, 16))["forward"]
+    src = numba_backend.source(plan, dtype="float32")
+    assert "3 h a tile" in _header(numba_backend.kernel(plan, dtype="float32")), src[:400]
+    assert src.index("for t_n in") < src.index("for r in range(3):") < src.index("for t_w in"), src
     # a batch of 20 is too long to unroll: dW sums it outside the vector, into a scratch of rows
     plan = _plans(el.locally_connected2d, x=(20, 3, 64, 32), weight=(2, 3, 1, 1, 64, 32))["dwt"]
     head = _header(numba_backend.kernel(plan, dtype="float32"))
@@ -174,6 +179,8 @@ def test_stride_two_scatter_stays_a_general_nest(numba_backend):
     ("lc2d-w10", dict(x=(11, 3, 7, 12), weight=(5, 3, 2, 3, 6, 10), bias=(5, 6, 10))),
     # memory-bound 1x1 layers (streaming tiles), a 10-wide row; a batch summed whole in dW
     ("lc2d-1x1-stream", dict(x=(6, 3, 5, 10), weight=(2, 3, 1, 1, 5, 10), bias=(2, 5, 10))),
+    # taller: a tile takes 3 consecutive rows, inside the batch
+    ("lc2d-1x1-rows", dict(x=(3, 3, 24, 10), weight=(2, 3, 1, 1, 24, 10), bias=(2, 24, 10))),
     # sums too long to unroll, looped outside the vector into a scratch: the batch in dW; the
     # channels in a forward that starts from the bias
     ("lc2d-1x1-long-batch", dict(x=(20, 3, 4, 32), weight=(2, 3, 1, 1, 4, 32))),

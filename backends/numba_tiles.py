@@ -233,7 +233,7 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
         chunk = max(1, min(SCRATCH_BYTES // row, live[parallel] // MIN_TILES))
         while live[parallel] % chunk:
             chunk -= 1
-    elif streaming and parallel is not None and psize_one(parallel, blocks) and STREAM_ROWS > 1 and \
+    elif streaming and parallel is not None and _unblocked(parallel, blocks) and STREAM_ROWS > 1 and \
             all(parallel in a.names for a in ops):
         # a tile: `chunk` consecutive rows of the index every operand reads, each image's rows in one run
         chunk = max(1, min(STREAM_ROWS, live[parallel] // MIN_TILES))
@@ -243,7 +243,7 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
                   chunk)
 
 
-def psize_one(n, blocks) -> bool:
+def _unblocked(n, blocks) -> bool:
     return dict(blocks).get(n, 1) == 1
 
 

@@ -18,6 +18,7 @@ offset in range before it emits one.
 from __future__ import annotations
 
 import os
+import platform
 
 import numba
 from llvmlite import ir
@@ -25,8 +26,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vstore", "sload", "sstore", "vfma", "vsum", "LANES",
-           "REGISTERS", "VECTOR_BITS"]
+__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vstore", "vstore_nt", "sfence", "sload", "sstore", "vfma",
+           "vsum", "LANES", "REGISTERS", "VECTOR_BITS"]
 
 
 def _vector_bits() -> int:
@@ -170,6 +171,41 @@ def vstore(typingctx, arr, off, v):
         builder.store(args[2], builder.bitcast(p, args[2].type.as_pointer()), align=_align(arr.dtype))
         return context.get_dummy_value()
     return types.none(arr, off, v), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@intrinsic
+def vstore_nt(typingctx, arr, off, v):
+    """``vstore`` with a non-temporal hint (x86): the line is written
+    without being read first (no read-for-ownership) and bypasses the
+    caches, for outputs written once and not read back soon.  At any
+    alignment (LLVM splits an unaligned one into 8-byte ``movnti``); a
+    kernel ends with ``sfence()``."""
+    if not isinstance(v, Vec) or not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        st = builder.store(args[2], builder.bitcast(p, args[2].type.as_pointer()), align=_align(arr.dtype))
+        if _X86:
+            st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+        return context.get_dummy_value()
+    return types.none(arr, off, v), codegen
+
+
+@intrinsic
+def sfence(typingctx):
+    """Order this thread's non-temporal stores before its later stores
+    (x86 ``sfence``; nothing elsewhere)."""
+    def codegen(context, builder, sig, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse.sfence")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.none(), codegen
 
 
 @intrinsic

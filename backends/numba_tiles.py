@@ -47,9 +47,15 @@ from .numba_simd import LANES, REGISTERS
 __all__ = ["Tiling", "tiling", "generate"]
 
 # accumulators in a tile, leaving registers for loads.  With AVX-512's 32
-# registers, 24 measured slower than 12 on a depthwise layer (and compiled
-# slower): the loads, not the registers, bound these tiles.
+# registers, 24 measured slower than 12 on a depthwise layer and a shared-weight
+# conv (W3b forward 23.5 -> 27 ms, W5 5.1 -> 5.6 ms), whose weight is a
+# broadcast scalar: the loads, not the registers, bound these tiles.  Where
+# every operand is a vector load (a locally connected layer: weight and input
+# both along the row), MAX_ACC_WIDE: a 6x4 block loads 10 vectors per 24
+# multiply-adds, not 7 per 12 (W2 forward 8.6 -> 7.0 ms, backward 20 -> 18.4 ms
+# of one core's time, medians).
 MAX_ACC = 12
+MAX_ACC_WIDE = 24
 MAX_TAPS = 16         # summed iterations unrolled into one loop body
 # Below this many flops per byte of the op's minimum traffic each element is
 # used about once and the op is memory-bound.  Tiles then only stream: each
@@ -65,6 +71,21 @@ MAX_TAPS = 16         # summed iterations unrolled into one loop body
 MIN_INTENSITY = 1.0
 SCRATCH_BYTES = 32 * 1024
 MIN_TILES = 8
+# A streaming tile runs over an index every operand reads, the others inside it,
+# so an operand that lacks one (a 1x1 layer's weight, read again for every image)
+# is read from memory once and reused from cache: W1's forward took 6.1 ms, not
+# 7.7, of one core's time (medians; 2-core AVX-512 Xeon, shared host).  Its
+# output, written once, is stored non-temporally where larger than
+# NONTEMPORAL_BYTES: no read-for-ownership of each line before it is written
+# (W1's forward then 4.1 ms; a smaller output stays in cache for its reader).
+STREAM_SHARED_FIRST = True
+NONTEMPORAL = True
+NONTEMPORAL_BYTES = 4 * 2 ** 20
+# ... and a tile takes STREAM_ROWS consecutive rows of that index (at least
+# MIN_TILES tiles), run inside the other indices, so each image's rows are read
+# in one run of 8 KB, not 1 KB (W1's forward 4.6 -> 3.4 ms, its input
+# gradient 6.9 -> 4.3 ms of one core's time).
+STREAM_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -98,19 +119,21 @@ def _lanes(dtype: str, r: int) -> int:
     return top if r >= top else 1 << (r.bit_length() - 1)
 
 
-def _choose_blocks(cands, ops, live, flat) -> tuple[tuple[str, int], ...]:
+def _choose_blocks(cands, ops, live, flat, v) -> tuple[tuple[str, int], ...]:
     """Up to two output indices and their block sizes: the most multiply-adds
-    per vector load, with at most MAX_ACC accumulators, registers for the
+    per vector load, with at most MAX_ACC accumulators (MAX_ACC_WIDE where
+    every operand loads vectors along ``v``), registers for the
     loads one side keeps resident, and little work lost to a last block that
     overlaps; among blocks within 5% of the best, the one whose loads lie
     closest together in memory (fewer streams for the prefetcher)."""
+    top_acc = MAX_ACC_WIDE if REGISTERS >= 32 and all(v in a.names for a in ops) else MAX_ACC
     scored = []
     for k in (1, 2):
         for us in itertools.combinations(cands, k):
-            for U in itertools.product(*(range(2, min(live[u], MAX_ACC) + 1) for u in us)):
+            for U in itertools.product(*(range(2, min(live[u], top_acc) + 1) for u in us)):
                 acc = math.prod(U)
                 loads = [math.prod(s for u, s in zip(us, U) if u in a.names) for a in ops]
-                if acc > MAX_ACC or acc + min(loads) + 1 > REGISTERS:
+                if acc > top_acc or acc + min(loads) + 1 > REGISTERS:
                     continue
                 waste = math.prod(math.ceil(live[u] / s) * s / live[u] for u, s in zip(us, U))
                 spread = sum((s - 1) * abs(flat[a.name][0].get(u, 0)) for a in ops for u, s in zip(us, U))
@@ -189,10 +212,12 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
             return None
         blocks = _stream_blocks(outs, ops, plan, live, every=bool(outside))
     else:
-        blocks = _choose_blocks(outs, ops, live, flat)
+        blocks = _choose_blocks(outs, ops, live, flat, v)
     loops = tuple(n for n in summed if n not in taps and n not in outside) + ((v,) if form == "reduce" else ())
-    if streaming:   # memory order: each operand's rows follow one another
+    if streaming:   # memory order (each operand's rows follow one another), indices all operands read first
         outer = tuple(sorted(outs, key=lambda u: -abs(out_strides[out.axis_of(u)])))
+        if STREAM_SHARED_FIRST:
+            outer = tuple(sorted(outer, key=lambda u: -sum(u in a.names for a in ops)))
     else:
         outer = _loop_order(outs, ops, live, dict(blocks), v, out, out_strides)
     tiles = {n: math.ceil(live[n] / dict(blocks).get(n, 1)) for n in outs}
@@ -208,8 +233,18 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
         chunk = max(1, min(SCRATCH_BYTES // row, live[parallel] // MIN_TILES))
         while live[parallel] % chunk:
             chunk -= 1
+    elif streaming and parallel is not None and _unblocked(parallel, blocks) and STREAM_ROWS > 1 and \
+            all(parallel in a.names for a in ops):
+        # a tile: `chunk` consecutive rows of the index every operand reads, each image's rows in one run
+        chunk = max(1, min(STREAM_ROWS, live[parallel] // MIN_TILES))
+        while live[parallel] % chunk:
+            chunk -= 1
     return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel, streaming, outside,
                   chunk)
+
+
+def _unblocked(n, blocks) -> bool:
+    return dict(blocks).get(n, 1) == 1
 
 
 def _stream_blocks(outs, ops, plan, live, every: bool = False) -> tuple[tuple[str, int], ...]:
@@ -267,6 +302,10 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     stmt, out = plan.stmt, plan.stmt.out
     live = {n: r for n, r in plan.range.items() if r > 1}
     V, v = t.lanes, t.vector
+    # memory-bound: the output, written once, with non-temporal stores (no read-for-ownership)
+    nt = t.streaming and t.form == "map" and NONTEMPORAL and \
+        math.prod(plan.out_shape) * (4 if dtype == "float32" else 8) >= NONTEMPORAL_BYTES
+    store = "vstore_nt" if nt else "vstore"
     blocks = dict(t.blocks)
     flat = {a.name: _flat(a, strides[a.name], live) for a in stmt.operands}
     flat[out.name] = _flat(out, out_strides, live)
@@ -334,7 +373,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             raise ValueError(f"init strides {tuple(init_strides)} step {icoef.get(v)} along the vector index {v}")
     lines = ["import numba", *(["import numpy as np"] if t.sums_outside else []),
              *(["from einlocal.backends.numba_drive import Tiled"] if t.parallel is not None else []),
-             "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vstore, sload, sstore, vfma, vsum",
+             "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vstore, sload, sstore, vfma, vsum"
+             + (", vstore_nt, sfence" if nt else ""),
              "", ""]
     ind = 1
 
@@ -367,7 +407,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         for name, shape, st in arrays:      # each array from its first element to its last
             extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
             emit(f"{name} = numba.carray(p_{name}, ({extent},), numba.{dtype})")
-        emit(start(p, psize) if not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
+        emit(start(p, psize) if t.chunk == 1 and not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
     out_coef, out_const = flat[out.name]
@@ -394,6 +434,10 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
                 ind += 1
             chunk_rows()
             break
+        if n == v and t.chunk > 1:      # the tile's rows, inside the other indices
+            emit(f"for r in range({t.chunk}):")
+            ind += 1
+            emit(f"i_{p} = i_{p}0 + r")
         emit(f"for t_{n} in range({count(n, size)}):")
         ind += 1
         emit(start(n, size))
@@ -509,7 +553,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         chunk_rows()                        # the finished sums, from the scratch to the output
         emit(out_base)
         for k, m in enumerate(members):
-            emit(f"vstore(a_{out.name}, b_{out.name} + {value(out_coef, 0, m)}, vload(acc, b_acc + {k * R}, {V}))")
+            emit(f"{store}(a_{out.name}, b_{out.name} + {value(out_coef, 0, m)}, vload(acc, b_acc + {k * R}, {V}))")
     else:
         emit(out_base)
     if init_strides is not None and t.form == "reduce":
@@ -517,20 +561,24 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     for k, m in enumerate(members if not t.sums_outside else ()):
         off = value(out_coef, 0, m)
         if t.form == "map":
-            emit(f"vstore(a_{out.name}, b_{out.name} + {off}, s{k})")
+            emit(f"{store}(a_{out.name}, b_{out.name} + {off}, s{k})")
         elif init_strides is not None:
             emit(f"sstore(a_{out.name}, b_{out.name} + {off}, vsum(s{k}) + sload({INIT}, b_{INIT} + "
                  f"{value(icoef, 0, m)}))")
         else:
             emit(f"sstore(a_{out.name}, b_{out.name} + {off}, vsum(s{k}))")
 
+    if nt:
+        ind = 1
+        emit("sfence()")
     if t.parallel is not None:
-        tiles_count = live[p] // t.chunk if t.sums_outside else count(p, psize)
+        tiles_count = live[p] // t.chunk if t.chunk > 1 or t.sums_outside else count(p, psize)
         lines += ["", "", f"{KERNEL_NAME} = Tiled(tiles, {tiles_count}, {dtype!r})"]
     order = (*t.outer, *t.sums_outside, *((v,) if t.form == "map" else ()), *t.loops)
     outside = (f", {', '.join(t.sums_outside)} summed outside the vector into a scratch of {t.chunk} {t.parallel}"
                if t.sums_outside else "")
-    kind = f" (streaming: memory-bound{outside})" if t.streaming else ""
+    rows = f", {t.chunk} {t.parallel} a tile" if t.chunk > 1 and not t.sums_outside else ""
+    kind = f" (streaming: memory-bound{outside}{rows})" if t.streaming else ""
     header = (f"# generated by einlocal.backends.numba_tiles for\n#   {plan}\n"
               f"# {t.form} form{kind}: {V} lanes along {v}; blocks "
               f"{', '.join(f'{n}x{s}' for n, s in t.blocks) or '-'}; taps unrolled: {', '.join(t.taps) or '-'}; "

@@ -18,10 +18,20 @@ rounds, and the ratios are formed from the same run:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import numpy as np
+# OpenBLAS's worker threads spin for up to 2**28 cycles (about 0.1 s) after
+# each call before they sleep; on a 2-core host they hold both cores while the
+# next case runs, so whatever followed the matmul measured its threads'
+# contention (W1 forward 7.9 ms against 2.8 ms, W2 forward 10 ms against
+# 4.7 ms, on a 2-core AVX-512 Xeon).  2**4 cycles: they sleep at once, and the
+# matmul's own rate is unchanged (278-282 GFLOP/s either way there).  Set
+# before numpy loads OpenBLAS; a value in the environment wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 
 def _args():

@@ -112,7 +112,8 @@ def test_tiles_for_the_report_layers(numba_backend, dtype):
 def test_memory_bound_statements_stream(numba_backend):
     """Under one flop per byte each element is used about once.  A 1x1
     layer's sum unrolls: a streaming tile reads the input once for every
-    output channel (blocked whole), in memory order, batch parallel.  A long
+    output channel (blocked whole), in memory order, parallel over the rows
+    both operands read (the weight, the same for every image, read once).  A long
     sum (a weight gradient's batch) is looped outside the vector.  A 3x3
     layer on one image sums 27 terms per output: the general nest streams."""
     lc1 = _plans(el.locally_connected2d, x=(16, 4, 8, 16), weight=(2, 4, 1, 1, 8, 16))
@@ -121,7 +122,13 @@ def test_memory_bound_statements_stream(numba_backend):
         assert plan.flops() < plan.min_elements() * 4
         head = _header(numba_backend.kernel(plan, dtype="float32"))
         assert f"map form (streaming: memory-bound): {LANES['float32']} lanes along w" in head, (name, head)
-        assert ("blocks ox2" if name == "forward" else "blocks cx4") in head and "prange over: n" in head, head
+        assert ("blocks ox2" if name == "forward" else "blocks cx4") in head and "prange over: h" in head, head
+        assert "vstore_nt" not in numba_backend.source(plan, dtype="float32")     # 16 KB: stays in cache
+    # taller: a tile takes rows of h (at least 8 tiles), inside the batch
+    plan = _plans(el.locally_connected2d, x=(16, 4, 24, 16), weight=(2, 4, 1, 1, 24, 16))["forward"]
+    src = numba_backend.source(plan, dtype="float32")
+    assert "3 h a tile" in _header(numba_backend.kernel(plan, dtype="float32")), src[:400]
+    assert src.index("for t_n in") < src.index("for r in range(3):") < src.index("for t_w in"), src
     # a batch of 20 is too long to unroll: dW sums it outside the vector, into a scratch of rows
     plan = _plans(el.locally_connected2d, x=(20, 3, 64, 32), weight=(2, 3, 1, 1, 64, 32))["dwt"]
     head = _header(numba_backend.kernel(plan, dtype="float32"))
@@ -129,6 +136,35 @@ def test_memory_bound_statements_stream(numba_backend):
     plan = _plans(el.locally_connected2d, x=(1, 3, 12, 12), weight=(4, 3, 3, 3, 10, 10))["forward"]
     assert plan.flops() < plan.min_elements() * 4
     assert "numba_codegen" in numba_backend.kernel(plan, dtype="float32").source
+
+
+def test_large_streamed_outputs_are_stored_non_temporally(numba_backend):
+    """A streaming tile's output larger than NONTEMPORAL_BYTES is written
+    with non-temporal stores, the tile ending with a fence; the weight
+    gradient, summed in a scratch, stores only its finished rows so."""
+    lc1 = _plans(el.locally_connected2d, x=(32, 4, 128, 128), weight=(2, 4, 1, 1, 128, 128))   # y: 4 MiB float32
+    for name in ("forward", "dx"):
+        src = numba_backend.source(lc1[name], dtype="float32")
+        assert "vstore_nt(a_" in src and "vstore(a_" not in src and src.count("sfence()") == 1, src[:600]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_non_temporal_stores_against_the_reference(monkeypatch, dtype):
+    """With every streamed output stored non-temporally (the threshold at 0):
+    forward, both gradients and the bias against the reference, rows of 10
+    (the last vector overlapping the one before: two stores to some
+    elements)."""
+    from einlocal.backends import numba_tiles
+    monkeypatch.setattr(numba_tiles, "NONTEMPORAL_BYTES", 0)
+    cases = [dict(x=(5, 3, 6, 10), weight=(2, 3, 1, 1, 6, 10), bias=(2, 6, 10)),
+             dict(x=(20, 3, 4, 48), weight=(2, 3, 1, 1, 4, 48))]
+    for kw in cases:
+        _check(el.locally_connected2d, dtype, "tiled", **kw)
+    b = registry.get(NAME)
+    for kw in cases:
+        for plan in _plans(el.locally_connected2d, **kw).values():
+            runs = [k.source for key, (k, _) in b._kernels.items() if key[0] == lowered(plan) and key[1] == dtype]
+            assert runs and all("vstore_nt(a_" in src and "sfence()" in src for src in runs), plan
 
 
 def test_stride_two_scatter_stays_a_general_nest(numba_backend):
@@ -143,6 +179,8 @@ def test_stride_two_scatter_stays_a_general_nest(numba_backend):
     ("lc2d-w10", dict(x=(11, 3, 7, 12), weight=(5, 3, 2, 3, 6, 10), bias=(5, 6, 10))),
     # memory-bound 1x1 layers (streaming tiles), a 10-wide row; a batch summed whole in dW
     ("lc2d-1x1-stream", dict(x=(6, 3, 5, 10), weight=(2, 3, 1, 1, 5, 10), bias=(2, 5, 10))),
+    # taller: a tile takes 3 consecutive rows, inside the batch
+    ("lc2d-1x1-rows", dict(x=(3, 3, 24, 10), weight=(2, 3, 1, 1, 24, 10), bias=(2, 24, 10))),
     # sums too long to unroll, looped outside the vector into a scratch: the batch in dW; the
     # channels in a forward that starts from the bias
     ("lc2d-1x1-long-batch", dict(x=(20, 3, 4, 32), weight=(2, 3, 1, 1, 4, 32))),

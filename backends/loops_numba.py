@@ -75,6 +75,7 @@ class NumbaLoops(Backend):
     strategy = "loops"
     engine = "numba"
     takes = ("numpy", "torch", "jax")
+    also_on = ("jax",)        # compared and checked inside jax programs too (numba_jax)
     module_path = staticmethod(_module_path)   # a generated module's file and key (numba_jax's entries too)
     requires = ("numba",)
     compile_s = 10.0          # a backward's two kernels, ~4 s each on 2 cores

@@ -157,14 +157,17 @@ def compare_parts(got, ref, scale, terms, dtype) -> tuple[float, float, float]:
 
 
 def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None, grad_modes=None,
-          device: str = "cpu", reference: dict | None = None, **shapes_and_params) -> CheckReport:
+          device: str = "cpu", reference: dict | None = None, library: str | None = None,
+          **shapes_and_params) -> CheckReport:
     """Check backends on one op and shape against the float64 reference.
 
     ``op``: a catalogue op or an ``el.Op``; array arguments are given as
     shapes by name (``x=(2, 3, 8, 8), weight=(...)``), other keywords are
     the op's parameters.  ``backends``: names (default: every available
     one); unavailable ones and those that cannot take the op are rows
-    marked skipped with the reason.  Returns a ``CheckReport``; ``.ok``.
+    marked skipped with the reason.  ``library``: the array library each
+    backend runs on (default: the first it takes; a backend that does not
+    take it is skipped).  Returns a ``CheckReport``; ``.ok``.
     """
     from .arrays import shape_of
     from .backends.namespaces import namespace
@@ -187,14 +190,17 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
             rows.append(CheckRow(name, "skipped", reason=unavailable[name]))
             continue
         b = registry.get(name)
-        library = b.takes[0]
-        xp = namespace(library)
+        if library is not None and library not in b.takes:
+            rows.append(CheckRow(name, "skipped", reason=f"{name} takes {' or '.join(b.takes)} arrays, not {library}"))
+            continue
+        lib = library or b.takes[0]
+        xp = namespace(lib)
         if dtype not in xp.dtypes:
-            rows.append(CheckRow(name, "skipped", reason=f"{library} has no {dtype}"))
+            rows.append(CheckRow(name, "skipped", reason=f"{lib} has no {dtype}"))
             continue
         conv = {n: (None if a is None else xp.from_numpy(_cast(a, dtype), device)) for n, a in arrays.items()}
         dy_l = xp.from_numpy(_cast(dy, dtype), device)
-        reason = b.cannot(call.plan, library=library, device=device, call=call)
+        reason = b.cannot(call.plan, library=lib, device=device, call=call)
         if reason:
             rows.append(CheckRow(name, "skipped", reason=reason))
             continue
@@ -206,8 +212,8 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
             if poison is not None and y is not poison:
                 raise AssertionError("out= was given but a different array was returned")
             row.errors["y"] = _compare(xp.to_numpy(y), *ref["y"], dtype)
-            for mode in (grad_modes or b.grad_modes(library)):
-                if mode not in b.grad_modes(library):
+            for mode in (grad_modes or b.grad_modes(lib)):
+                if mode not in b.grad_modes(lib):
                     continue
                 outs = None
                 if not xp.functional and mode == "vjp":

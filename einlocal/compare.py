@@ -210,6 +210,13 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
             jobs.append(Job(spec, w.shapes, w.params, name, reference=ref_path,
                                  **_allowance(common, b.compile_s)))
             timed.add(name)
+            for lib in b.also_on:        # the same backend run another way on another library's arrays
+                why = namespace(lib).unavailable() or _can_run(w, b, lib)
+                if why:
+                    pre.append(_skip_records(w, f"{name}[{lib}]", settings, why))
+                    continue
+                jobs.append(Job(spec, w.shapes, w.params, name, reference=ref_path, arrays=lib,
+                                **_allowance(common, max(b.compile_s, namespace(lib).compile_s))))
         for wanted in w.peers:
             peer = peer_for(wanted, peer_table)
             if peer is None:
@@ -267,12 +274,12 @@ def _allowance(common: dict, compile_s: float) -> dict:
     return {**common, "first_call_allowance_s": min(common.get("first_call_allowance_s", 0.0), compile_s)}
 
 
-def _can_run(w: Workload, b) -> str | None:
-    """Why backend `b` cannot run workload `w` on its own library's arrays, or None."""
+def _can_run(w: Workload, b, library: str | None = None) -> str | None:
+    """Why backend `b` cannot run workload `w` on `library`'s arrays (default: its own library's), or None."""
     import numpy as np
     call = w.op_fn().bind(*(np.empty(w.shapes[k], np.float32) if w.shapes.get(k) else None
                             for k in ("x", "weight", "bias")), **w.params)
-    library = b.takes[0]
+    library = library or b.takes[0]
     device = "cpu"
     return b.cannot(call.plan, library=library, device=device, call=call)
 
@@ -300,7 +307,7 @@ def _run_with_progress(jobs: list[Job], threads, show: bool, console) -> list[di
             else:
                 step = info["step"]
                 what = step.describe() + (f" {step.regime}" if step.regime else "")
-                bar.update(task, description=f"{job.workload} {job.backend}: {what}")
+                bar.update(task, description=f"{job.workload} {job.label}: {what}")
         records = run_jobs(jobs, threads=threads, progress=progress)
         bar.update(task, completed=len(jobs), description="done")
     return records

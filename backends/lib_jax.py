@@ -43,6 +43,12 @@ class Jax(Namespace):
         core = sys.modules.get("jax.core") or sys.modules["jax"].core
         return isinstance(a, core.Tracer)
 
+    def traced_device(self) -> str | None:
+        """jit's default device (its programs run there unless their inputs are committed elsewhere)."""
+        import jax
+        dev = jax.devices()[0]
+        return "cpu" if dev.platform == "cpu" else f"{dev.platform}:{dev.id}"
+
     def jit(self, fn):
         import jax
         return jax.jit(fn)

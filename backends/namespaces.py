@@ -92,6 +92,11 @@ class Namespace:
     def is_tracer(self, a) -> bool:
         return False
 
+    def traced_device(self) -> str | None:
+        """The device a traced program (``device_of`` "traced") runs on by
+        default, as ``device_of`` names it, or None where unknown."""
+        return None
+
     def overlaps(self, a, b) -> bool:
         """Whether two arrays may share memory."""
         return False

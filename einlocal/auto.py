@@ -84,10 +84,13 @@ def _key_string(call, library: str, dtype: str, device: str) -> str:
 def auto_backend(call, library: str, device: str, dtype: str | None = None) -> str:
     """The backend "auto" runs: the cached measured choice for this key, else the cost
     model's pick among the backends that take these arrays (never a measurement, so it is
-    safe inside a trace or a backward pass)."""
+    safe inside a trace or a backward pass; inside a trace, the choice measured on the
+    device the traced program runs on by default)."""
     if dtype is not None:
+        # inside a trace: the choice measured on the device the program runs on by default
+        key_device = (namespace(library).traced_device() or device) if device == "traced" else device
         try:
-            entry = choice_cache().get_string(_key_string(call, library, dtype, device))
+            entry = choice_cache().get_string(_key_string(call, library, dtype, key_device))
         except (OSError, ValueError):
             entry = None
         if entry and entry.get("backend") in registry.available():

@@ -156,3 +156,22 @@ def test_grad_mode_autodiff_is_refused_with_the_reason():
     x, w, _, params = _case("depthwise_conv2d")
     with pytest.raises(el.BackendError, match="no grad='autodiff'"):
         el.depthwise_conv2d(jnp.asarray(x), jnp.asarray(w), backend=B, grad="autodiff", **params)
+
+
+def test_choose_measures_it_on_jax_arrays_and_auto_uses_the_choice():
+    from einlocal import auto
+    rng = np.random.default_rng(9)
+    xj = jnp.asarray(rng.standard_normal((1, 5, 7, 7)))
+    wj = jnp.asarray(rng.standard_normal((5, 1, 3, 3)))
+    entry = el.choose(el.depthwise_conv2d, xj, wj, padding=1, backends=[B, "einsum:jax"], budget_s=0.01,
+                      refresh=True, details=True)
+    assert set(entry["seconds"]) == {B, "einsum:jax"} and not entry["dropped"]
+    entry = el.choose(el.depthwise_conv2d, xj, wj, padding=1, backends=[B], budget_s=0.01, refresh=True, details=True)
+    assert entry["backend"] == B
+    auto._cache_state.clear()
+    try:
+        jaxpr = jax.make_jaxpr(lambda x, w: el.depthwise_conv2d(x, w, padding=1, backend="auto"))(xj, wj)
+        (eqn,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "einlocal"]
+        assert eqn.params["backend"].name == B
+    finally:
+        auto._cache_state.clear()

@@ -37,6 +37,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.ufunc.parallel import _launch_threads
 
@@ -89,7 +90,7 @@ _launch_threads()
 
 @intrinsic
 def _acquire(typingctx, addr):
-    """Spin until the int64 at ``addr`` goes from 0 to 1."""
+    """Wait (yielding the core) until the int64 at ``addr`` goes from 0 to 1."""
     def codegen(context, builder, sig, args):
         ptr = builder.inttoptr(args[0], _I64P)
         zero, one = ir.Constant(ir.IntType(64), 0), ir.Constant(ir.IntType(64), 1)
@@ -98,7 +99,12 @@ def _acquire(typingctx, addr):
         builder.branch(spin)
         builder.position_at_end(spin)
         got = builder.extract_value(builder.cmpxchg(ptr, zero, one, "acquire", "monotonic"), 1)
-        builder.cbranch(got, done, spin)
+        wait = builder.append_basic_block("wait")
+        builder.cbranch(got, done, wait)
+        builder.position_at_end(wait)      # held: give the core to the threads running the kernel
+        yield_ = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(yield_, [])
+        builder.branch(spin)
         builder.position_at_end(done)
         return context.get_dummy_value()
     return types.none(types.int64), codegen

@@ -5,8 +5,8 @@ One XLA FFI handler, a numba ``cfunc`` written against XLA's C API
 (``xla/ffi/api/c_api.h``), serves every kernel.  Each bound statement lowers
 to one ``custom_call`` (``jax.ffi.ffi_call``) whose operands are the
 statement's operands and whose result is its output, all dense row-major
-buffers that XLA owns; one attribute ``k = [address, tiles, parallel]`` says
-which compiled code to run on their pointers:
+buffers that XLA owns; one attribute ``k = [address, tiles, parallel,
+operands, lock]`` says which compiled code to run on their pointers:
 
 - a tiled kernel (``numba_drive.Tiled``): the address of its tiles (a C
   callback), run for ``t`` in ``range(tiles)`` by a ``prange`` loop here;
@@ -182,7 +182,7 @@ _lock = threading.Lock()
 _target: list = []
 _KEEP: list = []                  # everything whose address an XLA program may hold
 _LOCK = np.zeros(8, np.int64)     # the handler's lock (its first element), shared by every call
-_ENTRIES: dict = {}               # (kernel module, shapes, dtype) -> (address, tiles, parallel)
+_ENTRIES: dict = {}               # (kernel module, shapes, dtype) or a kept Tiled's id -> (address, tiles, parallel)
 
 
 def target_name() -> str:
@@ -209,9 +209,11 @@ def _entry_source(module: str, shapes, dtype: str) -> str:
 def _callable(backend, k, fn, plan, dtype: str) -> tuple[int, int, int]:
     """(address, tiles, parallel) of compiled code for one kernel."""
     if isinstance(fn, Tiled):
-        cf = fn._tiles()
-        _KEEP.append(fn)
-        return cf.address, fn.count, 1
+        hit = _ENTRIES.get(id(fn))
+        if hit is None:
+            _KEEP.append(fn)
+            hit = _ENTRIES[id(fn)] = (fn._tiles().address, fn.count, 1)
+        return hit
     _, key = backend.module_path(k.source)
     shapes = (plan.out_shape, *(plan.shape[a.name] for a in plan.stmt.operands))
     ek = (key, shapes, dtype)

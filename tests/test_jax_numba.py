@@ -175,3 +175,36 @@ def test_choose_measures_it_on_jax_arrays_and_auto_uses_the_choice():
         assert eqn.params["backend"].name == B
     finally:
         auto._cache_state.clear()
+
+
+_CONCURRENT = """
+import threading
+import numpy as np, jax, jax.numpy as jnp, numba, einlocal as el
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((2, 64, 16, 16), dtype=np.float32))
+w = jnp.asarray(rng.standard_normal((64, 1, 3, 3), dtype=np.float32))
+f = jax.jit(jax.value_and_grad(
+    lambda x, w: jnp.sum(el.depthwise_conv2d(x, w, padding=1, backend="loops:numba") ** 2), (0, 1)))
+expect = jax.tree.leaves(jax.block_until_ready(f(x, w)))
+def work():
+    for _ in range(30):
+        got = jax.tree.leaves(jax.block_until_ready(f(x, w)))
+        assert all(np.array_equal(a, b) for a, b in zip(got, expect))
+threads = [threading.Thread(target=work) for _ in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(numba.threading_layer())
+"""
+
+
+def test_programs_running_at_once_are_safe_on_numba_workqueue_layer():
+    """Three Python threads run the jitted program at once, so kernels are
+    launched from several threads together: numba's workqueue layer would
+    abort the process; the handler runs one kernel at a time."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "JAX_ENABLE_X64": "0"}
+    r = subprocess.run([sys.executable, "-c", _CONCURRENT], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "workqueue"

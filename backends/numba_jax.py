@@ -29,6 +29,7 @@ valid for the life of the process (the compiled objects are kept here).
 """
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import threading
@@ -249,14 +250,31 @@ def run(backend, plan, operands: dict, init=None):
                                f"generated for {plan.shape[n]} ({plan})")
         if np.dtype(a.dtype) != dtype:
             raise BackendError(f"loops:numba: operand {n!r} has dtype {a.dtype}, {names[0]!r} {dtype.name}")
-    strides = {n: _c_strides(plan.shape[n]) for n in names}
-    k, fn = backend._compiled(plan, dtype.name, strides, _c_strides(plan.out_shape))
-    # compile (or load) for C-ordered arrays of these ranks, timed as on numpy arrays
-    dummies = [np.empty((0,) * len(s), dtype) for s in (plan.out_shape, *(plan.shape[n] for n in names))]
-    backend._ensure_compiled(plan, k, fn, dummies)
-    addr, tiles, parallel = _callable(backend, k, fn, plan, dtype.name)
-    call = jax.ffi.ffi_call(target_name(), jax.ShapeDtypeStruct(tuple(plan.out_shape), dtype))
-    y = call(*arrays, k=np.array([addr, tiles, parallel, len(names), _LOCK.ctypes.data], np.int64))
+    fn, jitted = _prepared(backend, plan, dtype)
+    traced = any(isinstance(a, jax.core.Tracer) for a in arrays)
+    y = (fn if traced else jitted)(*arrays)      # concrete arrays: one dispatch of a compiled program
     if init is not None:
         y = y + init
     return y
+
+
+_PREPARED: dict = {}              # (backend id, plan, dtype) -> (backend, the custom call, it jitted)
+
+
+def _prepared(backend, plan, dtype):
+    """The custom call running ``plan`` on C-ordered ``dtype`` operands, its
+    kernel compiled (or loaded) first, as on numpy arrays; made once."""
+    key = (id(backend), plan, dtype.name)
+    hit = _PREPARED.get(key)
+    if hit is None or hit[0] is not backend:
+        import jax
+        names = [a.name for a in plan.stmt.operands]
+        strides = {n: _c_strides(plan.shape[n]) for n in names}
+        k, fn = backend._compiled(plan, dtype.name, strides, _c_strides(plan.out_shape))
+        dummies = [np.empty((0,) * len(s), dtype) for s in (plan.out_shape, *(plan.shape[n] for n in names))]
+        backend._ensure_compiled(plan, k, fn, dummies)     # timed and counted as on numpy arrays
+        addr, tiles, parallel = _callable(backend, k, fn, plan, dtype.name)
+        call = jax.ffi.ffi_call(target_name(), jax.ShapeDtypeStruct(tuple(plan.out_shape), dtype))
+        bound = functools.partial(call, k=np.array([addr, tiles, parallel, len(names), _LOCK.ctypes.data], np.int64))
+        hit = _PREPARED[key] = (backend, bound, jax.jit(bound))
+    return hit[1], hit[2]

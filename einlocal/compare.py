@@ -37,11 +37,12 @@ SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"),
 # cost model's two likeliest array strategies per library, a peer that makes a native backend's
 # very call left to that backend.  Each timed kernel is checked at the size
 # it is timed at, against a float64 lowering that passed the loops' check at the reduced size; the
-# backends are not checked again at the reduced size (a JIT would compile a second set of kernels)
+# backends are not checked again at the reduced size (a JIT would compile a second set of kernels);
+# each backend runs on its own library's arrays only (not also as loops:numba[jax]: `Backend.also_on`)
 QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=0.5,
                  warmup=0, min_reps=1, memory=False, full_check=True, reduced_check=False, prune_over_cap=True,
                  batch_divisor=8, kill_margin_s=1.0, ragged_sets=125, per_library=2,
-                 first_call_allowance_s=10.0, dedupe_peers=True, warm_up=True)
+                 first_call_allowance_s=10.0, dedupe_peers=True, warm_up=True, also_on=False)
 # the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
 # backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
 PRUNE_SHARE = 0.25
@@ -211,7 +212,9 @@ def compare(workloads=None, *, quick: bool = False, reduced: bool = False, backe
                                  **_allowance(common, b.compile_s)))
             timed.add(name)
             for lib in b.also_on:        # the same backend run another way on another library's arrays
-                why = namespace(lib).unavailable() or _can_run(w, b, lib)
+                why = namespace(lib).unavailable() or _can_run(w, b, lib) or (
+                    None if settings.get("also_on", True) else
+                    f"--quick runs {name} on {b.takes[0]} arrays only; einlocal compare times it on {lib} arrays too")
                 if why:
                     pre.append(_skip_records(w, f"{name}[{lib}]", settings, why))
                     continue

@@ -165,9 +165,10 @@ def _handler(frame):
     a = _load64(_load64(args) + _DATA)
     b = _load64(_load64(args + 8) + _DATA) if nargs > 1 else 0
     c = _load64(_load64(args + 16) + _DATA) if nargs > 2 else 0
-    # XLA may run two independent calls at once (a gradient's dx and
-    # dweight); one kernel at a time, each on all of numba's threads (the
-    # workqueue threading layer aborts on a concurrent launch)
+    # two calls may run at once (programs run from several threads, or
+    # independent calls of one program); one kernel at a time, each on all
+    # of numba's threads (the workqueue threading layer aborts on a
+    # concurrent launch)
     _acquire(lock)
     if nargs == 1:
         _run(addr, (out, a), tiles, parallel)

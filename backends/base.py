@@ -32,6 +32,9 @@ class Backend:
     # seconds a first call may spend compiling on a 2-core CPU (0: nothing
     # compiles); the benchmark allows a first call this much beyond its cap
     compile_s = 0.0
+    # libraries besides the first it takes whose arrays it runs another way
+    # (loops:numba inside XLA programs): einlocal compare times it on them too
+    also_on: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

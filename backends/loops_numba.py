@@ -1,5 +1,6 @@
 """``loops:numba``: loop nests generated from the statement and compiled with
-numba, parallel on CPU; numpy arrays and CPU torch tensors.
+numba, parallel on CPU; numpy arrays, CPU torch tensors, and CPU jax arrays
+inside or outside ``jax.jit`` (``numba_jax``: an XLA custom call).
 
 Which nest: a scatter (the input gradient of a stride-1 conv) runs as its
 gather form (``plan.gather``: one sum per element, parallel over any output
@@ -73,7 +74,9 @@ def lowered(plan):
 class NumbaLoops(Backend):
     strategy = "loops"
     engine = "numba"
-    takes = ("numpy", "torch")
+    takes = ("numpy", "torch", "jax")
+    also_on = ("jax",)        # compared and checked inside jax programs too (numba_jax)
+    module_path = staticmethod(_module_path)   # a generated module's file and key (numba_jax's entries too)
     requires = ("numba",)
     compile_s = 10.0          # a backward's two kernels, ~4 s each on 2 cores
     dtypes = _DTYPES
@@ -96,7 +99,7 @@ class NumbaLoops(Backend):
         return self.cannot_device(device)
 
     def cannot_device(self, device: str) -> str | None:
-        if device != "cpu":
+        if device not in ("cpu", "traced"):   # "traced": a jax tracer, its program lowered for the CPU
             return f"{self.name} runs on the CPU; the arrays are on {device}"
         return None
 
@@ -155,6 +158,9 @@ class NumbaLoops(Backend):
 
     def _run(self, plan, operands: dict, out, init):
         first = next(iter(operands.values()))
+        if type(first).__module__.startswith(("jax", "jaxlib")):
+            from . import numba_jax
+            return numba_jax.run(self, lowered(plan), operands, init)
         torch_in = type(first).__module__.startswith("torch")
         plan = lowered(plan)
         arrays = {a.name: _numpy(operands[a.name], a.name) for a in plan.stmt.operands}

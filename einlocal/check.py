@@ -161,6 +161,7 @@ def compare_parts(got, ref, scale, terms, dtype) -> tuple[float, float, float]:
 
 def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None, grad_modes=None,
           device: str = "cpu", reference: dict | None = None, progress=None, reference_limit=None,
+          library: str | None = None,
           **shapes_and_params) -> CheckReport:
     """Check backends on one op and shape against the float64 reference.
 
@@ -172,7 +173,8 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
     multiply-adds (default ``check_large.REFERENCE_LIMIT``) the reference is
     a fast float64 lowering that passed the pure-Python one at a batch of
     one (the report says so).  ``progress``: called with a line per step.
-    Returns a ``CheckReport``; ``.ok``.
+    ``library``: the array library each backend runs on (default: the first it takes;
+    a backend that does not take it is skipped).  Returns a ``CheckReport``; ``.ok``.
     """
     from .arrays import shape_of
     from .backends.namespaces import namespace
@@ -201,10 +203,10 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
             rows.append(CheckRow(name, "skipped", reason=unavailable[name]))
             continue
         b = registry.get(name)
-        library = b.takes[0]
-        xp = namespace(library)
+        lib = library or b.takes[0]
+        xp = namespace(lib)
         # the backend's own checks, the dtype included: a check runs the dtype it names, or skips
-        reason = b.refuses(library=library, device=device, dtype=dtype, plan=call.plan, call=call)
+        reason = b.refuses(library=lib, device=device, dtype=dtype, plan=call.plan, call=call)
         if reason:
             rows.append(CheckRow(name, "skipped", reason=reason))
             continue
@@ -220,8 +222,8 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
             if poison is not None and y is not poison:
                 raise AssertionError("out= was given but a different array was returned")
             row.errors["y"] = _compare(xp.to_numpy(y), *ref["y"], dtype)
-            for mode in (grad_modes or b.grad_modes(library)):
-                if mode not in b.grad_modes(library):
+            for mode in (grad_modes or b.grad_modes(lib)):
+                if mode not in b.grad_modes(lib):
                     continue
                 outs = None
                 if not xp.functional and mode == "vjp":

@@ -37,11 +37,12 @@ SETTINGS = Settings(passes=("forward", "backward"), regimes=("fresh", "steady"),
 # cost model's two likeliest array strategies per library, a peer that makes a native backend's
 # very call left to that backend.  Each timed kernel is checked at the size
 # it is timed at, against a float64 lowering that passed the loops' check at the reduced size; the
-# backends are not checked again at the reduced size (a JIT would compile a second set of kernels)
+# backends are not checked again at the reduced size (a JIT would compile a second set of kernels);
+# each backend runs on its own library's arrays only (not also as loops:numba[jax]: `Backend.also_on`)
 QUICK = Settings(passes=("forward", "backward"), regimes=("fresh",), grad_modes=("vjp",), budget_s=0.05, cap_s=0.5,
                  warmup=0, min_reps=1, memory=False, full_check=True, reduced_check=False, prune_over_cap=True,
                  kill_margin_s=1.0, ragged_sets=125, per_library=2,
-                 first_call_allowance_s=10.0, dedupe_peers=True, warm_up=True)
+                 first_call_allowance_s=10.0, dedupe_peers=True, warm_up=True, also_on=False)
 # the cost model runs optimistic on this machine (4x and more for broadcast and einsum lowerings), and a
 # backward costs 2-3 forwards: --quick skips a backend whose estimated forward passes this share of the cap
 PRUNE_SHARE = 0.25
@@ -216,6 +217,17 @@ def compare(workloads=None, *, workloads_file=None, quick: bool = False, reduced
                 continue
             jobs.append(Job(spec, w.shapes, w.params, name, reference=ref_path, **_allowance(common, b.compile_s)))
             timed.add(name)
+            for lib in b.also_on:        # the same backend run another way on another library's arrays
+                if job_key(w.id, f"{name}[{lib}]") in done:
+                    continue
+                why = namespace(lib).unavailable() or _can_run(w, b, lib) or (
+                    None if settings.get("also_on", True) else
+                    f"--quick runs {name} on {b.takes[0]} arrays only; einlocal compare times it on {lib} arrays too")
+                if why:
+                    pre.append(_skip_records(w, f"{name}[{lib}]", settings, why))
+                    continue
+                jobs.append(Job(spec, w.shapes, w.params, name, reference=ref_path, arrays=lib,
+                                **_allowance(common, max(b.compile_s, namespace(lib).compile_s))))
         for wanted in (w.peers if w.op else ()):       # peers are recipes for catalogue ops
             peer = peer_for(wanted, peer_table)
             if peer is None or job_key(w.id, f"peer:{peer}") in done:
@@ -317,10 +329,10 @@ def _allowance(common: dict, compile_s: float) -> dict:
     return {**common, "first_call_allowance_s": min(common.get("first_call_allowance_s", 0.0), compile_s)}
 
 
-def _can_run(w: Workload, b) -> str | None:
-    """Why backend `b` cannot run workload `w` on its own library's arrays, or None."""
+def _can_run(w: Workload, b, library: str | None = None) -> str | None:
+    """Why backend `b` cannot run workload `w` on `library`'s arrays (default: its own library's), or None."""
     call = _call_of(w)
-    return b.cannot(call.plan, library=b.takes[0], device="cpu", call=call)
+    return b.cannot(call.plan, library=library or b.takes[0], device="cpu", call=call)
 
 
 def _skip_records(w: Workload, name: str, settings: Settings, reason: str) -> list[dict]:
@@ -338,7 +350,7 @@ def _run_with_progress(jobs: list[Job], threads, show: bool, console, partial=No
 
     def keep(event: str, info: dict) -> None:
         if event == "job" and partial is not None:
-            partial.finish(job_key(info["job"].workload, info["job"].backend), info.get("records", []))
+            partial.finish(job_key(info["job"].workload, info["job"].label), info.get("records", []))
     if not show or not jobs:
         return run_jobs(jobs, threads=threads, progress=keep)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -354,7 +366,7 @@ def _run_with_progress(jobs: list[Job], threads, show: bool, console, partial=No
             else:
                 step = info["step"]
                 what = step.describe() + (f" {step.regime}" if step.regime else "")
-                bar.update(task, description=f"{job.workload} {job.backend}: {what}")
+                bar.update(task, description=f"{job.workload} {job.label}: {what}")
         records = run_jobs(jobs, threads=threads, progress=progress)
         bar.update(task, completed=len(jobs), description="done")
     return records

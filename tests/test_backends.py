@@ -58,6 +58,26 @@ def test_backend_matches_reference(backend, case, dtype):
         assert any(k.endswith(f"[{mode}]") for k in row.errors), f"grad={mode!r} was not checked: {row.errors}"
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_backend_matches_reference_on_the_libraries_it_also_runs_on(backend, case, dtype):
+    """A backend that runs another way on another library's arrays (loops:numba
+    inside jax programs) is checked there too."""
+    op, kw = CASES[case]
+    b = registry.get(backend)
+    if not b.also_on:
+        pytest.skip(f"{backend} runs on {b.takes[0]} arrays only one way")
+    for lib in b.also_on:
+        report = el.check(op, backends=[backend], dtype=dtype, seed=SESSION_SEED, reference=_reference(case),
+                          library=lib, **kw)
+        (row,) = report.rows
+        if row.status == "skipped":
+            pytest.skip(row.reason)
+        assert row.status == "pass", str(report)
+        for mode in b.grad_modes(lib):
+            assert any(k.endswith(f"[{mode}]") for k in row.errors), f"grad={mode!r} was not checked: {row.errors}"
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_reference_vjp_matches_finite_difference(case):
     op, kw = CASES[case]

@@ -169,3 +169,32 @@ def test_quick_checks_each_backend_at_its_timed_size_and_leaves_duplicate_peers(
     peer = [r for r in records if r["backend"] == "peer:F.conv2d(groups) (torch)"]
     assert peer and all(r["status"] == "skipped" and "same library call as native:torch" in r["reason"]
                         and r["peer"] for r in peer)
+
+
+def test_a_backend_is_compared_on_the_libraries_it_also_runs_on(tmp_path):
+    """loops:numba runs inside jax programs too: compare times it on jax arrays,
+    as "loops:numba[jax]", checked like every backend, in its own process."""
+    for name, lib in (("loops:numba", "jax"),):
+        if name not in registry.available() or lib not in registry.ENGINES:
+            pytest.skip(f"{name} or {lib} unavailable")
+    records, _ = compare(["W3a"], reduced=True, backends=["loops:numba"], peers=False, outdir=None,
+                         show_progress=False, budget_s=0.003, regimes=("fresh",), memory=False)
+    by = {}
+    for r in records:
+        by.setdefault(r["backend"], []).append(r)
+    assert set(by) == {"loops:numba", "loops:numba[jax]"}
+    for rs in by.values():
+        assert {r["pass"] for r in rs} == {"forward", "backward"}
+        assert all(r["status"] == "ok" and r["max_error"] is not None and r["max_error"] <= 1 for r in rs), rs
+
+
+def test_quick_runs_each_backend_on_its_own_library_only(monkeypatch):
+    if "loops:numba" not in registry.available() or "jax" not in registry.ENGINES:
+        pytest.skip("loops:numba or jax unavailable")
+    jobs = []
+    monkeypatch.setattr(compare_module, "run_jobs", lambda js, **kw: jobs.extend(js) or [])
+    records, _ = compare(["W3a"], quick=True, reduced=True, backends=["loops:numba"], peers=False, outdir=None,
+                         show_progress=False)
+    assert [(j.backend, j.arrays) for j in jobs] == [("loops:numba", None)]
+    skipped = [r for r in records if r["backend"] == "loops:numba[jax]"]
+    assert skipped and all(r["status"] == "skipped" and "--quick" in r["reason"] for r in skipped)

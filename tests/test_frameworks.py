@@ -246,6 +246,11 @@ def test_jax_lowering_is_traced_once_per_statement_and_shapes(backend, monkeypat
         real = native_jax._conv
         monkeypatch.setattr(native_jax, "_conv", lambda *a: (traces.append(1), real(*a))[1])
         native_jax._forward.cache_clear()
+    elif backend == "loops:numba":           # a custom call per statement, bound when traced
+        from einlocal.backends import autograd_jax, numba_jax
+        real = numba_jax.run
+        monkeypatch.setattr(numba_jax, "run", lambda *a, **k: (traces.append(1), real(*a, **k))[1])
+        autograd_jax._jitted_forward.cache_clear()
     else:
         real = base.execute
         monkeypatch.setattr(base, "execute", lambda *a, **k: (traces.append(1), real(*a, **k))[1])

@@ -307,7 +307,10 @@ def test_cannot_cuda_and_no_workspace(numba_backend):
     plan = el.locally_connected2d.bind(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3, 2, 2))).plan
     assert "cpu" in numba_backend.cannot(plan, library="torch", device="cuda:0").lower()
     assert numba_backend.cannot(plan, library="numpy", device="cpu") is None
-    assert "numba" in numba_backend.cannot(plan, library="jax", device="cpu")
+    assert numba_backend.cannot(plan, library="jax", device="cpu") is None
+    assert numba_backend.cannot(plan, library="jax", device="traced") is None     # inside jax.jit
+    assert "cpu" in numba_backend.cannot(plan, library="jax", device="gpu:0").lower()
+    assert "numba" in numba_backend.cannot(plan, library="cupy", device="cpu")
     assert numba_backend.workspace(plan)[0] == 0
 
 

@@ -34,7 +34,7 @@ def reduced_check(job, op, peer=None) -> tuple[str, str] | None:
             return None
         from ..check import check
         row = check(op, backends=[job.backend], dtype=job.dtype, seed=job.seed, grad_modes=modes, reference=ref,
-                    **shapes, **job.params).rows[0]
+                    library=job.arrays, **shapes, **job.params).rows[0]
         if row.status == "skipped":
             return "skipped", row.reason
         if row.status == "fail":

@@ -101,6 +101,7 @@ class Job:
     inputs_dir: str | None = None           # where the run's processes share input sets
     warm_up: bool = False                   # one untimed call per pass at the timed size before timing
     prune_over_cap: bool = False            # a warm-up past cap + margin after compiling rules its pass >cap
+    arrays: str | None = None               # the library of its arrays (None: the first the backend takes)
 
     def __post_init__(self):
         for p in self.passes:
@@ -130,6 +131,12 @@ class Job:
             return self.peer["library"]
         from .. import registry
         return registry.process_of(self.backend) if self.backend in registry.NAMES else "numpy"
+
+    @property
+    def label(self) -> str:
+        """The name its records carry: the backend's, with the library of its
+        arrays where that is not the first it takes ("loops:numba[jax]")."""
+        return self.backend if not self.arrays else f"{self.backend}[{self.arrays}]"
 
     def to_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -87,7 +87,7 @@ class JobRunner:
         else:
             from .. import registry
             self.backend = registry.get(job.backend)
-            self.library = self.backend.takes[0]
+            self.library = job.arrays or self.backend.takes[0]
             have = self.backend.grad_modes(self.library)
             self.modes = [m for m in (job.grad_modes or have) if m in have]
         self.xp = namespace(self.library)
@@ -145,7 +145,7 @@ class JobRunner:
         rec = make_record(workload=job.workload, op=job.spec.get("op") or job.spec.get("statement", "op"),
                           shape=" ".join(f"{dict(x='x', weight='w', bias='b').get(k, k)}({','.join(map(str, v))})"
                                          for k, v in job.shapes.items()),
-                          backend=job.backend, **{"pass": step.pass_}, regime=step.regime, grad_mode=step.grad_mode,
+                          backend=job.label, **{"pass": step.pass_}, regime=step.regime, grad_mode=step.grad_mode,
                           flops=flops, min_bytes=min_bytes, peer=bool(job.peer), size=flops, dtype=job.dtype,
                           threads=_threads_text(), **fields)
         if rec.get("max_error") is None:

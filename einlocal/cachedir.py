@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import CacheDirError
 
-__all__ = ["default_root", "root", "folder", "check", "write_atomic", "write_code", "load_module"]
+__all__ = ["default_root", "root", "folder", "check", "write_atomic", "write_code", "load_module", "import_file"]
 
 # POSIX owners and modes; elsewhere (Windows) the checks are skipped, never the folder's place
 _POSIX = hasattr(os, "getuid")
@@ -151,6 +151,12 @@ def load_module(name: str, path: str | os.PathLike):
     with contextlib.suppress(FileExistsError):
         (path.parent / "__pycache__").mkdir(mode=0o700)
     check(path.parent / "__pycache__")
+    return import_file(name, path)
+
+
+def import_file(name: str, path) -> object:
+    """Import the module at exactly ``path`` as ``name`` (no search path
+    involved); a module that fails to run is not left in ``sys.modules``."""
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod

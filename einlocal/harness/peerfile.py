@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,8 @@ def _module(path: str | None):
     name = "einlocal_peers_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
     mod = sys.modules.get(name)
     if mod is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            del sys.modules[name]
-            raise
+        from ..cachedir import import_file
+        mod = import_file(name, path)
     return mod
 
 

@@ -26,7 +26,8 @@ class Cupy(NumpyLike):
 
     def owns(self, a) -> bool:
         cupy = sys.modules.get("cupy")
-        return cupy is not None and isinstance(a, cupy.ndarray)
+        ndarray = getattr(cupy, "ndarray", None)    # None while another thread imports cupy
+        return ndarray is not None and isinstance(a, ndarray)
 
     def device_of(self, a) -> str:
         return f"cuda:{a.device.id}"

@@ -30,7 +30,8 @@ class Jax(Namespace):
 
     def owns(self, a) -> bool:
         jax = sys.modules.get("jax")
-        return jax is not None and isinstance(a, jax.Array)
+        array = getattr(jax, "Array", None)         # None while another thread imports jax
+        return array is not None and isinstance(a, array)
 
     def device_of(self, a) -> str:
         try:

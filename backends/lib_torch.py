@@ -22,7 +22,8 @@ class Torch(Namespace):
 
     def owns(self, a) -> bool:
         torch = sys.modules.get("torch")
-        return torch is not None and isinstance(a, torch.Tensor)
+        tensor = getattr(torch, "Tensor", None)     # None while another thread imports torch
+        return tensor is not None and isinstance(a, tensor)
 
     def fast_key(self, a):
         return (type(a), a.shape, a.dtype, a.device)

@@ -216,12 +216,13 @@ def library_of(a) -> str | None:
         return _BY_TYPE[t]
     except KeyError:
         pass
-    found = None
-    for name in reversed(tuple(LIBRARIES)):    # the last registered first: it may refine another's type
-        lib = _library(name)
-        if lib.owns(a):
-            found = name
-            break
+    root = (t.__module__ or "").split(".", 1)[0]
+    names = tuple(reversed(tuple(LIBRARIES)))     # the last registered first: it may refine another's type
+    # only a library whose arrays' types live in the type's top-level module is asked first: asking
+    # another would touch its module, which another thread may be importing right now
+    found = next((n for n in names if root in _library(n).roots and _library(n).owns(a)), None)
+    if found is None:
+        found = next((n for n in names if root not in _library(n).roots and _library(n).owns(a)), None)
     if found is not None:
         _BY_TYPE[t] = found
     return found

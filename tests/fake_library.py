@@ -45,7 +45,7 @@ def _module():
 class FakeNumpy(NumpyLike):
     name = NAME
     module = "numpy"
-    roots = ("tests",)
+    roots = (__name__.split(".")[0],)      # the module FakeArray lives in
     opt_einsum_backend = f"einlocal_test_{NAME}"
     memory_methods = {"cpu": TRACEMALLOC}
     fallback = (f"bmm:{NAME}", f"einsum:{NAME}")

@@ -48,3 +48,16 @@ def test_a_numpy_backend_refuses_the_fake_arrays():
     x, w = xp.from_numpy(np.ones((1, 2, 4, 4))), xp.from_numpy(np.ones((2, 1, 3, 3)))
     with pytest.raises(el.BackendError, match="takes numpy arrays, not fakenp"):
         el.depthwise_conv2d(x, w, backend="bmm:numpy")
+
+
+def test_recognising_an_array_never_touches_a_library_being_imported(monkeypatch):
+    """Another thread importing torch leaves a module without `Tensor` in
+    sys.modules for a while: recognising a numpy array must not look there."""
+    import sys
+    import types
+
+    from einlocal.backends import namespaces
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    monkeypatch.setattr(namespaces, "_BY_TYPE", {})
+    assert library_of(np.ones(2)) == "numpy"
+    assert library_of(namespace(fake_library.NAME).from_numpy(np.ones(2))) == fake_library.NAME

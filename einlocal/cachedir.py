@@ -110,14 +110,19 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: str | bytes, *, shared: bool = False) -> None:
     """Replace ``path`` with ``data``: written to a new, unpredictably named
     file in the same folder (``tempfile.mkstemp``: created exclusively, never
     through a link), then renamed over ``path`` (``os.replace``: a link at
-    ``path`` is replaced, not followed)."""
+    ``path`` is replaced, not followed).  The file is the user's alone (mode
+    0600), or with ``shared`` (a results file) as the umask makes new files."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if shared and hasattr(os, "fchmod"):
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
         os.replace(tmp, path)

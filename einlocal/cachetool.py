@@ -136,7 +136,7 @@ def export(path: str | Path, cache=None) -> int:
               "versions": info.get("versions")}
     entries = [{"key": json.loads(k), "value": e["value"]} for k, e in items]
     try:
-        write_atomic(path, json.dumps({"header": header, "entries": entries}, indent=1, sort_keys=True) + "\n")
+        write_atomic(path, json.dumps({"header": header, "entries": entries}, indent=1, sort_keys=True) + "\n", shared=True)
     except OSError as e:
         raise CacheFileError(f"cannot write {path}: {e.strerror or e}") from None
     return len(entries)

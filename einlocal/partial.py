@@ -51,4 +51,4 @@ class PartialRun:
         from .cachedir import write_atomic
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {**self.head, "complete": False, "finished_jobs": sorted(self.finished), "records": self.records}
-        write_atomic(self.path, json.dumps(data, indent=1, default=str))
+        write_atomic(self.path, json.dumps(data, indent=1, default=str), shared=True)

@@ -7,7 +7,7 @@ control ``native:torch`` (cuDNN ``F.conv2d`` of the same shape with a shared
 
     python bench/bench_gpu.py            # prints a table; writes results/gpu_W2_<gpu name>.csv
 
-Targets (issue 6): backward no more than 3x forward; forward within 2x of
+Targets: backward no more than 3x forward; forward within 2x of
 cuDNN's shared-weight conv.  Without a CUDA device it says so and exits 0.
 """
 from __future__ import annotations

@@ -11,7 +11,8 @@ from pathlib import Path
 from .backends.namespaces import namespace
 from .harness import ISOLATION_NOTE, Job, op_spec, reference_file, run_jobs
 from .harness.peerfile import load_peers, peer_for, peer_info
-from .workloads import WORKLOADS, Workload, ragged_workload
+from . import workloads as _workloads
+from .workloads import Workload, ragged_workload
 
 __all__ = ["compare", "Settings", "SETTINGS", "QUICK", "load_peers", "trusted_reference"]
 
@@ -278,7 +279,7 @@ def _chosen(workloads, workloads_file) -> tuple[list[Workload], bool]:
     from .workloads import load_file
     if workloads and all(isinstance(w, Workload) for w in workloads):
         return list(workloads), False
-    table = load_file(workloads_file) if workloads_file is not None else WORKLOADS
+    table = load_file(workloads_file) if workloads_file is not None else _workloads.WORKLOADS
     if not workloads:
         return list(table.values()), workloads_file is None
     ids = [str(i) for i in workloads]

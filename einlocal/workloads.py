@@ -25,16 +25,29 @@ def load_file(path) -> dict[str, Workload]:
     return {w.id: w for w in load(path)}
 
 
-WORKLOADS: dict[str, Workload] = load_file(REPORT_FILE)
+def _report() -> dict[str, Workload]:
+    """The report workloads, read from the shipped file at first use (not at
+    import: ``import einlocal`` does not pay for it), then kept as ``WORKLOADS``."""
+    table = globals().get("WORKLOADS")
+    if table is None:
+        table = globals()["WORKLOADS"] = load_file(REPORT_FILE)
+    return table
+
+
+def __getattr__(name: str):
+    if name == "WORKLOADS":
+        return _report()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(workload_id: str) -> Workload:
     """The workload called `workload_id` (case-insensitive); ShapeError (a ValueError) listing the ids."""
     from .errors import ShapeError
-    for key, w in WORKLOADS.items():
+    table = _report()
+    for key, w in table.items():
         if key.lower() == str(workload_id).lower():
             return w
-    raise ShapeError(f"unknown workload {workload_id!r}; valid: {', '.join(WORKLOADS)}"
+    raise ShapeError(f"unknown workload {workload_id!r}; valid: {', '.join(table)}"
                      + (", W4" if ragged_available() else ""))
 
 

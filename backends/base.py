@@ -80,6 +80,13 @@ class Backend:
             return self.cannot(plan, library=library, device=device, call=call)
         return None
 
+    def runner(self, call, library: str):
+        """A callable ``run(arrays) -> y`` doing this backend's forward pass of
+        ``call`` on the public arrays (a dict by argument name) with nothing
+        checked, for repeated calls (`einlocal.fast`); None: the generic one
+        (`einlocal.run.forward_runner`)."""
+        return None
+
     def own_autodiff(self, library: str) -> bool:
         """Whether this backend's gradient is the library's autodiff of its own
         forward calls (a native conv): then a forward call is recorded by the

@@ -36,6 +36,22 @@ class NativeTorch(Backend):
     def own_autodiff(self, library: str) -> bool:
         return True       # its vjp is torch autograd through F.conv2d: autograd records the forward itself
 
+    def runner(self, call, library: str):
+        """``F.conv2d`` itself on the public arrays (their layouts are
+        PyTorch's) where the padding is symmetric."""
+        (pt, pb), (pl, pr) = call.param["padding"]
+        if call.empty or pt != pb or pl != pr:
+            return None
+        from torch import conv2d
+        p = call.param
+        shapes = dict(call.arg_shapes)
+        stride, padding, dilation = p["stride"], (pt, pl), p["dilation"]
+        groups = shapes["x"][1] if call.kind == "depthwise_conv2d" else p["groups"]
+
+        def run(arrays):
+            return conv2d(arrays["x"], arrays["weight"], arrays.get("bias"), stride, padding, dilation, groups)
+        return run
+
     def execute(self, plan, operands: dict, out=None):
         raise BackendError(f"{self.name} runs whole catalogue ops (forward/vjp), not single statements")
 

@@ -10,7 +10,7 @@ from .backends.namespaces import namespace
 from .budget import memory_budget
 from .errors import BackendError
 
-__all__ = ["auto_backend", "choice_key", "estimate_seconds", "cost_model_choice", "choice_cache", "candidates"]
+__all__ = ["auto_backend", "measured_choice", "state", "choice_key", "estimate_seconds", "cost_model_choice", "choice_cache", "candidates"]
 
 # Cost model: fraction of the machine's matmul rate a strategy reaches when the
 # contraction is long (a short one scales it down, see `_efficiency`), and the
@@ -29,12 +29,12 @@ _cache_state: dict = {}
 
 def choice_cache():
     """The process's `ChoiceCache` for `cache_dir()/choices.json` (made once per path)."""
-    from .choice_cache import ChoiceCache
-    from .machine import cache_dir
     env = os.environ.get("EINLOCAL_CACHE_DIR")
     cache = _cache_state.get(env)
     if cache is not None:
         return cache
+    from .choice_cache import ChoiceCache
+    from .machine import cache_dir
     path = cache_dir() / "choices.json"
     cache = _cache_state.get(path)
     if cache is None:
@@ -91,20 +91,44 @@ def auto_backend(call, library: str, device: str, dtype: str | None = None) -> s
     ``EINLOCAL_RECORD_UNTUNED`` names, and is a BackendError under ``EINLOCAL_REQUIRE_TUNED``
     (`einlocal.untuned`)."""
     if dtype is not None:
-        # inside a trace (jax.jit) the arrays have no device yet: key by the one the call will run on
-        key_device = namespace(library).trace_device() if device == "traced" else device
-        try:
-            entry = choice_cache().get_string(_key_string(call, library, dtype, key_device))
-        except (OSError, ValueError):
-            entry = None
-        if entry and entry.get("backend") in registry.available():
-            b = registry.get(entry["backend"])
-            if not b.cannot(call.plan, library=library, device=device, call=call):
-                return entry["backend"]
+        measured = measured_choice(call, library, device, dtype)
+        if measured is not None:
+            return measured
         if any(name in os.environ for name in _UNTUNED_ENV):
             from .untuned import on_miss
-            on_miss(call, library, key_device, dtype)
+            on_miss(call, library, _key_device(library, device), dtype)
     return _unmeasured_choice(call, library, device, dtype, memory_budget() >> 24)
+
+
+def _key_device(library: str, device: str) -> str:
+    # inside a trace (jax.jit) the arrays have no device yet: key by the one the call will run on
+    return namespace(library).trace_device() if device == "traced" else device
+
+
+def measured_choice(call, library: str, device: str, dtype: str) -> str | None:
+    """The cached measured choice (`el.choose`) for this call where there is
+    one that can run it, else None."""
+    try:
+        entry = choice_cache().get_string(_key_string(call, library, dtype, _key_device(library, device)))
+    except (OSError, ValueError):
+        return None
+    if entry and entry.get("backend") in registry.available():
+        b = registry.get(entry["backend"])
+        if not b.cannot(call.plan, library=library, device=device, call=call):
+            return entry["backend"]
+    return None
+
+
+def state(measured: bool) -> tuple:
+    """What `auto_backend`'s answer for a call depends on besides the call:
+    the choice cache in use and its file's signature; for a call with no
+    measured choice also the memory budget (in 16 MiB steps) and the
+    untuned-call switches.  A repeat in the same state gets the same backend
+    (`einlocal.fast`)."""
+    cache = choice_cache()
+    if measured:
+        return cache, cache.signature()
+    return (cache, cache.signature(), memory_budget() >> 24, *(name in os.environ for name in _UNTUNED_ENV))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -15,9 +15,10 @@ from .backends import autodiff
 from .backends.namespaces import namespace
 from .budget import check_budget, memory_budget
 from .errors import BackendError, ShapeError
-from .run import Call, run_forward, run_vjp
+from .run import Call, forward_runner, run_forward, run_vjp
 
-__all__ = ["Call", "forward", "vjp", "resolve_backend", "prepare", "execute", "Prepared", "GRAD_MODES"]
+__all__ = ["Call", "forward", "vjp", "resolve_backend", "prepare", "execute", "runner", "Prepared",
+           "GRAD_MODES"]
 
 GRAD_MODES = ("vjp", "autodiff")
 FLOATS = ("float16", "bfloat16", "float32", "float64")
@@ -120,6 +121,22 @@ def execute(p: Prepared, arrays: dict, out=None):
         if not p.backend.own_autodiff(p.library):
             return xp.record(call, p.backend, arrays, p.grad)
     return run_forward(call, p.backend, arrays, out)
+
+
+def runner(p: Prepared):
+    """``execute(p, arrays)`` (no ``out=``) as a callable ``run(arrays)``
+    built once: the backend's own `Backend.runner` where it has one, else
+    the generic one; the library's autodiff asked only where it could
+    record something (a library with autodiff, a backend whose gradient is
+    not already the library's own)."""
+    run = p.backend.runner(p.call, p.library) or forward_runner(p.call, p.backend)
+    if not p.xp.autodiff or (p.backend.own_autodiff(p.library) and not p.call.empty):
+        return run
+    records, grad = p.xp.records, p.grad
+
+    def recorded(arrays):
+        return execute(p, arrays) if records(arrays, grad) else run(arrays)
+    return recorded
 
 
 def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):

@@ -77,6 +77,14 @@ class ChoiceCache:
         self._touched[k] = self._stamp()
         return dict(entry["value"])
 
+    def signature(self):
+        """(inode, mtime, size) of the file now, None without one: a change
+        means the entries may have changed (here or in another process)."""
+        try:
+            return self._signature()
+        except OSError:
+            return None
+
     def flush(self) -> None:
         """Write the recency of hits since the last write (no-op if none)."""
         if not self._touched:

@@ -1,61 +1,86 @@
 """The fast path of repeated calls: a call's validity depends only on the op,
 the arrays' library, shapes, dtypes and devices, the parameters, the backend
-and the grad mode; with those as the key, a repeat goes straight to the
-prepared call (`einlocal.call.Prepared`), re-checking only what can change
-between calls (the memory budget, ``auto``'s measured choice)."""
+and the grad mode; with those as the key, a repeat goes straight to a
+callable prepared by its first call (`einlocal.call.runner`), re-checking
+only what can change between calls (the memory budget, and for ``auto``
+what its choice depends on, `einlocal.auto.state`)."""
 from __future__ import annotations
 
 from .backends.namespaces import library_of, namespace
+from .auto import measured_choice, state
+from .budget import memory_budget
 
 __all__ = ["key", "lookup", "remember", "clear"]
 
 MAX_ENTRIES = 4096
+# key -> (run, bytes the memory guard counted, for auto: whether its choice was measured and its state)
 _PREPARED: dict = {}
+_KEYERS: dict = {}          # array type -> its library's fast_key
+
+
+def _keyer(a):
+    kind = type(a)
+    got = _KEYERS.get(kind)
+    if got is None:
+        lib = library_of(a)
+        if lib is None:
+            return None
+        got = _KEYERS[kind] = namespace(lib).fast_key
+    return got
 
 
 def key(name: str, arrays: tuple, backend, grad: str, params: dict):
     """The key of a call without ``out=``, or None where it has no fast path
-    (a library that gives no key, e.g. inside a trace; unhashable parameters)."""
+    (a library that gives no key, e.g. inside a trace).  Unhashable
+    parameters make a key that `lookup` and `remember` pass over."""
     parts = [name, backend, grad]
     for a in arrays:
         if a is None:
             parts.append(None)
             continue
-        lib = library_of(a)
-        got = None if lib is None else namespace(lib).fast_key(a)
+        keyer = _keyer(a)
+        got = None if keyer is None else keyer(a)
         if got is None:
             return None
         parts.append(got)
     if params:
         parts.append(tuple(params.items()))
-    parts = tuple(parts)
-    try:
-        hash(parts)
-    except TypeError:
-        return None
-    return parts
+    return tuple(parts)
 
 
 def lookup(k):
-    """The prepared call of key ``k`` where it is still good to run: the memory
-    budget still allows it, and ``auto`` still picks the same backend."""
-    p = _PREPARED.get(k)
-    if p is None:
+    """The prepared callable ``run(arrays)`` of key ``k`` where it is still
+    good to run: the memory budget still allows it, and ``auto``'s state is
+    unchanged; else None."""
+    try:
+        entry = _PREPARED.get(k)
+    except TypeError:       # an unhashable parameter (a list): no fast path
         return None
-    from .budget import memory_budget
-    if p.nbytes and p.nbytes > memory_budget():
+    if entry is None:
         return None
-    if k[1] in (None, "auto"):
-        from . import auto
-        if auto.auto_backend(p.call, p.library, p.device, dtype=p.dtype) != p.backend.name:
-            return None
-    return p
+    run, nbytes, measured, auto_state = entry
+    if nbytes and nbytes > memory_budget():
+        return None
+    if auto_state is not None and state(measured) != auto_state:
+        return None
+    return run
 
 
 def remember(k, prepared) -> None:
+    """Keep ``prepared`` (`einlocal.call.Prepared`, no ``out=``) for repeats of key ``k``."""
+    from .call import runner
+    try:
+        hash(k)
+    except TypeError:
+        return
     if len(_PREPARED) >= MAX_ENTRIES:
         _PREPARED.clear()
-    _PREPARED[k] = prepared
+    measured = auto_state = None
+    if k[1] in (None, "auto"):
+        p = prepared
+        measured = measured_choice(p.call, p.library, p.device, p.dtype) == p.backend.name
+        auto_state = state(measured)
+    _PREPARED[k] = (runner(prepared), prepared.nbytes, measured, auto_state)
 
 
 def clear() -> None:

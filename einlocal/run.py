@@ -10,7 +10,7 @@ from .backends.namespaces import namespace
 from .errors import ShapeError
 from .plan import Plan
 
-__all__ = ["Call", "run_forward", "run_vjp", "view", "register_rebatch"]
+__all__ = ["Call", "run_forward", "forward_runner", "run_vjp", "view", "register_rebatch"]
 
 
 # op kind -> (call, batch) -> the call rebound with that batch; filled by the catalogue
@@ -106,6 +106,26 @@ def run_forward(call: Call, backend, arrays: dict, out=None):
     if out is not None:
         return out
     return view(lib, y, call.out_shape, "result")
+
+
+def forward_runner(call: Call, backend):
+    """``run_forward(call, backend, arrays)`` as a callable ``run(arrays)``
+    with the views worked out once (repeated calls: `einlocal.fast`)."""
+    if call.empty:
+        return lambda arrays: run_forward(call, backend, arrays)
+    operands = tuple((op, arg, tuple(shape)) for arg, op, shape in call.operands)
+    bias_arg, bias_shape = call.bias if call.bias is not None else (None, None)
+    out_shape, forward = tuple(call.out_shape), backend.forward
+
+    def run(arrays):
+        ops = {}
+        for op, arg, shape in operands:
+            a = arrays[arg]
+            ops[op] = a if a.shape == shape else a.reshape(shape)
+        bias = arrays.get(bias_arg) if bias_arg is not None else None
+        y = forward(call, ops, None, bias=None if bias is None else bias.reshape(bias_shape))
+        return y if y.shape == out_shape else y.reshape(out_shape)
+    return run
 
 
 def run_vjp(call: Call, backend, dy, arrays: dict, wrt, outs: dict | None = None) -> dict:

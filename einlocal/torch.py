@@ -331,6 +331,9 @@ class DepthwiseConv2d(_Local):
         self.stride = _tuple(stride, 2, f"{name}: stride", minimum=1)
         self.dilation = _tuple(dilation, 2, f"{name}: dilation", minimum=1)
         self.padding = _padding(padding, self.kernel_size, self.dilation, self.stride, f"{name}: padding")
+        # the smallest input the kernel's extent fits in, per spatial axis (padding counted)
+        self._min_input = tuple(d * (k - 1) + 1 - sum(p)
+                                for k, d, p in zip(self.kernel_size, self.dilation, self.padding))
         out = self.channels * self.multiplier
         self._setup((out, 1, *self.kernel_size), (out,), math.prod(self.kernel_size), bias, backend, device, dtype)
 
@@ -341,6 +344,8 @@ class DepthwiseConv2d(_Local):
     def forward(self, x: Tensor) -> Tensor:
         """x (N, channels, H, W) -> (N, channels*multiplier, Ho, Wo)."""
         self._check_input(x, None)
+        if x.shape[2] >= self._min_input[0] and x.shape[3] >= self._min_input[1]:
+            return self._call_op(x)
         for a in range(2):
             (before, after), k, d = self.padding[a], self.kernel_size[a], self.dilation[a]
             if d * (k - 1) + 1 > x.shape[2 + a] + before + after:

@@ -1,0 +1,124 @@
+"""The fast path of repeated calls (`einlocal.fast`): on every backend a
+repeat gives what a first call gives and skips the checks its key proves;
+it re-checks the memory budget and ``auto``'s choice, records gradients
+when an input starts asking for them, and a bad call is still refused
+with its named error."""
+import numpy as np
+import pytest
+
+import einlocal as el
+from einlocal import auto, catalogue, registry
+from einlocal.backends.namespaces import namespace
+
+rng = np.random.default_rng(11)
+
+CASES = {
+    "dw-m2-s2-bias": (el.depthwise_conv2d, dict(x=(2, 3, 7, 6), weight=(6, 1, 3, 3), bias=(6,)),
+                      dict(stride=2, padding=1)),
+    "conv-g2-asym-bias": (el.conv2d, dict(x=(2, 4, 5, 6), weight=(6, 2, 3, 2), bias=(6,)),
+                          dict(groups=2, padding=((1, 0), (0, 2)))),
+    "lc2d-d2-bias": (el.locally_connected2d, dict(x=(2, 3, 8, 7), weight=(2, 3, 2, 2, 6, 5), bias=(2, 6, 5)),
+                     dict(dilation=2)),
+}
+
+
+def _inputs(shapes):
+    return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+
+
+def _reference(op, arrays, params):
+    a64 = {k: v.astype(np.float64) for k, v in arrays.items()}
+    return op(a64["x"], a64["weight"], a64.get("bias"), backend="loops:python", **params)
+
+
+def _no_prepare(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a repeat went through the checks again")
+    monkeypatch.setattr(catalogue, "prepare", refuse)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_repeat_matches_the_reference_without_rechecking(backend, case, monkeypatch):
+    op, shapes, params = CASES[case]
+    b = registry.get(backend)
+    lib = b.takes[0]
+    xp = namespace(lib)
+    first, second = _inputs(shapes), _inputs(shapes)
+    try:
+        op(*(xp.from_numpy(first[k]) for k in ("x", "weight", "bias")), backend=backend, **params)
+    except el.BackendError as err:
+        pytest.skip(str(err))
+    want = _reference(op, second, params)
+    if xp.fast_key(xp.from_numpy(second["x"])) is not None:      # a library that keys its arrays
+        _no_prepare(monkeypatch)
+    got = op(*(xp.from_numpy(second[k]) for k in ("x", "weight", "bias")), backend=backend, **params)
+    np.testing.assert_allclose(xp.to_numpy(got), want, rtol=2e-4, atol=2e-4)
+
+
+def test_a_repeat_rechecks_the_memory_budget():
+    x, w = rng.standard_normal((2, 4, 9, 9)).astype(np.float32), rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    el.depthwise_conv2d(x, w, backend="broadcast:numpy")
+    el.depthwise_conv2d(x, w, backend="broadcast:numpy")
+    el.set_memory_budget(1000)
+    with pytest.raises(el.MemoryBudgetError, match="broadcast"):
+        el.depthwise_conv2d(x, w, backend="broadcast:numpy")
+
+
+def test_an_auto_repeat_follows_a_new_measured_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path / "cache"))
+    x, w = rng.standard_normal((1, 3, 6, 6)).astype(np.float32), rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    call = el.depthwise_conv2d.bind(x, w, padding=1)
+    first = auto.auto_backend(call, "numpy", "cpu", dtype="float32")
+    other = next(n for n in ("einsum:numpy", "bmm:numpy") if n != first)
+    ran = []
+    chosen = registry.get(other)
+    monkeypatch.setattr(chosen, "forward", lambda *a, _f=chosen.forward, **k: ran.append(1) or _f(*a, **k))
+    want = _reference(el.depthwise_conv2d, {"x": x, "weight": w}, {"padding": 1})
+    for _ in range(2):
+        el.depthwise_conv2d(x, w, padding=1)
+    assert not ran
+    auto.choice_cache().put(auto.choice_key(call, "numpy", "float32", "cpu"), {"backend": other})
+    got = el.depthwise_conv2d(x, w, padding=1)
+    assert ran, f"auto kept {first} after the cache chose {other}"
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_repeats_record_gradients_once_an_input_asks(backend):
+    torch = pytest.importorskip("torch")
+    if registry.get(backend).takes[0] != "torch":
+        pytest.skip(f"{backend} takes no torch tensors")
+    op, shapes, params = CASES["dw-m2-s2-bias"]
+    arrays = _inputs(shapes)
+    t = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    for _ in range(2):
+        op(t["x"], t["weight"], t["bias"], backend=backend, **params)
+    xg = t["x"].clone().requires_grad_()
+    y = op(xg, t["weight"], t["bias"], backend=backend, **params)
+    dy = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(torch.from_numpy(dy))
+    a64 = {k: v.astype(np.float64) for k, v in arrays.items()}
+    want, _, _ = el.vjp(op, dy.astype(np.float64), a64["x"], a64["weight"], a64["bias"], backend="loops:python",
+                        **params)
+    np.testing.assert_allclose(xg.grad.numpy(), want, rtol=2e-4, atol=2e-4)
+    with torch.no_grad():
+        assert not op(xg, t["weight"], t["bias"], backend=backend, **params).requires_grad
+
+
+def test_a_bad_call_after_good_ones_gets_its_named_error():
+    x, w = rng.standard_normal((2, 4, 6, 6)).astype(np.float32), rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    for _ in range(2):
+        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy")
+    with pytest.raises(el.ShapeError, match="channel"):
+        el.depthwise_conv2d(x[:, :3], w, padding=1, backend="einsum:numpy")
+    with pytest.raises(el.ShapeError, match="dtype"):
+        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy", out=np.empty((2, 4, 6, 6), np.float64))
+    with pytest.raises(el.ShapeError, match="same dtype|dtype"):
+        el.depthwise_conv2d(x, w.astype(np.float64), padding=1, backend="einsum:numpy")
+
+
+def test_unhashable_parameters_run_without_a_fast_path():
+    x, w = rng.standard_normal((1, 2, 5, 5)).astype(np.float32), rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
+    want = _reference(el.depthwise_conv2d, {"x": x, "weight": w}, {"padding": 1})
+    for _ in range(2):
+        got = el.depthwise_conv2d(x, w, padding=[1, 1], backend="einsum:numpy")
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

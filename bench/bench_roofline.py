@@ -6,7 +6,15 @@ own limits, measured side by side in one run: W2 (compute-bound) against a
 
 Every measurement is a round of calls interleaved with the others' (so a
 noisy host slows them alike), all with ``out=``; the figures are medians over
-rounds, and the ratios are formed from the same run:
+rounds, and the ratios are formed from the same run.  ``--before`` says what
+precedes each timed call: nothing (the default: the calls as they come),
+``flush`` (every numba thread reads a buffer twice the last-level cache, so
+the call reads its data from memory, as the copy roofline assumes, and finds
+every core running) or ``call`` (an untimed call of the same case, which
+leaves its data in the caches).  Both matter on a 2-vCPU VM: a core left
+idle took milliseconds to run a parallel kernel's thread again (W2 forward
+after a 60 ms sleep: 7.8 ms, back to back 2.9 ms), and a 480 MiB last-level
+cache holds all of W1.
 
 - W2 forward's flop rate as a share of the matmul rate (target >= 60%), and
   its backward (dx + dweight, `el.vjp`) over its forward (target <= 2.0);
@@ -39,7 +47,31 @@ def _args():
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (each times every case once)")
     p.add_argument("--threads", type=int, default=2, help="threads for numba and BLAS")
     p.add_argument("--backend", default="loops:numba")
+    p.add_argument("--before", choices=("none", "flush", "call"), default="none",
+                   help="before each timed call: nothing (default), read a buffer twice the last-level cache "
+                        "with every thread, or make an untimed call of the same case (its data then cached)")
     return p.parse_args()
+
+
+def _flusher(nbytes: int):
+    """A callable that reads ``nbytes`` with every numba thread: the caches
+    then hold none of a case's data (and no dirty lines to write back), and
+    every core is running."""
+    import numba
+
+    @numba.njit(parallel=True, cache=True)
+    def total(buf):
+        n = buf.shape[0]
+        acc = 0.0
+        for t in numba.prange(64):
+            s = 0.0
+            for k in range(t * n // 64, (t + 1) * n // 64):
+                s += buf[k]
+            acc += s
+        return acc
+    buf = np.ones(nbytes // 4, np.float32)
+    total(buf)
+    return lambda: total(buf)
 
 
 def _best_of(fn, calls: int) -> float:
@@ -97,11 +129,16 @@ def main():
     set_threads(1)
     copy_best = _best_of(cases["copyto 256 MB (1 thread)"][0], 10)
     set_threads(args.threads)
+    flush = _flusher(max(2 * (llc_bytes() or 0), 256 * 2 ** 20))
     times = {k: [] for k in cases}
     for _ in range(args.rounds):
         for k, (fn, _) in cases.items():
             if k.startswith("copyto"):
                 continue
+            if args.before == "flush":
+                flush()
+            elif args.before == "call":
+                fn()
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -111,7 +148,8 @@ def main():
     copy_bw = cases["copyto 256 MB (1 thread)"][1] / copy_best
 
     print(f"machine: {_cpu_model()}, last-level cache {(llc_bytes() or 0) / 2**20:.0f} MiB; "
-          f"threads {thread_info().get('numba', '?')} (numba); backend {name}; {args.rounds} interleaved rounds")
+          f"threads {thread_info().get('numba', '?')} (numba); backend {name}; {args.rounds} interleaved rounds, "
+          f"before each timed call: {args.before}")
     print(f"matmul 2048 float32: median {med['matmul 2048'] * 1e3:.1f} ms = {matmul_rate / 1e9:.0f} GFLOP/s "
           f"(best {cases['matmul 2048'][1] / min(times['matmul 2048']) / 1e9:.0f})")
     print(f"copyto 256 MB, 1 thread: best {copy_best * 1e3:.1f} ms = {copy_bw / 1e9:.1f} GB/s (read + written)")

@@ -31,8 +31,9 @@ def _keyer(a):
 
 def key(name: str, arrays: tuple, backend, grad: str, params: dict):
     """The key of a call without ``out=``, or None where it has no fast path
-    (a library that gives no key, e.g. inside a trace).  Unhashable
-    parameters make a key that `lookup` and `remember` pass over."""
+    (a library that gives no key, e.g. inside a trace).  Parameters keep
+    their types; unhashable ones make a key that `lookup` and `remember`
+    pass over."""
     parts = [name, backend, grad]
     for a in arrays:
         if a is None:
@@ -44,8 +45,24 @@ def key(name: str, arrays: tuple, backend, grad: str, params: dict):
             return None
         parts.append(got)
     if params:
-        parts.append(tuple(params.items()))
+        parts.append(tuple((k, _typed(v)) for k, v in params.items()))
     return tuple(parts)
+
+
+def _typed(v):
+    """``v`` for a key, its type kept where equality would lose it (2.0 == 2,
+    True == 1: a float or bool stride must fail its check, not find an int's)."""
+    t = type(v)
+    if t is int or t is str:
+        return v
+    if t is tuple:
+        for e in v:
+            if type(e) is not int:
+                return t, tuple(_typed(e) for e in v)
+        return v                # ints only (the common case, kept as it is)
+    if t is list:
+        return t, tuple(_typed(e) for e in v)
+    return t, v
 
 
 def lookup(k):

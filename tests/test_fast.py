@@ -1,8 +1,8 @@
 """The fast path of repeated calls (`einlocal.fast`): on every backend a
 repeat gives what a first call gives and skips the checks its key proves;
 it re-checks the memory budget and ``auto``'s choice, records gradients
-when an input starts asking for them, and a bad call is still refused
-with its named error."""
+when an input starts asking for them, and a bad call (a parameter equal
+to a good one, 2.0 for 2, included) is still refused with its named error."""
 import numpy as np
 import pytest
 
@@ -116,9 +116,25 @@ def test_a_bad_call_after_good_ones_gets_its_named_error():
         el.depthwise_conv2d(x, w.astype(np.float64), padding=1, backend="einsum:numpy")
 
 
-def test_unhashable_parameters_run_without_a_fast_path():
+@pytest.mark.parametrize("bad", [2.0, True, np.float32(2), (2.0, 2), [2, 2.0]])
+def test_a_parameter_equal_to_a_good_one_is_still_checked(bad):
+    """2.0 == 2 and True == 1 in Python: the key keeps the types, so the
+    repeat is refused as a first call would be."""
+    x, w = rng.standard_normal((1, 2, 6, 6)).astype(np.float32), rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
+    good = 1 if bad is True else 2
+    for _ in range(2):
+        el.depthwise_conv2d(x, w, stride=good, backend="einsum:numpy")
+        el.depthwise_conv2d(x, w, stride=(good, good), backend="einsum:numpy")
+    with pytest.raises(el.ShapeError, match="stride"):
+        el.depthwise_conv2d(x, w, stride=bad, backend="einsum:numpy")
+
+
+def test_list_parameters_repeat_and_unhashable_ones_are_refused_every_time():
     x, w = rng.standard_normal((1, 2, 5, 5)).astype(np.float32), rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
     want = _reference(el.depthwise_conv2d, {"x": x, "weight": w}, {"padding": 1})
-    for _ in range(2):
-        got = el.depthwise_conv2d(x, w, padding=[1, 1], backend="einsum:numpy")
+    for padding in ([1, 1], [[1, 1], [1, 1]], [1, 1]):
+        got = el.depthwise_conv2d(x, w, padding=padding, backend="einsum:numpy")
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for _ in range(2):
+        with pytest.raises(el.ShapeError, match="padding"):
+            el.depthwise_conv2d(x, w, padding=np.array([1, 1]), backend="einsum:numpy")

@@ -132,6 +132,13 @@ class Backend:
             grads[name] = self.execute(plan, ops, outs.get(name))
         return grads
 
+    def vjp_and_bias(self, call, dy, operands: dict, wrt, outs: dict, bias_shape) -> tuple | None:
+        """(`vjp`'s gradients, ``dy`` summed to ``bias_shape``: the bias's
+        gradient) with fewer passes over ``dy`` than running them apart, or
+        None where this backend has no such way (``dy`` is then summed on
+        its own)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<backend {self.name}>"
 

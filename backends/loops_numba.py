@@ -124,15 +124,17 @@ class NumbaLoops(Backend):
         """The generated source for ``plan``, printable."""
         return self.kernel(plan, out_strides, dtype).source
 
-    def _compiled(self, plan, dtype, strides: dict, out_strides, init_strides=None):
+    def _compiled(self, plan, dtype, strides: dict, out_strides, init_strides=None, sum_of=None):
         """(Kernel, dispatcher) for ``plan`` on arrays with these element
-        strides; ``init_strides``: the sums start from one more array's values."""
-        key = (plan, dtype, tuple(sorted(strides.items())), tuple(out_strides), init_strides, self.tiled)
+        strides; ``init_strides``: the sums start from one more array's values;
+        ``sum_of``: (operand, strides) also summed into one more array
+        (`numba_tiles.sum_slots`)."""
+        key = (plan, dtype, tuple(sorted(strides.items())), tuple(out_strides), init_strides, sum_of, self.tiled)
         hit = self._kernels.get(key)
         if hit is None:
             t = numba_tiles.tiling(plan, dtype, strides, out_strides) if self.tiled else None
             if t is not None:
-                k = numba_tiles.generate(plan, t, strides, out_strides, dtype, init_strides)
+                k = numba_tiles.generate(plan, t, strides, out_strides, dtype, init_strides, sum_of)
             else:
                 c_order = tuple(out_strides) == _c_strides(plan.out_shape)
                 k = generate(plan, None if c_order else out_strides, init=init_strides is not None)
@@ -156,7 +158,42 @@ class NumbaLoops(Backend):
         pass over the output, not two)."""
         return self._run(call.plan, operands, out, bias)
 
-    def _run(self, plan, operands: dict, out, init):
+    def vjp_and_bias(self, call, dy, operands: dict, wrt, outs: dict, bias_shape):
+        """The gradient whose kernel loads all of ``dy`` (a locally connected
+        layer's weight gradient, summed over the batch) also sums it into
+        the bias's gradient: ``dy`` is read once for both, not twice."""
+        import numpy as np
+        if not self.tiled or type(dy).__module__.startswith(("jax", "jaxlib")):
+            return None
+        dy_np = _numpy(dy, "dy")
+        if dy_np.dtype.name not in _DTYPES:
+            return None
+        db = np.empty(bias_shape, dy_np.dtype)
+        for name in wrt:
+            plan = lowered(call.plan.backward[name])
+            first = plan.stmt.operands[0].name
+            ops = {first: dy, **{a.name: operands[a.name] for a in plan.stmt.operands[1:]}}
+            arrays = {n: _numpy(a, n) for n, a in ops.items()}
+            if any(a.shape != plan.shape[n] for n, a in arrays.items()):
+                continue
+            out = outs.get(name)
+            out_strides = _strides(_numpy(out, "out")) if out is not None else _c_strides(plan.out_shape)
+            t = numba_tiles.tiling(plan, dy_np.dtype.name, {n: _strides(a) for n, a in arrays.items()}, out_strides)
+            sums = (first, np.broadcast_to(db, plan.shape[first]))
+            if t is None or numba_tiles.sum_slots(plan, t, first, _strides(sums[1])) is None:
+                continue
+            grads = {name: self._run(plan, ops, outs.get(name), None, sums)}
+            for other in wrt:
+                if other != name:
+                    grads.update(self.vjp(call, dy, operands, (other,), outs))
+            torch_in = type(dy).__module__.startswith("torch")
+            if torch_in:
+                import torch
+                db = torch.from_numpy(db)
+            return grads, db
+        return None
+
+    def _run(self, plan, operands: dict, out, init, sums=None):
         first = next(iter(operands.values()))
         if type(first).__module__.startswith(("jax", "jaxlib")):
             from . import numba_jax
@@ -186,8 +223,10 @@ class NumbaLoops(Backend):
             init = np.broadcast_to(np.ascontiguousarray(_numpy(init, "bias")), plan.out_shape)
         strides = {n: _strides(a) for n, a in arrays.items()}
         k, fn = self._compiled(plan, dtype.name, strides, _strides(out_np),
-                               None if init is None else _strides(init))
-        args = (out_np, *(arrays[a.name] for a in plan.stmt.operands)) + (() if init is None else (init,))
+                               None if init is None else _strides(init),
+                               None if sums is None else (sums[0], _strides(sums[1])))
+        args = (out_np, *(arrays[a.name] for a in plan.stmt.operands)) + (() if init is None else (init,)) + \
+            (() if sums is None else (sums[1],))
         self._ensure_compiled(plan, k, fn, args)
         try:
             fn(*args)

@@ -39,248 +39,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 
+from . import numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
-from .numba_simd import LANES, REGISTERS
+
+SUM = "sum_"    # the optional last argument of a kernel that also sums an operand (`sum_slots`)
+from .numba_tiling import Tiling, flat_offsets as _flat, tiling
 
 __all__ = ["Tiling", "tiling", "generate"]
-
-# accumulators in a tile, leaving registers for loads.  With AVX-512's 32
-# registers, 24 measured slower than 12 on a depthwise layer and a shared-weight
-# conv (W3b forward 23.5 -> 27 ms, W5 5.1 -> 5.6 ms), whose weight is a
-# broadcast scalar: the loads, not the registers, bound these tiles.  Where
-# every operand is a vector load (a locally connected layer: weight and input
-# both along the row), MAX_ACC_WIDE: a 6x4 block loads 10 vectors per 24
-# multiply-adds, not 7 per 12 (W2 forward 8.6 -> 7.0 ms, backward 20 -> 18.4 ms
-# of one core's time, medians).
-MAX_ACC = 12
-MAX_ACC_WIDE = 24
-MAX_TAPS = 16         # summed iterations unrolled into one loop body
-# Below this many flops per byte of the op's minimum traffic each element is
-# used about once and the op is memory-bound.  Tiles then only stream: each
-# operand read once per tile, in memory order, the fewest streams open (a 1x1
-# locally connected layer: every input channel and both weights' rows in one
-# pass over the output).  Where the sum does not unroll, a tile's reduction
-# would keep a stream open per summed element (a weight gradient summed over
-# a batch of planes 1 MB apart): its long sums are looped outside the vector
-# instead, and a tile's output rows accumulate across them in a contiguous
-# scratch of at most SCRATCH_BYTES (``Tiling.sums_outside``; accumulating in
-# the output itself, rows a plane apart that share L1 sets, was 1.8x slower
-# for W1's weight gradient), with at least MIN_TILES tiles to share out.
-MIN_INTENSITY = 1.0
-SCRATCH_BYTES = 32 * 1024
-MIN_TILES = 8
-# A streaming tile runs over an index every operand reads, the others inside it,
-# so an operand that lacks one (a 1x1 layer's weight, read again for every image)
-# is read from memory once and reused from cache: W1's forward took 6.1 ms, not
-# 7.7, of one core's time (medians; 2-core AVX-512 Xeon, shared host).  Its
-# output, written once, is stored non-temporally where larger than
-# NONTEMPORAL_BYTES: no read-for-ownership of each line before it is written
-# (W1's forward then 4.1 ms; a smaller output stays in cache for its reader).
-STREAM_SHARED_FIRST = True
-NONTEMPORAL = True
-NONTEMPORAL_BYTES = 4 * 2 ** 20
-# ... and a tile takes STREAM_ROWS consecutive rows of that index (at least
-# MIN_TILES tiles), run inside the other indices, so each image's rows are read
-# in one run of 8 KB, not 1 KB (W1's forward 4.6 -> 3.4 ms, its input
-# gradient 6.9 -> 4.3 ms of one core's time).
-STREAM_ROWS = 8
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """The decisions of one tiled kernel."""
-
-    form: str                               # "map" | "reduce"
-    vector: str                             # the vectorised index
-    lanes: int
-    blocks: tuple[tuple[str, int], ...]     # output index -> block size (unrolled)
-    taps: tuple[str, ...]                   # summed indices unrolled into the body
-    loops: tuple[str, ...]                  # summed indices looped (the vector last, in the reduce form)
-    outer: tuple[str, ...]                  # output indices outside the tile, the parallel one first
-    parallel: str | None
-    streaming: bool = False                 # memory-bound: blocks and order for the fewest streams
-    sums_outside: tuple[str, ...] = ()      # summed indices looped outside the vector (streaming, a long
-                                            # sum): a tile's outputs accumulate in a scratch across them
-    chunk: int = 1                          # with sums outside: values of the parallel index per tile
-
-
-def _vectorisable(v: str, acc, strides) -> bool:
-    """``acc`` reads along ``v`` contiguously (or does not depend on it)."""
-    if v not in acc.names:
-        return True
-    k = acc.axis_of(v)
-    return acc.axes[k].coef(v) == 1 and strides[k] == 1
-
-
-def _lanes(dtype: str, r: int) -> int:
-    top = LANES[dtype]
-    return top if r >= top else 1 << (r.bit_length() - 1)
-
-
-def _choose_blocks(cands, ops, live, flat, v) -> tuple[tuple[str, int], ...]:
-    """Up to two output indices and their block sizes: the most multiply-adds
-    per vector load, with at most MAX_ACC accumulators (MAX_ACC_WIDE where
-    every operand loads vectors along ``v``), registers for the
-    loads one side keeps resident, and little work lost to a last block that
-    overlaps; among blocks within 5% of the best, the one whose loads lie
-    closest together in memory (fewer streams for the prefetcher)."""
-    top_acc = MAX_ACC_WIDE if REGISTERS >= 32 and all(v in a.names for a in ops) else MAX_ACC
-    scored = []
-    for k in (1, 2):
-        for us in itertools.combinations(cands, k):
-            for U in itertools.product(*(range(2, min(live[u], top_acc) + 1) for u in us)):
-                acc = math.prod(U)
-                loads = [math.prod(s for u, s in zip(us, U) if u in a.names) for a in ops]
-                if acc > top_acc or acc + min(loads) + 1 > REGISTERS:
-                    continue
-                waste = math.prod(math.ceil(live[u] / s) * s / live[u] for u, s in zip(us, U))
-                spread = sum((s - 1) * abs(flat[a.name][0].get(u, 0)) for a in ops for u, s in zip(us, U))
-                scored.append((acc / sum(loads) / waste, spread, len(us), tuple(zip(us, U))))
-    if not scored:
-        return ()
-    top = max(s[0] for s in scored)
-    return min((s for s in scored if s[0] >= 0.95 * top), key=lambda s: (s[1], s[2], -s[0]))[3]
-
-
-def _flat(acc, strides, live) -> tuple[dict, int]:
-    """Per index, its coefficient in the flat element offset of ``acc``, and
-    the constant part."""
-    coef: dict[str, int] = {}
-    const = 0
-    for ax, s in zip(acc.axes, strides):
-        const += s * ax.const
-        for n, a in ax.terms:
-            if n in live:
-                coef[n] = coef.get(n, 0) + s * a
-    return coef, const
-
-
-def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
-    """The tiled form of ``plan`` for these element strides (operands by
-    name, and the output's), or None where it does not apply: an
-    affine-indexed output, other than two operands, a dtype without
-    vectors, a memory-bound op (``MIN_INTENSITY``) whose sum does not
-    unroll or whose output is not vectorised along its unit-stride axis, or
-    no index read contiguously by every operand that uses it."""
-    stmt, out = plan.stmt, plan.stmt.out
-    if not out.plain or len(stmt.operands) != 2 or dtype not in LANES:
-        return None
-    streaming = plan.flops() < MIN_INTENSITY * plan.min_elements() * (4 if dtype == "float32" else 8)
-    live = {n: r for n, r in plan.range.items() if r > 1}
-    ops = stmt.operands
-
-    def ok(v):
-        return v in live and all(_vectorisable(v, a, strides[a.name]) for a in ops) \
-            and any(v in a.names for a in ops)
-
-    vmap = next((ax.alone for ax, s in zip(out.axes, out_strides) if s == 1 and ax.alone in live), None)
-    vmap = vmap if vmap is not None and ok(vmap) else None
-    sums = [n for n in stmt.summed if ok(n)]
-    vred = max(sums, key=lambda n: live[n]) if sums else None
-    top = LANES[dtype]
-    if vmap and live[vmap] >= top:
-        form, v = "map", vmap
-    elif vred and live[vred] >= top:
-        form, v = "reduce", vred
-    elif vmap:
-        form, v = "map", vmap
-    elif vred:
-        form, v = "reduce", vred
-    else:
-        return None
-    flat = {a.name: _flat(a, strides[a.name], live) for a in ops}
-    outs = [n for n in out.names if n in live and n != v]
-    summed = [n for n in stmt.summed if n in live and n != v]
-    taps, total = [], 1
-    for n in sorted(summed, key=lambda n: live[n]):
-        if total * live[n] > MAX_TAPS:
-            break
-        taps.append(n)
-        total *= live[n]
-    outside: tuple[str, ...] = ()
-    if streaming:
-        if form != "map":
-            return None
-        outside = tuple(n for n in summed if n not in taps)
-        # accumulating across a sum outside the vector: every tile adds into
-        # outputs only it writes, each once per sum step; a last tile shifted
-        # back to overlap, or edge tiles, would add some twice or need masks
-        if outside and (live[v] % _lanes(dtype, live[v])
-                        or any(p != (0, 0) for a in ops for p in plan.windows[a.name].pads)):
-            return None
-        blocks = _stream_blocks(outs, ops, plan, live, every=bool(outside))
-    else:
-        blocks = _choose_blocks(outs, ops, live, flat, v)
-    loops = tuple(n for n in summed if n not in taps and n not in outside) + ((v,) if form == "reduce" else ())
-    if streaming:   # memory order (each operand's rows follow one another), indices all operands read first
-        outer = tuple(sorted(outs, key=lambda u: -abs(out_strides[out.axis_of(u)])))
-        if STREAM_SHARED_FIRST:
-            outer = tuple(sorted(outer, key=lambda u: -sum(u in a.names for a in ops)))
-    else:
-        outer = _loop_order(outs, ops, live, dict(blocks), v, out, out_strides)
-    tiles = {n: math.ceil(live[n] / dict(blocks).get(n, 1)) for n in outs}
-    parallel = next((n for n in outer if tiles[n] >= 4), max(outer, key=tiles.get) if outer else None)
-    if parallel is not None and tiles[parallel] < 2:
-        parallel = None
-    outer = ((parallel,) if parallel else ()) + tuple(n for n in outer if n != parallel)
-    chunk = 1
-    if outside:     # a tile: `chunk` values of the parallel index, its scratch within SCRATCH_BYTES
-        if parallel is None:
-            return None
-        row = math.prod(s for _, s in blocks) * live[v] * (4 if dtype == "float32" else 8)
-        chunk = max(1, min(SCRATCH_BYTES // row, live[parallel] // MIN_TILES))
-        while live[parallel] % chunk:
-            chunk -= 1
-    elif streaming and parallel is not None and _unblocked(parallel, blocks) and STREAM_ROWS > 1 and \
-            all(parallel in a.names for a in ops):
-        # a tile: `chunk` consecutive rows of the index every operand reads, each image's rows in one run
-        chunk = max(1, min(STREAM_ROWS, live[parallel] // MIN_TILES))
-        while live[parallel] % chunk:
-            chunk -= 1
-    return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel, streaming, outside,
-                  chunk)
-
-
-def _unblocked(n, blocks) -> bool:
-    return dict(blocks).get(n, 1) == 1
-
-
-def _stream_blocks(outs, ops, plan, live, every: bool = False) -> tuple[tuple[str, int], ...]:
-    """For a memory-bound tile: the output indices the largest operand does
-    not depend on, each unrolled whole (within MAX_ACC accumulators), so a
-    tile reads that operand once for all of them; the smaller operand's rows
-    are the extra streams (a 1x1 layer: the input once for every output
-    channel, the weights' rows beside it).  ``every``: those any operand
-    lacks (a tile with its sum outside reads each operand's rows once per
-    sum step: a 1x1 layer's weight gradient blocks both channel indices)."""
-    big = max(ops, key=lambda a: math.prod(plan.shape[a.name]))
-    lacking = [n for n in outs if any(n not in a.names for a in (ops if every else (big,)))]
-    blocks, acc = [], 1
-    for n in sorted(lacking, key=lambda n: live[n]):
-        if acc * live[n] > MAX_ACC:
-            break
-        blocks.append((n, live[n]))
-        acc *= live[n]
-    return tuple(blocks)
-
-
-def _loop_order(outs, ops, live, blocks, v, out, out_strides) -> tuple[str, ...]:
-    """The tile loops outermost first: an index that moves to new rows of
-    many operands outside one that moves few, so the rows a tile reads stay
-    in cache for the tiles that follow (a weight that does not depend on the
-    batch is read once per output row, not once per batch block).  A
-    "row" is one vector's worth of an operand along the vector index; a
-    tile reads rows(a) of operand a."""
-    def rows(a):
-        on_v = {n for ax in a.axes if v in ax.names for n in ax.names}
-        others = {n for ax in a.axes if v not in ax.names for n in ax.names}
-        return math.prod(blocks.get(n, 1) if n in out.names else live[n]
-                         for n in a.names if n in live and n != v and (n in others or n not in on_v))
-    cost = {u: sum(rows(a) for a in ops if u in a.names) for u in outs}
-    return tuple(sorted(outs, key=lambda u: (-cost[u], -abs(out_strides[out.axis_of(u)]))))
-
 
 def _linear(coef: dict, variables) -> str:
     """The variable part of an affine expression, as source ('' for none)."""
@@ -294,17 +60,40 @@ def _plus(expr: str, const: int) -> str:
     return expr if const == 0 else f"{expr} + {const}".replace("+ -", "- ")
 
 
-def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strides=None) -> Kernel:
+def sum_slots(plan, t: Tiling, operand: str, sum_strides) -> tuple | None:
+    """Where a kernel of tiling ``t`` can also sum ``operand`` into one more
+    output (a bias's gradient beside a weight's): an array indexed like the
+    operand with ``sum_strides``, 0 along exactly the indices the statement
+    sums.  Returns (the output indices the operand lacks, the sum's
+    coefficients and constant) or None: only the map form with its sums
+    outside the vector, whose tiles each own their part of that output."""
+    stmt = plan.stmt
+    live = {n: r for n, r in plan.range.items() if r > 1}
+    acc = next((a for a in stmt.operands if a.name == operand), None)
+    if acc is None or t.form != "map" or not t.sums_outside or t.parallel is None or not acc.plain:
+        return None
+    coef, const = _flat(acc, sum_strides, live)
+    kept = {n for n in acc.names if n in live and coef.get(n)}
+    summed = {n for a in stmt.operands for n in a.names if n in live} - set(stmt.out.names)
+    if {n for n in acc.names if n in live} - kept != summed or coef.get(t.vector) != 1 or t.parallel not in kept:
+        return None
+    return tuple(n for n in stmt.out.names if n in live and n not in acc.names), coef, const
+
+
+def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strides=None, sum_of=None) -> Kernel:
     """The tiled kernel's source for ``plan`` under tiling ``t``.
     ``init_strides``: the kernel takes one more array (last), indexed like
     the output with these strides (0 or 1 along the vector), that the sums
-    start from instead of zero (a bias, broadcast)."""
+    start from instead of zero (a bias, broadcast).  ``sum_of``: (operand,
+    strides) where `sum_slots` allows: the kernel takes one more array
+    (last) into which it writes that operand summed over the statement's
+    sums, from the loads it makes anyway (no second pass over it)."""
     stmt, out = plan.stmt, plan.stmt.out
     live = {n: r for n, r in plan.range.items() if r > 1}
     V, v = t.lanes, t.vector
     # memory-bound: the output, written once, with non-temporal stores (no read-for-ownership)
-    nt = t.streaming and t.form == "map" and NONTEMPORAL and \
-        math.prod(plan.out_shape) * (4 if dtype == "float32" else 8) >= NONTEMPORAL_BYTES
+    nt = t.streaming and t.form == "map" and numba_tiling.NONTEMPORAL and \
+        math.prod(plan.out_shape) * (4 if dtype == "float32" else 8) >= numba_tiling.NONTEMPORAL_BYTES
     store = "vstore_nt" if nt else "vstore"
     blocks = dict(t.blocks)
     flat = {a.name: _flat(a, strides[a.name], live) for a in stmt.operands}
@@ -314,6 +103,15 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     variables = set(t.outer) | set(t.loops) | set(t.sums_outside) | {v}
     zero = f"numba.{dtype}(0)"
     R = live[v]
+    # the summed operand's loads, one slot per distinct vector of it in a tile (with the output
+    # indices it lacks at their first value, so each is counted once)
+    sums = sum_slots(plan, t, sum_of[0], sum_of[1]) if sum_of is not None else None
+    if sum_of is not None and sums is None:
+        raise ValueError(f"this kernel of {plan} cannot also sum {sum_of[0]} (see sum_slots)")
+    S = next((a for a in stmt.operands if a.name == sum_of[0]), None) if sums else None
+    slots = {}
+    for m in members if sums else ():
+        slots.setdefault(tuple(sorted((u, m[u]) for u in m if u in S.names)), m)
     tail = t.form == "reduce" and R % V != 0
 
     # the axes a read can leave (pad=0): each with its coefficients, constant and size
@@ -366,7 +164,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             lanes_hi = named(f"{lanes_hi} if {ok} else 0")
         return f"vload_lanes({at}, {V}, {lanes_lo}, {lanes_hi})"
 
-    args = ", ".join([f"a_{a.name}" for a in (out, *stmt.operands)] + ([INIT] if init_strides is not None else []))
+    args = ", ".join([f"a_{a.name}" for a in (out, *stmt.operands)] + ([INIT] if init_strides is not None else [])
+                     + ([SUM] if sums else []))
     if init_strides is not None:
         icoef, iconst = _flat(out, init_strides, live)
         if icoef.get(v, 0) not in (0, 1) or iconst:
@@ -402,7 +201,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         p, psize = loops.pop(0)
         arrays = [(f"a_{out.name}", plan.out_shape, out_strides)] + \
             [(f"a_{a.name}", plan.shape[a.name], strides[a.name]) for a in stmt.operands] + \
-            ([(INIT, plan.out_shape, init_strides)] if init_strides is not None else [])
+            ([(INIT, plan.out_shape, init_strides)] if init_strides is not None else []) + \
+            ([(SUM, plan.shape[S.name], sum_of[1])] if sums else [])
         lines += [f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, t_{p}):"]
         for name, shape, st in arrays:      # each array from its first element to its last
             extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
@@ -414,9 +214,10 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     out_base = f"b_{out.name} = " + _plus(_linear(out_coef, set(t.outer) | ({v} if t.form == 'map' else set())),
                                           out_const)
     if t.sums_outside:
-        # scratch[r, k, v]: row r of the parallel chunk, block member k, along the vector
+        # scratch[r, k, v]: row r of the parallel chunk, block member k (then the sum's slots), along the vector
         M = len(members)
-        emit(f"acc = np.empty({t.chunk * M * R}, np.{dtype})")
+        W = M + len(slots)
+        emit(f"acc = np.empty({t.chunk * W * R}, np.{dtype})")
 
         def chunk_rows():
             nonlocal ind
@@ -426,7 +227,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"for t_{v} in range({count(v, V)}):")
             ind += 1
             emit(start(v, V))
-            emit(f"b_acc = {M * R}*r + i_{v}")
+            emit(f"b_acc = {W * R}*r + i_{v}")
     for n, size in loops:
         if n == v and t.sums_outside:
             for s_ in t.sums_outside:
@@ -452,15 +253,21 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             for k in range(len(members)):
                 emit(f"s{k} = vsplat({zero}, {V})")
 
+    if sums:        # tiles of the output indices it lacks past their first value add nothing
+        first = " and ".join(f"i_{e} == 0" for e in sums[0] if e in t.outer)
+        emit(f"w_sum = vsplat(numba.{dtype}(1) if {first} else {zero}, {V})" if first
+             else f"w_sum = vsplat(numba.{dtype}(1), {V})")
     if t.sums_outside:      # the first step starts the sums, the others go on from the scratch
         emit("if " + " and ".join(f"i_{s_} == 0" for s_ in t.sums_outside) + ":")
         ind += 1
         start_sums()
+        for j in range(len(slots)):
+            emit(f"u{j} = vsplat({zero}, {V})")
         ind -= 1
         emit("else:")
         ind += 1
-        for k in range(len(members)):
-            emit(f"s{k} = vload(acc, b_acc + {k * R}, {V})")
+        for k in range(W):
+            emit(f"{'s' if k < M else 'u'}{k if k < M else k - M} = vload(acc, b_acc + {k * R}, {V})")
         ind -= 1
     else:
         start_sums()
@@ -499,6 +306,13 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             coef, const = flat[acc.name]
             emit(f"b_{acc.name} = {_plus(_linear(coef, known), const)}")
         cur = [f"s{k}" for k in range(len(members))]
+        cur_u = [f"u{j}" for j in range(len(slots))]
+
+        def add_to_sum(m, vec):     # a vector of the summed operand, loaded: into its slot
+            if sums:
+                j = list(slots).index(key(m, S))
+                old, cur_u[j] = cur_u[j], f"u{j}_{next(count)}"
+                emit(f"{cur_u[j]} = vfma({vec}, w_sum, {old})")
         for tap in ([{}] if looped else tap_values):
             if tap:
                 emit("# " + ", ".join(f"{n}={x}" for n, x in tap.items()))
@@ -507,6 +321,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
                 if key(m, res) not in regs:
                     regs[key(m, res)] = f"r{next(count)}"
                     emit(f"{regs[key(m, res)]} = {load(res, {**m, **tap}, edge, named, known)}")
+                    if res is S:
+                        add_to_sum(m, regs[key(m, res)])
             done = set()
             for m in members:
                 if key(m, stream) in done:
@@ -514,6 +330,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
                 done.add(key(m, stream))
                 q = f"q{next(count)}"
                 emit(f"{q} = {load(stream, {**m, **tap}, edge, named, known)}")
+                if stream is S:
+                    add_to_sum(m, q)
                 for k, m2 in enumerate(members):
                     if key(m2, stream) == key(m, stream):
                         new = f"s{k}_{next(count)}"
@@ -522,6 +340,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         for k, name in enumerate(cur):
             if name != f"s{k}":
                 emit(f"s{k} = {name}")
+        for j, name in enumerate(cur_u):
+            if name != f"u{j}":
+                emit(f"u{j} = {name}")
         if looped:
             ind -= len(t.taps)
 
@@ -547,13 +368,20 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     ind -= len(t.loops)
 
     if t.sums_outside:
-        for k in range(len(members)):
-            emit(f"vstore(acc, b_acc + {k * R}, s{k})")
+        for k in range(W):
+            emit(f"vstore(acc, b_acc + {k * R}, {'s' if k < M else 'u'}{k if k < M else k - M})")
         ind -= 2 + len(t.sums_outside)      # out of the chunk's rows, its vector and the sums
         chunk_rows()                        # the finished sums, from the scratch to the output
         emit(out_base)
         for k, m in enumerate(members):
             emit(f"{store}(a_{out.name}, b_{out.name} + {value(out_coef, 0, m)}, vload(acc, b_acc + {k * R}, {V}))")
+        if sums:
+            emit(f"if {first}:" if first else "if True:")
+            ind += 1
+            emit(f"b_sum = {_plus(_linear(sums[1], set(t.outer) | {v}), sums[2])}")
+            for j, m in enumerate(slots.values()):
+                emit(f"vstore({SUM}, b_sum + {value(sums[1], 0, m)}, vload(acc, b_acc + {(M + j) * R}, {V}))")
+            ind -= 1
     else:
         emit(out_base)
     if init_strides is not None and t.form == "reduce":

@@ -142,15 +142,17 @@ def run_vjp(call: Call, backend, dy, arrays: dict, wrt, outs: dict | None = None
     outs = outs or {}
     out_s = {op: view(lib, outs[arg], call.plan.shape[op], f"out[{arg!r}]", must_view=True)
              for op, arg in want.items() if outs.get(arg) is not None}
-    grads = backend.vjp(call, dy_s, ops, tuple(want), out_s) if want else {}
+    want_bias = call.bias is not None and call.bias[0] in wrt and arrays.get(call.bias[0]) is not None
+    fused = backend.vjp_and_bias(call, dy_s, ops, tuple(want), out_s, call.bias[1]) if want and want_bias else None
+    grads = fused[0] if fused is not None else backend.vjp(call, dy_s, ops, tuple(want), out_s) if want else {}
     result = {}
     for op, arg in want.items():
         g = grads[op]
         result[arg] = outs[arg] if outs.get(arg) is not None else view(lib, g, shapes[arg], f"gradient of {arg!r}")
-    if call.bias is not None and call.bias[0] in wrt and arrays.get(call.bias[0]) is not None:
+    if want_bias:
         bshape = call.bias[1]
         axes = tuple(k for k, s in enumerate(bshape) if s == 1)
-        db = xp.reshape(xp.sum(dy_s, axes), shapes[call.bias[0]])
+        db = xp.reshape(fused[1] if fused is not None else xp.sum(dy_s, axes), shapes[call.bias[0]])
         o = outs.get(call.bias[0])
         result[call.bias[0]] = xp.assign(o, db) if o is not None else db
     return result

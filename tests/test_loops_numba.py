@@ -154,8 +154,8 @@ def test_non_temporal_stores_against_the_reference(monkeypatch, dtype):
     forward, both gradients and the bias against the reference, rows of 10
     (the last vector overlapping the one before: two stores to some
     elements)."""
-    from einlocal.backends import numba_tiles
-    monkeypatch.setattr(numba_tiles, "NONTEMPORAL_BYTES", 0)
+    from einlocal.backends import numba_tiling
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL_BYTES", 0)
     cases = [dict(x=(5, 3, 6, 10), weight=(2, 3, 1, 1, 6, 10), bias=(2, 6, 10)),
              dict(x=(20, 3, 4, 48), weight=(2, 3, 1, 1, 4, 48))]
     for kw in cases:
@@ -393,7 +393,7 @@ def test_forward_starts_from_the_bias(op, kw, form):
     _check(op, "float32", form, **kw)
     plan = _plans(op, **kw)["forward"]
     with _form(form) as b:
-        fused = [k for key, (k, _) in b._kernels.items() if key[0] == plan and key[4] is not None and key[5] == b.tiled]
+        fused = [k for key, (k, _) in b._kernels.items() if key[0] == plan and key[4] is not None and key[-1] == b.tiled]
     assert fused and all("init_" in k.source for k in fused)
 
 
@@ -417,3 +417,50 @@ def test_the_other_vector_width_matches_the_reference():
     env = {**os.environ, "EINLOCAL_VECTOR_BITS": str(other)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+# -- the bias gradient summed in the weight gradient's kernel ---------------------------------
+
+FUSED_CASES = {
+    # W1's form: every channel in one tile, the batch summed outside the vector
+    "lc2d-1x1-c3": (el.locally_connected2d, ((20, 3, 4, 48), (2, 3, 1, 1, 4, 48), (2, 4, 48))),
+    # input channels looped outside the tile: only their first adds to the bias's sum
+    "lc2d-1x1-c12": (el.locally_connected2d, ((20, 12, 4, 48), (2, 12, 1, 1, 4, 48), (2, 4, 48))),
+    # tiles over input channels (not an index of dy): the bias summed apart
+    "lc1d-1x1-c12": (el.locally_connected1d, ((20, 12, 64), (2, 12, 1, 64), (2, 64))),
+}
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_the_bias_gradient_from_the_weight_gradients_kernel(numba_backend, case, dtype, library, monkeypatch):
+    from einlocal.backends import numba_tiles
+    from einlocal.backends.namespaces import namespace
+    if library == "torch":
+        pytest.importorskip("torch")
+    op, shapes = FUSED_CASES[case]
+    rng = np.random.default_rng(5)
+    x, w, b = (rng.standard_normal(s) for s in shapes)
+    y64 = op(x, w, b, backend="einsum:numpy")
+    dy = rng.standard_normal(y64.shape)
+    want = el.vjp(op, dy, x, w, b, backend="einsum:numpy")
+    fused = []
+    original = numba_backend.vjp_and_bias
+    monkeypatch.setattr(numba_backend, "vjp_and_bias", lambda *a, **k: fused.append(original(*a, **k)) or fused[-1])
+    xp = namespace(library)
+    arrays = [xp.from_numpy(a.astype(dtype)) for a in (dy, x, w, b)]
+    outs = tuple(xp.from_numpy(np.full(a.shape, np.nan, dtype)) for a in (x, w, b))
+    for out in (None, outs):
+        got = el.vjp(op, *arrays, backend=NAME, out=out)
+        tol = 2e-4 if dtype == "float32" else 1e-10
+        for g, ref, name in zip(got, want, ("x", "weight", "bias")):
+            np.testing.assert_allclose(xp.to_numpy(g), ref, rtol=tol, atol=tol, err_msg=name)
+    call = op.bind(x, w, b)
+    plan = lowered(call.plan.backward["wt"])
+    t = numba_tiles.tiling(plan, dtype, {a.name: _c_strides(plan.shape[a.name]) for a in plan.stmt.operands},
+                           _c_strides(plan.out_shape))
+    expect = t is not None and t.sums_outside != () and t.parallel in plan.stmt.operands[0].names
+    assert len(fused) == 2 and all((f is not None) == expect for f in fused), (t, fused)
+    if case != "lc1d-1x1-c12":
+        assert expect, f"{case} was meant to take the fused form: {t}"

@@ -1,0 +1,248 @@
+"""Which tiled form a bound statement takes (`Tiling`): the vector index and
+its lanes, the output blocks held in registers, the taps unrolled, the loops,
+the parallel index, and for a memory-bound op the streaming order, rows per
+tile and sums looped outside the vector.  `numba_tiles` writes the kernel."""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from .numba_simd import LANES, REGISTERS
+
+__all__ = ["Tiling", "tiling", "flat_offsets"]
+
+# accumulators in a tile, leaving registers for loads.  With AVX-512's 32
+# registers, 24 measured slower than 12 on a depthwise layer and a shared-weight
+# conv (W3b forward 23.5 -> 27 ms, W5 5.1 -> 5.6 ms), whose weight is a
+# broadcast scalar: the loads, not the registers, bound these tiles.  Where
+# every operand is a vector load (a locally connected layer: weight and input
+# both along the row), MAX_ACC_WIDE: a 6x4 block loads 10 vectors per 24
+# multiply-adds, not 7 per 12 (W2 forward 8.6 -> 7.0 ms, backward 20 -> 18.4 ms
+# of one core's time, medians).
+MAX_ACC = 12
+MAX_ACC_WIDE = 24
+MAX_TAPS = 16         # summed iterations unrolled into one loop body
+# Below this many flops per byte of the op's minimum traffic each element is
+# used about once and the op is memory-bound.  Tiles then only stream: each
+# operand read once per tile, in memory order, the fewest streams open (a 1x1
+# locally connected layer: every input channel and both weights' rows in one
+# pass over the output).  Where the sum does not unroll, a tile's reduction
+# would keep a stream open per summed element (a weight gradient summed over
+# a batch of planes 1 MB apart): its long sums are looped outside the vector
+# instead, and a tile's output rows accumulate across them in a contiguous
+# scratch of at most SCRATCH_BYTES (``Tiling.sums_outside``; accumulating in
+# the output itself, rows a plane apart that share L1 sets, was 1.8x slower
+# for W1's weight gradient), with at least MIN_TILES tiles to share out.
+MIN_INTENSITY = 1.0
+SCRATCH_BYTES = 32 * 1024
+MIN_TILES = 8
+# A streaming tile runs over an index every operand reads, the others inside it,
+# so an operand that lacks one (a 1x1 layer's weight, read again for every image)
+# is read from memory once and reused from cache: W1's forward took 6.1 ms, not
+# 7.7, of one core's time (medians; 2-core AVX-512 Xeon, shared host).  Its
+# output, written once, is stored non-temporally where larger than
+# NONTEMPORAL_BYTES: no read-for-ownership of each line before it is written
+# (W1's forward then 4.1 ms; a smaller output stays in cache for its reader).
+STREAM_SHARED_FIRST = True
+NONTEMPORAL = True
+NONTEMPORAL_BYTES = 4 * 2 ** 20
+# ... and a tile takes STREAM_ROWS consecutive rows of that index (at least
+# MIN_TILES tiles), run inside the other indices, so each image's rows are read
+# in one run of 8 KB, not 1 KB (W1's forward 4.6 -> 3.4 ms, its input
+# gradient 6.9 -> 4.3 ms of one core's time).
+STREAM_ROWS = 8
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """The decisions of one tiled kernel."""
+
+    form: str                               # "map" | "reduce"
+    vector: str                             # the vectorised index
+    lanes: int
+    blocks: tuple[tuple[str, int], ...]     # output index -> block size (unrolled)
+    taps: tuple[str, ...]                   # summed indices unrolled into the body
+    loops: tuple[str, ...]                  # summed indices looped (the vector last, in the reduce form)
+    outer: tuple[str, ...]                  # output indices outside the tile, the parallel one first
+    parallel: str | None
+    streaming: bool = False                 # memory-bound: blocks and order for the fewest streams
+    sums_outside: tuple[str, ...] = ()      # summed indices looped outside the vector (streaming, a long
+                                            # sum): a tile's outputs accumulate in a scratch across them
+    chunk: int = 1                          # with sums outside: values of the parallel index per tile
+
+
+def _vectorisable(v: str, acc, strides) -> bool:
+    """``acc`` reads along ``v`` contiguously (or does not depend on it)."""
+    if v not in acc.names:
+        return True
+    k = acc.axis_of(v)
+    return acc.axes[k].coef(v) == 1 and strides[k] == 1
+
+
+def _lanes(dtype: str, r: int) -> int:
+    top = LANES[dtype]
+    return top if r >= top else 1 << (r.bit_length() - 1)
+
+
+def _choose_blocks(cands, ops, live, flat, v) -> tuple[tuple[str, int], ...]:
+    """Up to two output indices and their block sizes: the most multiply-adds
+    per vector load, with at most MAX_ACC accumulators (MAX_ACC_WIDE where
+    every operand loads vectors along ``v``), registers for the
+    loads one side keeps resident, and little work lost to a last block that
+    overlaps; among blocks within 5% of the best, the one whose loads lie
+    closest together in memory (fewer streams for the prefetcher)."""
+    top_acc = MAX_ACC_WIDE if REGISTERS >= 32 and all(v in a.names for a in ops) else MAX_ACC
+    scored = []
+    for k in (1, 2):
+        for us in itertools.combinations(cands, k):
+            for U in itertools.product(*(range(2, min(live[u], top_acc) + 1) for u in us)):
+                acc = math.prod(U)
+                loads = [math.prod(s for u, s in zip(us, U) if u in a.names) for a in ops]
+                if acc > top_acc or acc + min(loads) + 1 > REGISTERS:
+                    continue
+                waste = math.prod(math.ceil(live[u] / s) * s / live[u] for u, s in zip(us, U))
+                spread = sum((s - 1) * abs(flat[a.name][0].get(u, 0)) for a in ops for u, s in zip(us, U))
+                scored.append((acc / sum(loads) / waste, spread, len(us), tuple(zip(us, U))))
+    if not scored:
+        return ()
+    top = max(s[0] for s in scored)
+    return min((s for s in scored if s[0] >= 0.95 * top), key=lambda s: (s[1], s[2], -s[0]))[3]
+
+
+def flat_offsets(acc, strides, live) -> tuple[dict, int]:
+    """Per index, its coefficient in the flat element offset of ``acc``, and
+    the constant part."""
+    coef: dict[str, int] = {}
+    const = 0
+    for ax, s in zip(acc.axes, strides):
+        const += s * ax.const
+        for n, a in ax.terms:
+            if n in live:
+                coef[n] = coef.get(n, 0) + s * a
+    return coef, const
+
+
+def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
+    """The tiled form of ``plan`` for these element strides (operands by
+    name, and the output's), or None where it does not apply: an
+    affine-indexed output, other than two operands, a dtype without
+    vectors, a memory-bound op (``MIN_INTENSITY``) whose sum does not
+    unroll or whose output is not vectorised along its unit-stride axis, or
+    no index read contiguously by every operand that uses it."""
+    stmt, out = plan.stmt, plan.stmt.out
+    if not out.plain or len(stmt.operands) != 2 or dtype not in LANES:
+        return None
+    streaming = plan.flops() < MIN_INTENSITY * plan.min_elements() * (4 if dtype == "float32" else 8)
+    live = {n: r for n, r in plan.range.items() if r > 1}
+    ops = stmt.operands
+
+    def ok(v):
+        return v in live and all(_vectorisable(v, a, strides[a.name]) for a in ops) \
+            and any(v in a.names for a in ops)
+
+    vmap = next((ax.alone for ax, s in zip(out.axes, out_strides) if s == 1 and ax.alone in live), None)
+    vmap = vmap if vmap is not None and ok(vmap) else None
+    sums = [n for n in stmt.summed if ok(n)]
+    vred = max(sums, key=lambda n: live[n]) if sums else None
+    top = LANES[dtype]
+    if vmap and live[vmap] >= top:
+        form, v = "map", vmap
+    elif vred and live[vred] >= top:
+        form, v = "reduce", vred
+    elif vmap:
+        form, v = "map", vmap
+    elif vred:
+        form, v = "reduce", vred
+    else:
+        return None
+    flat = {a.name: flat_offsets(a, strides[a.name], live) for a in ops}
+    outs = [n for n in out.names if n in live and n != v]
+    summed = [n for n in stmt.summed if n in live and n != v]
+    taps, total = [], 1
+    for n in sorted(summed, key=lambda n: live[n]):
+        if total * live[n] > MAX_TAPS:
+            break
+        taps.append(n)
+        total *= live[n]
+    outside: tuple[str, ...] = ()
+    if streaming:
+        if form != "map":
+            return None
+        outside = tuple(n for n in summed if n not in taps)
+        # accumulating across a sum outside the vector: every tile adds into
+        # outputs only it writes, each once per sum step; a last tile shifted
+        # back to overlap, or edge tiles, would add some twice or need masks
+        if outside and (live[v] % _lanes(dtype, live[v])
+                        or any(p != (0, 0) for a in ops for p in plan.windows[a.name].pads)):
+            return None
+        blocks = _stream_blocks(outs, ops, plan, live, every=bool(outside))
+    else:
+        blocks = _choose_blocks(outs, ops, live, flat, v)
+    loops = tuple(n for n in summed if n not in taps and n not in outside) + ((v,) if form == "reduce" else ())
+    if streaming:   # memory order (each operand's rows follow one another), indices all operands read first
+        outer = tuple(sorted(outs, key=lambda u: -abs(out_strides[out.axis_of(u)])))
+        if STREAM_SHARED_FIRST:
+            outer = tuple(sorted(outer, key=lambda u: -sum(u in a.names for a in ops)))
+    else:
+        outer = _loop_order(outs, ops, live, dict(blocks), v, out, out_strides)
+    tiles = {n: math.ceil(live[n] / dict(blocks).get(n, 1)) for n in outs}
+    parallel = next((n for n in outer if tiles[n] >= 4), max(outer, key=tiles.get) if outer else None)
+    if parallel is not None and tiles[parallel] < 2:
+        parallel = None
+    outer = ((parallel,) if parallel else ()) + tuple(n for n in outer if n != parallel)
+    chunk = 1
+    if outside:     # a tile: `chunk` values of the parallel index, its scratch within SCRATCH_BYTES
+        if parallel is None:
+            return None
+        row = math.prod(s for _, s in blocks) * live[v] * (4 if dtype == "float32" else 8)
+        chunk = max(1, min(SCRATCH_BYTES // row, live[parallel] // MIN_TILES))
+        while live[parallel] % chunk:
+            chunk -= 1
+    elif streaming and parallel is not None and _unblocked(parallel, blocks) and STREAM_ROWS > 1 and \
+            all(parallel in a.names for a in ops):
+        # a tile: `chunk` consecutive rows of the index every operand reads, each image's rows in one run
+        chunk = max(1, min(STREAM_ROWS, live[parallel] // MIN_TILES))
+        while live[parallel] % chunk:
+            chunk -= 1
+    return Tiling(form, v, _lanes(dtype, live[v]), blocks, tuple(taps), loops, outer, parallel, streaming, outside,
+                  chunk)
+
+
+def _unblocked(n, blocks) -> bool:
+    return dict(blocks).get(n, 1) == 1
+
+
+def _stream_blocks(outs, ops, plan, live, every: bool = False) -> tuple[tuple[str, int], ...]:
+    """For a memory-bound tile: the output indices the largest operand does
+    not depend on, each unrolled whole (within MAX_ACC accumulators), so a
+    tile reads that operand once for all of them; the smaller operand's rows
+    are the extra streams (a 1x1 layer: the input once for every output
+    channel, the weights' rows beside it).  ``every``: those any operand
+    lacks (a tile with its sum outside reads each operand's rows once per
+    sum step: a 1x1 layer's weight gradient blocks both channel indices)."""
+    big = max(ops, key=lambda a: math.prod(plan.shape[a.name]))
+    lacking = [n for n in outs if any(n not in a.names for a in (ops if every else (big,)))]
+    blocks, acc = [], 1
+    for n in sorted(lacking, key=lambda n: live[n]):
+        if acc * live[n] > MAX_ACC:
+            break
+        blocks.append((n, live[n]))
+        acc *= live[n]
+    return tuple(blocks)
+
+
+def _loop_order(outs, ops, live, blocks, v, out, out_strides) -> tuple[str, ...]:
+    """The tile loops outermost first: an index that moves to new rows of
+    many operands outside one that moves few, so the rows a tile reads stay
+    in cache for the tiles that follow (a weight that does not depend on the
+    batch is read once per output row, not once per batch block).  A
+    "row" is one vector's worth of an operand along the vector index; a
+    tile reads rows(a) of operand a."""
+    def rows(a):
+        on_v = {n for ax in a.axes if v in ax.names for n in ax.names}
+        others = {n for ax in a.axes if v not in ax.names for n in ax.names}
+        return math.prod(blocks.get(n, 1) if n in out.names else live[n]
+                         for n in a.names if n in live and n != v and (n in others or n not in on_v))
+    cost = {u: sum(rows(a) for a in ops if u in a.names) for u in outs}
+    return tuple(sorted(outs, key=lambda u: (-cost[u], -abs(out_strides[out.axis_of(u)]))))

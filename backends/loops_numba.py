@@ -89,6 +89,7 @@ class NumbaLoops(Backend):
     def __init__(self, tiled: bool = True):
         self.tiled = tiled                # False: always the general nest (tests compare both)
         self._kernels: dict = {}          # (plan, dtype, strides, ..., tiled) -> (Kernel, dispatcher)
+        self._fusable: dict = {}          # a weight gradient's layout -> whether it also sums the bias's
         self.compile_seconds: dict = {}   # (plan, signature) -> seconds of compiling or loading
         self.cache_hits: dict = {}        # (plan, signature) -> loaded from the file cache
 
@@ -168,7 +169,6 @@ class NumbaLoops(Backend):
         dy_np = _numpy(dy, "dy")
         if dy_np.dtype.name not in _DTYPES:
             return None
-        db = np.empty(bias_shape, dy_np.dtype)
         for name in wrt:
             plan = lowered(call.plan.backward[name])
             first = plan.stmt.operands[0].name
@@ -177,12 +177,19 @@ class NumbaLoops(Backend):
             if any(a.shape != plan.shape[n] for n, a in arrays.items()):
                 continue
             out = outs.get(name)
-            out_strides = _strides(_numpy(out, "out")) if out is not None else _c_strides(plan.out_shape)
-            t = numba_tiles.tiling(plan, dy_np.dtype.name, {n: _strides(a) for n, a in arrays.items()}, out_strides)
-            sums = (first, np.broadcast_to(db, plan.shape[first]))
-            if t is None or numba_tiles.sum_slots(plan, t, first, _strides(sums[1])) is None:
+            out_strides = _strides(_numpy(out, "out")) if out is not None else None
+            key = (call, name, dy_np.dtype.name, tuple(_strides(a) for a in arrays.values()), out_strides)
+            fusable = self._fusable.get(key)
+            if fusable is None:     # decided once per call and layout (the tiling's search is not free)
+                sum_strides = _strides(np.broadcast_to(np.empty(bias_shape, dy_np.dtype), plan.shape[first]))
+                t = numba_tiles.tiling(plan, dy_np.dtype.name, {n: _strides(a) for n, a in arrays.items()},
+                                       out_strides or _c_strides(plan.out_shape))
+                fusable = self._fusable[key] = t is not None and \
+                    numba_tiles.sum_slots(plan, t, first, sum_strides) is not None
+            if not fusable:
                 continue
-            grads = {name: self._run(plan, ops, outs.get(name), None, sums)}
+            db = np.empty(bias_shape, dy_np.dtype)
+            grads = {name: self._run(plan, ops, out, None, (first, np.broadcast_to(db, plan.shape[first])))}
             for other in wrt:
                 if other != name:
                     grads.update(self.vjp(call, dy, operands, (other,), outs))

@@ -73,6 +73,7 @@ def stop_all() -> int:
             kill(proc)
             stopped += 1
         proc.wait()
+        _close(proc)
         _CHILDREN.discard(proc)
     return stopped
 
@@ -80,6 +81,19 @@ def stop_all() -> int:
 def allow_children() -> None:
     """A new run may start children again (after `stop_all`)."""
     _STOPPING.clear()
+
+
+def _close(proc, readers=()) -> None:
+    """After a child exited: let its readers reach the end of its output, then
+    close its pipes (else each stays open until the process exits)."""
+    for t in readers:
+        t.join(timeout=2.0)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:      # a broken stdin pipe: the child is gone either way
+                pass
 
 
 def kill(proc) -> None:
@@ -91,15 +105,21 @@ def kill(proc) -> None:
 
 
 def _pump(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line.rstrip("\n"))
+    try:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+    except (OSError, ValueError):     # closed by `_close` (something the child started held it open)
+        pass
     lines.put(None)
 
 
 def _tail(stream, keep: list) -> None:
-    for line in stream:
-        keep.append(line)
-        del keep[:-50]
+    try:
+        for line in stream:
+            keep.append(line)
+            del keep[:-50]
+    except (OSError, ValueError):
+        pass
 
 
 def run_group(jobs: list[Job], threads: int | None, progress, states: list[JobState] | None = None, kinds=None,
@@ -126,8 +146,10 @@ def run_group(jobs: list[Job], threads: int | None, progress, states: list[JobSt
             live[:] = [proc]
             lines: queue.Queue = queue.Queue()
             err_tail: list[str] = []
-            threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-            threading.Thread(target=_tail, args=(proc.stderr, err_tail), daemon=True).start()
+            readers = [threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True),
+                       threading.Thread(target=_tail, args=(proc.stderr, err_tail), daemon=True)]
+            for t in readers:
+                t.start()
 
             def give(i: int | None, proc=proc) -> None:
                 try:
@@ -186,6 +208,7 @@ def run_group(jobs: list[Job], threads: int | None, progress, states: list[JobSt
             if outcome == "timeout":
                 kill(proc)
             rc = proc.wait()
+            _close(proc, readers)
             if job is None:           # told there were no more: whatever ended it, nothing is left undone
                 break
             # killed or crashed during `job`: record what it was running, and go on with it in a new process
@@ -214,8 +237,10 @@ def run_group(jobs: list[Job], threads: int | None, progress, states: list[JobSt
             if proc is not None and proc.poll() is None:
                 kill(proc)
                 proc.wait()
+                _close(proc)
         raise
     if first_proc is not None:    # nothing to run: the child started for it is not needed
         kill(first_proc)
         first_proc.wait()
+        _close(first_proc)
     return records

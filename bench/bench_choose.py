@@ -13,9 +13,12 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 
-os.environ.setdefault("EINLOCAL_CACHE_DIR", tempfile.mkdtemp(prefix="einlocal-choose-"))
+# an empty choice cache of its own, inside the user's cache folder (generated kernels live nowhere else)
+from einlocal.cachedir import fresh  # noqa: E402
+
+if "EINLOCAL_CACHE_DIR" not in os.environ:
+    os.environ["EINLOCAL_CACHE_DIR"] = str(fresh("choose-"))
 
 import numpy as np  # noqa: E402
 

@@ -24,10 +24,13 @@ conditions with the numbers.
 import argparse
 import os
 import sys
-import tempfile
 import time
 
-os.environ.setdefault("EINLOCAL_CACHE_DIR", tempfile.mkdtemp(prefix="einlocal-stability-"))
+# an empty choice cache of its own, inside the user's cache folder (generated kernels live nowhere else)
+from einlocal.cachedir import fresh  # noqa: E402
+
+if "EINLOCAL_CACHE_DIR" not in os.environ:
+    os.environ["EINLOCAL_CACHE_DIR"] = str(fresh("stability-"))
 
 import numpy as np  # noqa: E402
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 import numpy as np
 
-os.environ.setdefault("EINLOCAL_CACHE_DIR", tempfile.mkdtemp(prefix="einlocal-overhead-"))
+# an empty choice cache of its own, inside the user's cache folder (generated kernels live nowhere else)
+from einlocal.cachedir import fresh  # noqa: E402
+
+if "EINLOCAL_CACHE_DIR" not in os.environ:
+    os.environ["EINLOCAL_CACHE_DIR"] = str(fresh("overhead-"))
 
 
 def _args():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -12,7 +14,8 @@ from pathlib import Path
 
 from .errors import CacheDirError
 
-__all__ = ["default_root", "root", "folder", "check", "write_atomic", "write_code", "load_module", "import_file"]
+__all__ = ["default_root", "root", "folder", "fresh", "check", "write_atomic", "write_code", "load_module",
+           "import_file"]
 
 # POSIX owners and modes; elsewhere (Windows) the checks are skipped, never the folder's place
 _POSIX = hasattr(os, "getuid")
@@ -45,6 +48,16 @@ def root() -> Path:
         with contextlib.suppress(FileExistsError):   # another process made it first: checked below
             path.mkdir(mode=0o700)
     _check_one(path, "the cache folder")
+    return path
+
+
+def fresh(prefix: str) -> Path:
+    """A new empty folder (mode 0700) under ``root()``, removed when the
+    process exits: a cache of its own for one run (a benchmark that
+    measures into an empty choice cache), still inside the user's checked
+    cache folder."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root()))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 

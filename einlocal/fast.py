@@ -9,6 +9,7 @@ from __future__ import annotations
 from .backends.namespaces import library_of, namespace
 from .auto import measured_choice, state
 from .budget import memory_budget
+from .call import runner
 
 __all__ = ["key", "lookup", "remember", "clear"]
 
@@ -85,7 +86,6 @@ def lookup(k):
 
 def remember(k, prepared) -> None:
     """Keep ``prepared`` (`einlocal.call.Prepared`, no ``out=``) for repeats of key ``k``."""
-    from .call import runner
     try:
         hash(k)
     except TypeError:

@@ -44,6 +44,18 @@ def test_the_cache_folder_is_made_private(own_cache):
     assert _mode(own_cache / "numba") == 0o700
 
 
+@posix
+def test_a_fresh_folder_is_private_inside_the_cache_folder_and_gone_at_exit(own_cache):
+    code = "from einlocal.cachedir import fresh; import os, stat; p = fresh('run-'); " \
+           "print(p, oct(stat.S_IMODE(os.stat(p).st_mode)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "EINLOCAL_CACHE_DIR": str(own_cache)}).stdout.split()
+    made = os.path.realpath(out[0])
+    assert os.path.dirname(made) == os.path.realpath(own_cache) and os.path.basename(made).startswith("run-")
+    assert out[1] == "0o700"
+    assert not os.path.exists(made)
+
+
 @pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="the XDG layout")
 def test_default_is_the_per_user_cache_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("EINLOCAL_CACHE_DIR", raising=False)

@@ -27,7 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 __all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vstore", "vstore_nt", "sfence", "sload", "sstore", "vfma",
-           "vsum", "LANES", "REGISTERS", "VECTOR_BITS"]
+           "vsum", "prefetch", "LANES", "REGISTERS", "VECTOR_BITS"]
 
 
 def _vector_bits() -> int:
@@ -206,6 +206,24 @@ def sfence(typingctx):
             builder.call(fn, [])
         return context.get_dummy_value()
     return types.none(), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, off):
+    """Ask for the cache line holding element ``off`` to be brought into
+    the caches for a read (``llvm.prefetch``, all levels).  A hint: it never
+    faults, so ``off`` may lie past the array's end (the last steps of a
+    loop that prefetches ahead)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [p.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
+        builder.call(fn, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, off), codegen
 
 
 @intrinsic

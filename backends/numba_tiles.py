@@ -113,6 +113,28 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     for m in members if sums else ():
         slots.setdefault(tuple(sorted((u, m[u]) for u in m if u in S.names)), m)
     tail = t.form == "reduce" and R % V != 0
+    itemsize = 4 if dtype == "float32" else 8
+
+    def key(m, acc):
+        return tuple(sorted((u, m[u]) for u in m if u in acc.names))
+
+    def namer(prefix):
+        """``named(expr)``: a name for ``expr``, emitted once."""
+        names: dict[str, str] = {}
+
+        def named(expr):
+            if expr not in names:
+                names[expr] = f"{prefix}{len(names)}"
+                emit(f"{names[expr]} = {expr}")
+            return names[expr]
+        return named
+
+    # the packed operand's panel: per step of the summed loops, per tap, per distinct vector of a tile
+    P = next((a for a in stmt.operands if a.name == t.pack), None)
+    pkeys = list(dict.fromkeys(key(m, P) for m in members)) if P else []
+    pk_coef, panel_size = {}, len(tap_values) * len(pkeys) * V
+    for n in reversed(t.loops if P else ()):
+        pk_coef[n], panel_size = panel_size, panel_size * live[n]
 
     # the axes a read can leave (pad=0): each with its coefficients, constant and size
     def axis(ax):
@@ -123,30 +145,36 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     def value(coef, const, point):
         return const + sum(coef.get(n, 0) * x for n, x in point.items())
 
-    def interior() -> str:
-        """Every read of this tile in bounds (then plain loads)."""
-        conds = []
+    def interior() -> tuple[str, str]:
+        """The tests that every read of this tile is in bounds (then plain
+        loads), and that every read is in bounds along the axes other than
+        the vector's (then only the lanes past an edge are masked)."""
+        conds, rows = [], []
         for a in stmt.operands:
-            for _, coef, const, size in bounded[a.name]:
+            for _, coef, const, size in (bounded[a.name] if a.name != t.pack else ()):
                 vals = [value(coef, const, {**m, **tp}) for m in members for tp in tap_values]
                 lo, hi = min(vals), max(vals) + (V - 1 if v in coef else 0)
                 lin = _linear(coef, variables) or "0"
-                conds.append(f"{lin} >= {-lo}")
-                conds.append(f"{lin} <= {size - 1 - hi}")
+                test = [f"{lin} >= {-lo}", f"{lin} <= {size - 1 - hi}"]
+                conds += test
+                rows += test if v not in coef else []
         if tail:
             conds.append(f"i_{v} <= {R - V}")
-        return " and ".join(conds)
+        return " and ".join(conds), " and ".join(rows)
 
     def load(acc, point, edge, named, known):
         """Source of one vector (or broadcast scalar) of ``acc`` at ``point``
-        (block member and tap values); at an edge, only the lanes inside
-        the array are loaded (``named`` names each bound once)."""
+        (block member and tap values); at an edge (``edge`` true), only the
+        lanes inside the array are loaded, and with ``edge == "lanes"`` only
+        the vector's axis is tested (``named`` names each bound once)."""
         coef, const = flat[acc.name]
         off = value(coef, const, point) - const
         at = f"a_{acc.name}, b_{acc.name} + {off}".replace("+ -", "- ")
         oks = []
         lanes_lo, lanes_hi = "0", str(V)
-        for k, acoef, aconst, size in (bounded[acc.name] if edge else ()):
+        tests = [b for b in bounded[acc.name] if edge is True or (edge and v in b[1])]
+        edge = edge and (bool(tests) or tail)
+        for k, acoef, aconst, size in tests:
             c = named(_plus(_linear(acoef, known), value(acoef, aconst, point)))
             if v in acoef:
                 lanes_lo, lanes_hi = named(f"max(0, -{c})"), named(f"min({V}, {size} - {c})")
@@ -170,10 +198,10 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         icoef, iconst = _flat(out, init_strides, live)
         if icoef.get(v, 0) not in (0, 1) or iconst:
             raise ValueError(f"init strides {tuple(init_strides)} step {icoef.get(v)} along the vector index {v}")
-    lines = ["import numba", *(["import numpy as np"] if t.sums_outside else []),
+    lines = ["import numba", *(["import numpy as np"] if t.sums_outside or t.pack else []),
              *(["from einlocal.backends.numba_drive import Tiled"] if t.parallel is not None else []),
              "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vstore, sload, sstore, vfma, vsum"
-             + (", vstore_nt, sfence" if nt else ""),
+             + (", vstore_nt, sfence" if nt else "") + (", prefetch" if t.ahead else ""),
              "", ""]
     ind = 1
 
@@ -194,7 +222,10 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     # and called by numba_drive's shared parallel loop (numba's parallel
     # passes are slow on a large loop body, and a prange loop calling the
     # tiles would compile them a second time).
-    loops = [(n, V if n == v else blocks.get(n, 1)) for n in (*t.outer, *((v,) if t.form == "map" else ()))]
+    order = list(t.outer)
+    if t.form == "map":
+        order.insert(len(order) if t.vector_at is None else t.vector_at, v)
+    loops = [(n, V if n == v else blocks.get(n, 1)) for n in order]
     if t.parallel is not None:
         # the tiles of the parallel index: a C callback on the arrays' first
         # elements, run by ``numba_drive.Tiled`` (compiled once, not twice)
@@ -208,6 +239,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
             emit(f"{name} = numba.carray(p_{name}, ({extent},), numba.{dtype})")
         emit(start(p, psize) if t.chunk == 1 and not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
+        if t.pack:      # the panel, aligned to a vector
+            emit(f"pk_ = np.empty({panel_size + V}, np.{dtype})")
+            emit(f"pk = pk_[(-(pk_.ctypes.data // {itemsize})) % {V}:][:{panel_size}]")
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
     out_coef, out_const = flat[out.name]
@@ -228,6 +262,39 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             ind += 1
             emit(start(v, V))
             emit(f"b_acc = {W * R}*r + i_{v}")
+    def pack_panel():
+        """This tile's slice of the packed operand, copied into the panel in
+        the order the body reads it (reads outside the operand: zeros)."""
+        nonlocal ind
+        emit(f"# {P.name}'s slice for the tiles below, packed")
+        for n in t.loops:
+            emit(f"for i_{n} in range({live[n]}):")
+            ind += 1
+        known = set(order[:order.index(v) + 1]) | set(t.loops)
+        coef, const = flat[P.name]
+        emit(f"b_{P.name} = {_plus(_linear(coef, known), const)}")
+        emit(f"b_pk = {_plus(_linear(pk_coef, known), 0)}")
+        named = namer("p")
+        firsts = {key(m, P): m for m in reversed(members)}
+        for k, tap in enumerate(tap_values):
+            for j, kk in enumerate(pkeys):
+                src = load(P, {**firsts[kk], **tap}, bool(bounded[P.name]), named, known)
+                emit(f"vstore(pk, b_pk + {(k * len(pkeys) + j) * V}, {src})")
+        ind -= len(t.loops)
+
+    def prefetch_ahead():
+        """The other operand's lines ``t.ahead`` steps of the last summed loop ahead."""
+        Q = next(a for a in stmt.operands if a is not P)
+        coef = flat[Q.name][0]
+        ends = (0, V - 1) if v in Q.names else (0,)
+        points = sorted({value(coef, 0, {**m, **tap}) + d for m in members for tap in tap_values for d in ends})
+        kept: list[int] = []
+        for x in points:    # one per cache line, roughly (the base's alignment is unknown)
+            if not kept or x - kept[-1] >= 64 // itemsize:
+                kept.append(x)
+        for x in kept:
+            emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * coef[t.loops[-1]]})")
+
     for n, size in loops:
         if n == v and t.sums_outside:
             for s_ in t.sums_outside:
@@ -242,6 +309,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(f"for t_{n} in range({count(n, size)}):")
         ind += 1
         emit(start(n, size))
+        if n == v and t.pack:
+            pack_panel()
 
     def start_sums():
         if init_strides is not None and t.form == "map":
@@ -274,9 +343,6 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
 
     # the operand with fewer loads per tap keeps them in registers; the other streams
     A, B = stmt.operands
-
-    def key(m, acc):
-        return tuple(sorted((u, m[u]) for u in m if u in acc.names))
     n_loads = {a.name: len({key(m, a) for m in members}) for a in (A, B)}
     res, stream = (A, B) if n_loads[A.name] <= n_loads[B.name] else (B, A)
 
@@ -287,16 +353,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         is slow on names assigned many times); the accumulators are renamed
         back at the end."""
         nonlocal ind
-        names: dict[str, str] = {}
         count = itertools.count()
-
-        def named(expr):
-            if expr not in names:
-                names[expr] = f"e{next(count)}"
-                emit(f"{names[expr]} = {expr}")
-            return names[expr]
-
-        looped = edge and bool(t.taps)
+        named = namer("e")
+        looped = edge is True and bool(t.taps)
         if looped:
             for n in t.taps:
                 emit(f"for i_{n} in range({live[n]}):")
@@ -304,7 +363,20 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         known = variables | set(t.taps) if looped else variables
         for acc in (res, stream):
             coef, const = flat[acc.name]
-            emit(f"b_{acc.name} = {_plus(_linear(coef, known), const)}")
+            emit(f"b_pk = {_plus(_linear(pk_coef, known), 0)}" if acc is P
+                 else f"b_{acc.name} = {_plus(_linear(coef, known), const)}")
+        if t.ahead and edge is not True:
+            prefetch_ahead()
+
+        def read(acc, m, tap):
+            if acc is not P:
+                return load(acc, {**m, **tap}, edge, named, known)
+            at = pkeys.index(key(m, P)) * V
+            if looped:      # the tap's place from the loop variables
+                radix = [math.prod(live[u] for u in t.taps[k + 1:]) for k in range(len(t.taps))]
+                place = _linear(dict(zip(t.taps, radix)), t.taps)
+                return f"vload(pk, b_pk + ({place}) * {len(pkeys) * V} + {at}, {V})"
+            return f"vload(pk, b_pk + {tap_values.index(tap) * len(pkeys) * V + at}, {V})"
         cur = [f"s{k}" for k in range(len(members))]
         cur_u = [f"u{j}" for j in range(len(slots))]
 
@@ -320,7 +392,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             for m in members:
                 if key(m, res) not in regs:
                     regs[key(m, res)] = f"r{next(count)}"
-                    emit(f"{regs[key(m, res)]} = {load(res, {**m, **tap}, edge, named, known)}")
+                    emit(f"{regs[key(m, res)]} = {read(res, m, tap)}")
                     if res is S:
                         add_to_sum(m, regs[key(m, res)])
             done = set()
@@ -329,7 +401,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
                     continue
                 done.add(key(m, stream))
                 q = f"q{next(count)}"
-                emit(f"{q} = {load(stream, {**m, **tap}, edge, named, known)}")
+                emit(f"{q} = {read(stream, m, tap)}")
                 if stream is S:
                     add_to_sum(m, q)
                 for k, m2 in enumerate(members):
@@ -347,14 +419,26 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             ind -= len(t.taps)
 
     def tile_body():
-        cond = interior()
+        """The body for tiles that read inside every operand, and for the
+        others (edge tiles).  Where an operand is read past its edge along
+        the vector (padding along a row: every tile of a row as wide as a
+        few vectors) in a tile that loops over a sum, the first body masks
+        those lanes, taps unrolled, and the looped edge body is left to
+        tiles past another axis's edge (W2's input gradient 7.9 -> 5.6 ms
+        on one core; a tile without a loop, a depthwise layer's, ran its
+        unrolled masked body 3-10% slower than the looped one)."""
+        cond, rows = interior()
         if not cond:
             body(False)
             return
         nonlocal ind
-        emit(f"if {cond}:")
+        lanes = t.form == "map" and rows != cond and bool(t.loops)
+        if lanes and not rows:
+            body("lanes")
+            return
+        emit(f"if {rows if lanes else cond}:")
         ind += 1
-        body(False)
+        body("lanes" if lanes else False)
         ind -= 1
         emit("else:")
         ind += 1
@@ -402,14 +486,21 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     if t.parallel is not None:
         tiles_count = live[p] // t.chunk if t.chunk > 1 or t.sums_outside else count(p, psize)
         lines += ["", "", f"{KERNEL_NAME} = Tiled(tiles, {tiles_count}, {dtype!r})"]
-    order = (*t.outer, *t.sums_outside, *((v,) if t.form == "map" else ()), *t.loops)
+    if t.vector_at is None:     # the vector's tile loop (map form) innermost, any sums outside it before it
+        order = [*t.outer, *t.sums_outside, *((v,) if t.form == "map" else ())]
+    order = (*order, *t.loops)
     outside = (f", {', '.join(t.sums_outside)} summed outside the vector into a scratch of {t.chunk} {t.parallel}"
                if t.sums_outside else "")
     rows = f", {t.chunk} {t.parallel} a tile" if t.chunk > 1 and not t.sums_outside else ""
     kind = f" (streaming: memory-bound{outside}{rows})" if t.streaming else ""
+    packed = ""
+    if P is not None:
+        Q = next(a.name for a in stmt.operands if a is not P)
+        packed = (f"; {P.name} packed per tile of {', '.join(order[:order.index(v) + 1])}"
+                  + (f", {Q} prefetched {t.ahead} {t.loops[-1]} ahead" if t.ahead else ""))
     header = (f"# generated by einlocal.backends.numba_tiles for\n#   {plan}\n"
               f"# {t.form} form{kind}: {V} lanes along {v}; blocks "
               f"{', '.join(f'{n}x{s}' for n, s in t.blocks) or '-'}; taps unrolled: {', '.join(t.taps) or '-'}; "
-              f"prange over: {t.parallel or '-'}\n")
+              f"prange over: {t.parallel or '-'}{packed}\n")
     return Kernel(header + "\n".join(lines) + "\n", tuple(a.name for a in stmt.operands), order, t.parallel, v,
                   False)

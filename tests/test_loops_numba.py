@@ -167,6 +167,54 @@ def test_non_temporal_stores_against_the_reference(monkeypatch, dtype):
             assert runs and all("vstore_nt(a_" in src and "sfence()" in src for src in runs), plan
 
 
+# A slice shared by a tile's inner loops, packed into a panel (numba_tiling.PACK): the
+# passes expected packed for each case; padding makes dx's packed weight read outside it.
+PACKED = {
+    "lc2d-pad1-bias": (el.locally_connected2d, dict(x=(26, 3, 10, 18), weight=(4, 3, 3, 3, 10, 18), padding=1,
+                                                    bias=(4, 10, 18)), ("forward", "dx", "dwt")),
+    "lc2d-dilation-pad-h": (el.locally_connected2d, dict(x=(26, 2, 12, 20), weight=(5, 2, 3, 2, 12, 18),
+                                                         padding=(1, 0), dilation=(1, 2)), ("forward", "dwt")),
+    # only the packed operand is read outside its bounds: its zeros come from the panel alone
+    "user-op-padded-weight": (el.Op("y[n,o,h,w] += x[n,c,h,w] * k[o,c,h+i-1,w]", pad=0),
+                              dict(x=(26, 8, 6, 20), k=(8, 8, 6, 20)), ("forward", "dx")),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(PACKED), ids=str)
+def test_packed_panels_against_the_reference(numba_backend, case, dtype, monkeypatch):
+    """Where a tile's operand slice is shared by the tiles inside it (a
+    weight by every batch block), it is copied once into a panel the tiles
+    read, reads outside the operand as zeros, and the other operand is
+    prefetched ahead: forward and both gradients against the reference
+    (shapes too small for the thresholds, lowered here)."""
+    from einlocal.backends import numba_tiling
+    monkeypatch.setattr(numba_tiling, "PACK_MIN_REUSE", 4)
+    monkeypatch.setattr(numba_tiling, "PACK_MIN_BYTES", 0)
+    op, kw, packed = PACKED[case]
+    if isinstance(op, el.Op):
+        plan = op.bind_arrays({k: np.zeros(v) for k, v in kw.items()}, {}).plan
+        plans = {"forward": plan, **{f"d{k}": p for k, p in plan.backward.items()}}
+    else:
+        plans = _plans(op, **kw)
+    heads = {k: _header(numba_backend.kernel(p, dtype=dtype)) for k, p in plans.items()}
+    for name in packed:
+        assert "packed per tile of" in heads[name], (name, heads[name])
+    assert not case.startswith("lc2d") or any("prefetched" in h for h in heads.values()), heads
+    _check(op, dtype, "tiled", **kw)
+
+
+def test_report_layer_packs_where_it_pays(numba_backend):
+    """W2's kernels pack the slice that every batch (or channel) block shares
+    (weights 36 KB, dy 51 KB); at batch 12 it is shared by too few tiles, or
+    small enough to stay in L1, and nothing is packed."""
+    for batch, packs in ((100, True), (12, False)):
+        plans = _plans(el.locally_connected2d, x=(batch, 16, 28, 28), weight=(16, 16, 3, 3, 26, 26))
+        for name, plan in plans.items():
+            head = _header(numba_backend.kernel(plan, dtype="float32"))
+            assert ("packed per tile of" in head) == packs, (batch, name, head)
+
+
 def test_stride_two_scatter_stays_a_general_nest(numba_backend):
     plan = _plans(el.depthwise_conv2d, x=(2, 3, 9, 9), weight=(3, 1, 3, 3), stride=2)["dx"]
     assert plan.gather is None

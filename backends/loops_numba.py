@@ -91,6 +91,7 @@ class NumbaLoops(Backend):
         self._kernels: dict = {}          # (plan, dtype, strides, ..., tiled) -> (Kernel, dispatcher)
         self._fusable: dict = {}          # a weight gradient's layout -> whether it also sums the bias's
         self.compile_seconds: dict = {}   # (plan, signature) -> seconds of compiling or loading
+        self._ready: set = set()          # (plan, the arrays' type parts) compiled for
         self.cache_hits: dict = {}        # (plan, signature) -> loaded from the file cache
 
     def cannot(self, plan, *, library: str, device: str, call=None) -> str | None:
@@ -249,11 +250,19 @@ class NumbaLoops(Backend):
 
     def _ensure_compiled(self, plan, k, fn, args):
         """Compile (or load from the file cache) for these argument types,
-        timing it apart from the run."""
+        timing it apart from the run.  A repeat is known by what numba's
+        array types are made of (dtype, dimensions, layout, writability,
+        alignment), read from the arrays' flags: ``numba.typeof`` of four
+        arrays took 24 µs a call, the flags 1.2 µs."""
+        seen = (plan, *((a.dtype.num, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous, a.flags.writeable,
+                         a.flags.aligned) for a in args))
+        if seen in self._ready:
+            return
         import numba
         sig = tuple(numba.typeof(a) for a in args)
         rec = (plan, sig)
         if rec in self.compile_seconds:
+            self._ready.add(seen)
             return
         hits_before = sum(fn.stats.cache_hits.values())
         t0 = time.perf_counter()
@@ -265,6 +274,7 @@ class NumbaLoops(Backend):
         self.compile_seconds[rec] = time.perf_counter() - t0
         loaded = sum(fn.stats.cache_hits.values()) > hits_before
         self.cache_hits[rec] = loaded
+        self._ready.add(seen)
         STATS["loaded" if loaded else "compiled"] += 1
 
 

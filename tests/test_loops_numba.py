@@ -215,6 +215,21 @@ def test_report_layer_packs_where_it_pays(numba_backend):
             assert ("packed per tile of" in head) == packs, (batch, name, head)
 
 
+def test_each_array_type_is_compiled_for_once(numba_backend):
+    """A repeat with arrays of the same numba types compiles nothing; a
+    read-only input is another type, compiled for (and timed) once."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((3, 2, 5, 17)), rng.standard_normal((2, 2, 3, 3, 3, 15))
+    el.locally_connected2d(x, w, backend=NAME)
+    seen = len(numba_backend.compile_seconds)
+    el.locally_connected2d(x, w, backend=NAME)
+    assert len(numba_backend.compile_seconds) == seen
+    x.setflags(write=False)
+    el.locally_connected2d(x, w, backend=NAME)
+    el.locally_connected2d(x, w, backend=NAME)
+    assert len(numba_backend.compile_seconds) == seen + 1
+
+
 def test_stride_two_scatter_stays_a_general_nest(numba_backend):
     plan = _plans(el.depthwise_conv2d, x=(2, 3, 9, 9), weight=(3, 1, 3, 3), stride=2)["dx"]
     assert plan.gather is None

@@ -57,6 +57,13 @@ def _check_out(out, shape, dtype: str, library: str, device: str, inputs: dict, 
         raise ShapeError(f"{what} has dtype {dtype_name(out)} but the result has dtype {dtype}")
     if device_of(out) != device:
         raise ShapeError(f"{what} is on {device_of(out)} but the inputs are on {device}")
+    _check_out_state(out, shape, xp, inputs, what)
+
+
+def _check_out_state(out, shape, xp, inputs: dict, what: str = "out="):
+    """What a repeat's key does not prove about ``out=`` (it names its
+    library, shape, dtype and device): that it is writable, asks for no
+    gradient and shares no memory with an input."""
     if requires_grad(out):
         raise ShapeError(f"{what} requires grad; pass a tensor that does not")
     reason = xp.unwritable(out)
@@ -137,6 +144,18 @@ def runner(p: Prepared):
     def recorded(arrays):
         return execute(p, arrays) if records(arrays, grad) else run(arrays)
     return recorded
+
+
+def out_runner(p: Prepared):
+    """``execute(p, arrays, out)`` as a callable ``run(arrays, out)`` for
+    repeats with ``out=``: what the key does not prove about ``out``
+    (`_check_out_state`) checked on every call."""
+    shape, xp = tuple(p.call.out_shape), p.xp
+
+    def run(arrays, out):
+        _check_out_state(out, shape, xp, arrays)
+        return execute(p, arrays, out)
+    return run
 
 
 def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .backends.namespaces import library_of, namespace
 from .auto import measured_choice, state
 from .budget import memory_budget
-from .call import runner
+from .call import out_runner, runner
 
 __all__ = ["key", "lookup", "remember", "clear"]
 
@@ -30,13 +30,14 @@ def _keyer(a):
     return got
 
 
-def key(name: str, arrays: tuple, backend, grad: str, params: dict):
-    """The key of a call without ``out=``, or None where it has no fast path
-    (a library that gives no key, e.g. inside a trace).  Parameters keep
-    their types; unhashable ones make a key that `lookup` and `remember`
-    pass over."""
-    parts = [name, backend, grad]
-    for a in arrays:
+def key(name: str, arrays: tuple, backend, grad: str, params: dict, out=None):
+    """The key of a call, or None where it has no fast path (a library that
+    gives no key, e.g. inside a trace).  ``out=`` is keyed like an input
+    (its library, shape, dtype, device); the rest of its checks are made on
+    every call (`einlocal.call.out_runner`).  Parameters keep their types;
+    unhashable ones make a key that `lookup` and `remember` pass over."""
+    parts = [name, backend, grad, out is not None]
+    for a in (*arrays, out) if out is not None else arrays:
         if a is None:
             parts.append(None)
             continue
@@ -67,7 +68,8 @@ def _typed(v):
 
 
 def lookup(k):
-    """The prepared callable ``run(arrays)`` of key ``k`` where it is still
+    """The prepared callable ``run(arrays)`` (``run(arrays, out)`` for a
+    key with ``out=``) of key ``k`` where it is still
     good to run: the memory budget still allows it, and ``auto``'s state is
     unchanged; else None."""
     try:
@@ -84,8 +86,9 @@ def lookup(k):
     return run
 
 
-def remember(k, prepared) -> None:
-    """Keep ``prepared`` (`einlocal.call.Prepared`, no ``out=``) for repeats of key ``k``."""
+def remember(k, prepared, with_out: bool = False) -> None:
+    """Keep ``prepared`` (`einlocal.call.Prepared`) for repeats of key ``k``
+    (``with_out``: calls with ``out=``)."""
     try:
         hash(k)
     except TypeError:
@@ -97,7 +100,7 @@ def remember(k, prepared) -> None:
         p = prepared
         measured = measured_choice(p.call, p.library, p.device, p.dtype) == p.backend.name
         auto_state = state(measured)
-    _PREPARED[k] = (runner(prepared), prepared.nbytes, measured, auto_state)
+    _PREPARED[k] = (out_runner(prepared) if with_out else runner(prepared), prepared.nbytes, measured, auto_state)
 
 
 def clear() -> None:

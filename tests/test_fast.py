@@ -55,6 +55,60 @@ def test_a_repeat_matches_the_reference_without_rechecking(backend, case, monkey
     np.testing.assert_allclose(xp.to_numpy(got), want, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_repeat_with_out_matches_the_reference_without_rechecking(backend, case, monkeypatch):
+    """``out=`` repeats take the fast path too: the result is written into
+    ``out`` and returned, without the first call's checks."""
+    op, shapes, params = CASES[case]
+    b = registry.get(backend)
+    lib = b.takes[0]
+    xp = namespace(lib)
+    if xp.functional:
+        pytest.skip(f"{lib} arrays are immutable: no out=")
+    first, second = _inputs(shapes), _inputs(shapes)
+    args = [xp.from_numpy(first[k]) for k in ("x", "weight", "bias")]
+    try:
+        y = op(*args, backend=backend, **params)
+        out = xp.from_numpy(np.zeros(tuple(y.shape), np.float32))
+        op(*args, backend=backend, out=out, **params)
+    except el.BackendError as err:
+        pytest.skip(str(err))
+    want = _reference(op, second, params)
+    if xp.fast_key(out) is not None:
+        _no_prepare(monkeypatch)
+    got = op(*(xp.from_numpy(second[k]) for k in ("x", "weight", "bias")), backend=backend, out=out, **params)
+    assert got is out
+    np.testing.assert_allclose(xp.to_numpy(out), want, rtol=2e-4, atol=2e-4)
+
+
+def test_an_out_repeat_rechecks_what_its_key_does_not_prove():
+    """The key of an ``out=`` call names out's library, shape, dtype and
+    device; a repeat still refuses an out that overlaps an input, is read
+    only, or is a broadcast view, with the first call's errors."""
+    x, w = rng.standard_normal((2, 4, 6, 6)).astype(np.float32), rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    out = np.empty((2, 4, 6, 6), np.float32)
+    for _ in range(2):
+        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy", out=out)
+    with pytest.raises(el.ShapeError, match="overlaps the memory of argument 'x'"):
+        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy", out=x)
+    frozen = np.empty_like(out)
+    frozen.setflags(write=False)
+    with pytest.raises(el.ShapeError, match="read-only|writable"):
+        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy", out=frozen)
+    with pytest.raises(el.ShapeError, match="stride 0"):
+        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy",
+                            out=np.lib.stride_tricks.as_strided(out[:1], out.shape, (0, *out.strides[1:])))
+    torch = pytest.importorskip("torch")
+    t = {k: torch.from_numpy(v) for k, v in (("x", x), ("w", w))}
+    tout = torch.empty(2, 4, 6, 6)
+    for _ in range(2):
+        el.depthwise_conv2d(t["x"], t["w"], padding=1, backend="einsum:torch", out=tout)
+    with pytest.raises(el.ShapeError, match="requires grad"):
+        el.depthwise_conv2d(t["x"], t["w"], padding=1, backend="einsum:torch", out=tout.clone().requires_grad_())
+    with pytest.raises(el.ShapeError, match="out= cannot be used when an input requires grad"):
+        el.depthwise_conv2d(t["x"].clone().requires_grad_(), t["w"], padding=1, backend="einsum:torch", out=tout)
+
+
 def test_a_repeat_rechecks_the_memory_budget():
     x, w = rng.standard_normal((2, 4, 9, 9)).astype(np.float32), rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
     el.depthwise_conv2d(x, w, backend="broadcast:numpy")

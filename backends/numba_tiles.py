@@ -262,6 +262,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             ind += 1
             emit(start(v, V))
             emit(f"b_acc = {W * R}*r + i_{v}")
+
     def pack_panel():
         """This tile's slice of the packed operand, copied into the panel in
         the order the body reads it (reads outside the operand: zeros)."""

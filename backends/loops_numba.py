@@ -8,7 +8,8 @@ index); a plain output whose operands read some index contiguously runs as
 a register-tiled SIMD nest (``numba_tiles``), whose tiles at an operand's
 edge (padding) load only the lanes inside it, run in parallel by
 ``numba_drive``; anything else runs as the general nest (``numba_codegen``).
-Neither copies an operand.
+Neither copies an operand (a tile may copy its slice of one, shared by the
+tiles inside it, into a small panel: ``numba_tiling.PACK``).
 
 Generated modules are written to ``einlocal.machine.cache_dir()/numba/<hash>.py``
 (hash of the source and the numba version; the folders checked to be the

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .numba_simd import LANES, REGISTERS
 
-__all__ = ["Tiling", "tiling", "flat_offsets"]
+__all__ = ["Tiling", "tiling", "sum_slots", "flat_offsets"]
 
 # accumulators in a tile, leaving registers for loads.  With AVX-512's 32
 # registers, 24 measured slower than 12 on a depthwise layer and a shared-weight
@@ -98,6 +98,21 @@ class Tiling:
     vector_at: int | None = None            # the vector's tile loop before outer[vector_at] (None: innermost)
     ahead: int = 0                          # prefetch the other operand this many steps of the last loop ahead
 
+    def describe(self, other: str | None = None) -> str:
+        """One line for a kernel's header: the decisions (``other``: the
+        operand not packed, named where one is)."""
+        outside = (f", {', '.join(self.sums_outside)} summed outside the vector into a scratch of {self.chunk} "
+                   f"{self.parallel}" if self.sums_outside else "")
+        rows = f", {self.chunk} {self.parallel} a tile" if self.chunk > 1 and not self.sums_outside else ""
+        kind = f" (streaming: memory-bound{outside}{rows})" if self.streaming else ""
+        packed = ""
+        if self.pack:
+            packed = (f"; {self.pack} packed per tile of {', '.join((*self.outer[:self.vector_at], self.vector))}"
+                      + (f", {other} prefetched {self.ahead} {self.loops[-1]} ahead" if self.ahead else ""))
+        return (f"{self.form} form{kind}: {self.lanes} lanes along {self.vector}; blocks "
+                f"{', '.join(f'{n}x{s}' for n, s in self.blocks) or '-'}; taps unrolled: "
+                f"{', '.join(self.taps) or '-'}; prange over: {self.parallel or '-'}{packed}")
+
 
 def _vectorisable(v: str, acc, strides) -> bool:
     """``acc`` reads along ``v`` contiguously (or does not depend on it)."""
@@ -160,7 +175,8 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
     stmt, out = plan.stmt, plan.stmt.out
     if not out.plain or len(stmt.operands) != 2 or dtype not in LANES:
         return None
-    streaming = plan.flops() < MIN_INTENSITY * plan.min_elements() * (4 if dtype == "float32" else 8)
+    item = 4 if dtype == "float32" else 8
+    streaming = plan.flops() < MIN_INTENSITY * plan.min_elements() * item
     live = {n: r for n, r in plan.range.items() if r > 1}
     ops = stmt.operands
 
@@ -222,7 +238,7 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
     if outside:     # a tile: `chunk` values of the parallel index, its scratch within SCRATCH_BYTES
         if parallel is None:
             return None
-        row = math.prod(s for _, s in blocks) * live[v] * (4 if dtype == "float32" else 8)
+        row = math.prod(s for _, s in blocks) * live[v] * item
         chunk = max(1, min(SCRATCH_BYTES // row, live[parallel] // MIN_TILES))
         while live[parallel] % chunk:
             chunk -= 1
@@ -235,9 +251,8 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
     lanes = _lanes(dtype, live[v])
     pack, vector_at, ahead = None, None, 0
     if form == "map" and not streaming and parallel is not None and PACK:
-        pack, outer, vector_at = _packing(plan, ops, outer, dict(blocks), taps, loops, tiles, live, v,
-                                          lanes * (4 if dtype == "float32" else 8))
-        ahead = _ahead(ops, pack, flat, loops, blocks, taps, live, 4 if dtype == "float32" else 8)
+        pack, outer, vector_at = _packing(plan, ops, outer, dict(blocks), taps, loops, tiles, live, v, lanes * item)
+        ahead = _ahead(ops, pack, flat, loops, blocks, taps, live, item)
     return Tiling(form, v, lanes, blocks, tuple(taps), loops, outer, parallel, streaming, outside,
                   chunk, pack, vector_at, ahead)
 
@@ -315,3 +330,23 @@ def _loop_order(outs, ops, live, blocks, v, out, out_strides) -> tuple[str, ...]
                          for n in a.names if n in live and n != v and (n in others or n not in on_v))
     cost = {u: sum(rows(a) for a in ops if u in a.names) for u in outs}
     return tuple(sorted(outs, key=lambda u: (-cost[u], -abs(out_strides[out.axis_of(u)]))))
+
+
+def sum_slots(plan, t: Tiling, operand: str, sum_strides) -> tuple | None:
+    """Where a kernel of tiling ``t`` can also sum ``operand`` into one more
+    output (a bias's gradient beside a weight's): an array indexed like the
+    operand with ``sum_strides``, 0 along exactly the indices the statement
+    sums.  Returns (the output indices the operand lacks, the sum's
+    coefficients and constant) or None: only the map form with its sums
+    outside the vector, whose tiles each own their part of that output."""
+    stmt = plan.stmt
+    live = {n: r for n, r in plan.range.items() if r > 1}
+    acc = next((a for a in stmt.operands if a.name == operand), None)
+    if acc is None or t.form != "map" or not t.sums_outside or t.parallel is None or not acc.plain:
+        return None
+    coef, const = flat_offsets(acc, sum_strides, live)
+    kept = {n for n in acc.names if n in live and coef.get(n)}
+    summed = {n for a in stmt.operands for n in a.names if n in live} - set(stmt.out.names)
+    if {n for n in acc.names if n in live} - kept != summed or coef.get(t.vector) != 1 or t.parallel not in kept:
+        return None
+    return tuple(n for n in stmt.out.names if n in live and n not in acc.names), coef, const

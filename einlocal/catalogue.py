@@ -310,7 +310,7 @@ class CatalogueOp:
                 return run(arrays) if out is None else run(arrays, out)
         prepared = prepare(self.bind(x, weight, bias, **params), arrays, backend=backend, out=out, grad=grad)
         if key is not None:
-            fast.remember(key, prepared, out is not None)
+            fast.remember(key, prepared)
         return execute(prepared, arrays, out)
 
     def vjp(self, dy, x, weight, bias=None, *, backend="auto", wrt=None, out=None, grad="vjp", **params):

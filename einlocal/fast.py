@@ -86,9 +86,9 @@ def lookup(k):
     return run
 
 
-def remember(k, prepared, with_out: bool = False) -> None:
+def remember(k, prepared) -> None:
     """Keep ``prepared`` (`einlocal.call.Prepared`) for repeats of key ``k``
-    (``with_out``: calls with ``out=``)."""
+    (the key says whether its calls pass ``out=``)."""
     try:
         hash(k)
     except TypeError:
@@ -100,7 +100,7 @@ def remember(k, prepared, with_out: bool = False) -> None:
         p = prepared
         measured = measured_choice(p.call, p.library, p.device, p.dtype) == p.backend.name
         auto_state = state(measured)
-    _PREPARED[k] = (out_runner(prepared) if with_out else runner(prepared), prepared.nbytes, measured, auto_state)
+    _PREPARED[k] = (out_runner(prepared) if k[3] else runner(prepared), prepared.nbytes, measured, auto_state)
 
 
 def clear() -> None:

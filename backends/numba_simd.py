@@ -26,7 +26,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vstore", "vstore_nt", "sfence", "sload", "sstore", "vfma",
+__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vstore", "vstore_lanes", "vstore_nt", "sfence", "sload", "sstore", "vfma",
            "vsum", "prefetch", "LANES", "REGISTERS", "VECTOR_BITS"]
 
 
@@ -158,6 +158,43 @@ def vload_lanes(typingctx, arr, off, lanes, lo, hi):
         fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_suffix(vt)}.p0")
         return builder.call(fn, [p, ir.Constant(_I32, _align(arr.dtype)), mask, ir.Constant(llvt, None)])
     return vt(arr, off, lanes, lo, hi), codegen
+
+
+@intrinsic
+def vload_into(typingctx, arr, off, lo, hi, prev):
+    """``prev`` with lanes ``lo <= k < hi`` replaced by the elements at
+    ``off + k`` (the others' memory is never touched): a vector gathered
+    from pieces, one masked load each."""
+    if not isinstance(prev, Vec) or not isinstance(arr, types.Array) or prev.dtype != arr.dtype:
+        return None
+    n = prev.lanes
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        llvt = args[4].type
+        mask = _lane_window(builder, n, args[2], args[3])
+        fnty = ir.FunctionType(llvt, [p.type, _I32, mask.type, llvt])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_suffix(prev)}.p0")
+        return builder.call(fn, [p, ir.Constant(_I32, _align(arr.dtype)), mask, args[4]])
+    return prev(arr, off, lo, hi, prev), codegen
+
+
+@intrinsic
+def vstore_lanes(typingctx, arr, off, v, lo, hi):
+    """Write lanes ``lo <= k < hi`` of ``v`` to element offset ``off + k``;
+    the other lanes' memory is never touched."""
+    if not isinstance(v, Vec) or not isinstance(arr, types.Array):
+        return None
+    n = v.lanes
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        mask = _lane_window(builder, n, args[3], args[4])
+        fnty = ir.FunctionType(ir.VoidType(), [args[2].type, p.type, _I32, mask.type])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.{_suffix(v)}.p0")
+        builder.call(fn, [args[2], p, ir.Constant(_I32, _align(arr.dtype)), mask])
+        return context.get_dummy_value()
+    return types.none(arr, off, v, lo, hi), codegen
 
 
 @intrinsic

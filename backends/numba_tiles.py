@@ -37,10 +37,11 @@ source: a kernel is generated per layout.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
-from . import numba_tiling
+from . import numba_rows, numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
 
 from .numba_tiling import Tiling, flat_offsets as _flat, sum_slots, tiling
@@ -70,6 +71,11 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     strides) where `sum_slots` allows: the kernel takes one more array
     (last) into which it writes that operand summed over the statement's
     sums, from the loads it makes anyway (no second pass over it)."""
+    if t.rows is not None:      # lanes across rows: its own writer
+        k = numba_rows.generate(plan, t, strides, out_strides, dtype, init_strides) if sum_of is None else None
+        if k is not None:
+            return k
+        t = dataclasses.replace(t, rows=None)
     stmt, out = plan.stmt, plan.stmt.out
     live = {n: r for n, r in plan.range.items() if r > 1}
     V, v = t.lanes, t.vector

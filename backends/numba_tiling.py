@@ -76,6 +76,16 @@ PACK_MIN_REUSE = 8
 PACK_MIN_BYTES = 16 * 1024
 PREFETCH_STRIDE = 1024
 PREFETCH_FMAS = 192
+# A packed tile whose rows are short for the vector (W2's 26 outputs a row:
+# two 16-lane vectors, 19% of the lanes idle; a 7-wide row: two 4-lane
+# vectors, a quarter of AVX-512) runs its lanes across rows instead, along
+# the flat position u*pitch + v of the operand not packed, whose rows lie
+# `pitch` apart: that operand's loads stay plain vectors, a row's last
+# pitch - R lanes idle, and the packed operand and the output are read and
+# written in one masked piece per row the vector spans (`numba_rows`).
+# Where its lanes do ROWS_GAIN more useful work than the row's own vectors.
+ROWS = True
+ROWS_GAIN = 1.1
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ class Tiling:
     pack: str | None = None                 # the operand whose tile slice is packed into a panel
     vector_at: int | None = None            # the vector's tile loop before outer[vector_at] (None: innermost)
     ahead: int = 0                          # prefetch the other operand this many steps of the last loop ahead
+    rows: tuple[str, int, int] | None = None  # (u, pitch, lanes): lanes along u*pitch + vector (numba_rows)
 
     def describe(self, other: str | None = None) -> str:
         """One line for a kernel's header: the decisions (``other``: the
@@ -106,6 +117,15 @@ class Tiling:
         rows = f", {self.chunk} {self.parallel} a tile" if self.chunk > 1 and not self.sums_outside else ""
         kind = f" (streaming: memory-bound{outside}{rows})" if self.streaming else ""
         packed = ""
+        if self.rows:
+            u, pitch, lanes = self.rows
+            return (f"{self.form} form: {lanes} lanes along {u}*{pitch}+{self.vector} (rows of "
+                    f"{self.vector} {pitch} apart, the lanes past a row's end idle); blocks "
+                    f"{', '.join(f'{n}x{s}' for n, s in self.blocks) or '-'}; taps unrolled: "
+                    f"{', '.join(self.taps) or '-'}; prange over: {u}*{pitch}+{self.vector} in vectors; "
+                    f"{self.pack} packed per tile of "
+                    f"{', '.join((*(n for n in self.outer[:self.vector_at] if n != u), 'the vector'))}"
+                    + (f", {other} prefetched {self.ahead} {self.loops[-1]} ahead" if self.ahead else ""))
         if self.pack:
             packed = (f"; {self.pack} packed per tile of {', '.join((*self.outer[:self.vector_at], self.vector))}"
                       + (f", {other} prefetched {self.ahead} {self.loops[-1]} ahead" if self.ahead else ""))
@@ -253,8 +273,35 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
     if form == "map" and not streaming and parallel is not None and PACK:
         pack, outer, vector_at = _packing(plan, ops, outer, dict(blocks), taps, loops, tiles, live, v, lanes * item)
         ahead = _ahead(ops, pack, flat, loops, blocks, taps, live, item)
+    rows = _rows(plan, ops, pack, dict(blocks), outer[:vector_at], v, live, flat, dtype, lanes) \
+        if pack and ROWS else None
     return Tiling(form, v, lanes, blocks, tuple(taps), loops, outer, parallel, streaming, outside,
-                  chunk, pack, vector_at, ahead)
+                  chunk, pack, vector_at, ahead, rows)
+
+
+def _rows(plan, ops, pack, blocks, own, v, live, flat, dtype, lanes) -> tuple[str, int, int] | None:
+    """(u, pitch, lanes) where a packed tile's lanes run across rows
+    (`ROWS`): u an output index the packed operand's tile depends on, whose
+    rows of ``v`` lie ``pitch`` apart in the operand not packed; none where
+    an operand is read outside its bounds or the gain is under ROWS_GAIN."""
+    if any(p != (0, 0) for a in ops for p in plan.windows[a.name].pads):
+        return None
+    P = next(a for a in ops if a.name == pack)
+    Q = next(a for a in ops if a is not P)
+    top, R = LANES[dtype], live[v]
+    if flat[Q.name][0].get(v) != 1 or flat[P.name][0].get(v) != 1:
+        return None
+    now = R / (math.ceil(R / lanes) * top)
+    best = None
+    for u in own:
+        pitch = flat[Q.name][0].get(u, 0)
+        if u == v or u in blocks or pitch < R or not any(ax.alone == u for ax in plan.stmt.out.axes):
+            continue
+        tiles = math.ceil(((live[u] - 1) * pitch + R) / top)
+        useful = live[u] * R / (tiles * top)
+        if tiles >= 4 and useful >= ROWS_GAIN * now and (best is None or useful > best[0]):
+            best = (useful, u, pitch)
+    return None if best is None else (best[1], best[2], top)
 
 
 def _packing(plan, ops, outer, blocks, taps, loops, tiles, live, v, vector_bytes):

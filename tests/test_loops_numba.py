@@ -204,6 +204,40 @@ def test_packed_panels_against_the_reference(numba_backend, case, dtype, monkeyp
     _check(op, dtype, "tiled", **kw)
 
 
+# Lanes across rows (numba_tiling.ROWS): the vector runs along u*pitch + v, a packed
+# slice gathered a row at a time; rows of 5 to 12 outputs, 2 to 4 rows a vector.
+ROWS = {
+    "lc2d-bias": (el.locally_connected2d, dict(x=(26, 3, 10, 14), weight=(4, 3, 3, 3, 8, 12), bias=(4, 8, 12))),
+    "lc2d-narrow": (el.locally_connected2d, dict(x=(26, 4, 12, 7), weight=(4, 4, 3, 3, 10, 5))),
+    "lc2d-stride-h": (el.locally_connected2d, dict(x=(26, 3, 17, 7), weight=(4, 3, 3, 3, 8, 5), stride=(2, 1))),
+    "lc2d-dilation-w": (el.locally_connected2d, dict(x=(26, 3, 9, 14), weight=(4, 3, 3, 3, 7, 10), dilation=(1, 2))),
+    "user-op": (el.Op("y[n,o,a,b] += x[n,c,a+i,b] * k[o,c,i,a,b]"), dict(x=(26, 6, 8, 12), k=(6, 6, 3, 6, 12))),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(ROWS), ids=str)
+def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, monkeypatch):
+    """A packed tile over rows shorter than the vector runs its lanes across
+    rows: the packed slice gathered and the sums stored one masked piece a
+    row, the lanes past a row's end never stored, the last vector's reads
+    of the other operand masked.  Forward and both gradients (with the
+    bias) against the reference."""
+    from einlocal.backends import numba_tiling
+    monkeypatch.setattr(numba_tiling, "PACK_MIN_REUSE", 4)
+    monkeypatch.setattr(numba_tiling, "PACK_MIN_BYTES", 0)
+    op, kw = ROWS[case]
+    if isinstance(op, el.Op):
+        plan = op.bind_arrays({k: np.zeros(v) for k, v in kw.items()}, {}).plan
+        plans = {"forward": plan, **{f"d{k}": p for k, p in plan.backward.items()}}
+    else:
+        plans = _plans(op, **kw)
+    head = _header(numba_backend.kernel(plans["forward"], dtype=dtype))
+    assert "numba_rows" in numba_backend.source(plans["forward"], dtype=dtype) and " lanes along " in head \
+        and "+" in head.split(" lanes along ")[1].split()[0], head
+    _check(op, dtype, "tiled", **kw)
+
+
 def test_report_layer_packs_where_it_pays(numba_backend):
     """W2's kernels pack the slice that every batch (or channel) block shares
     (weights 36 KB, dy 51 KB); at batch 12 it is shared by too few tiles, or

@@ -1,0 +1,216 @@
+"""Write a packed register-tiled kernel whose vector runs across rows
+(`Tiling.rows`): its lanes cover the flat position ``p = u*pitch + v``, for
+output rows shorter than the vector (`numba_tiling.ROWS`).
+
+For ``y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]`` with h, w < 26 and
+x's rows 28 apart, 16 lanes cover x's positions ``p0 .. p0+15``, which lie
+in two rows of y: lanes 0..9 in row h, 12..15 in row h+1 (10 and 11 are
+past the row's end: computed, never stored).  x's loads are plain vectors at
+``p0 + 28*i + j``; the weight's slice is gathered into the packed panel one
+masked load per row (``vload_into``), and each sum stored one masked store
+per row (``vstore_lanes``)::
+
+    p0 = t_p * 16                        # the parallel tiles: vectors of p
+    u0 = p0 // 28
+    c0 = p0 - u0 * 28                    # row u0 + s: its v at lane 0 is c_s,
+    l0 = ...; h0 = ...                   #   its lanes l_s <= k < h_s
+    for t_o in range(4):                 # the packed operand's own loops, then the panel
+        ... vstore(pk, k, vload_into(a_wt, b_wt + 26*(u0+1) + c1, l1, h1, vload_lanes(...)))
+        for t_n in range(17):            # the loops that share the panel
+            ... s0 = vfma(vload(pk, ...), vload_lanes(a_x, b_x + 29, 16, 0, qh), s0) ...
+            vstore_lanes(a_y, b_y + 26*u0 + c0, s0, l0, h0); vstore_lanes(..., l1, h1)
+
+Lanes of x past the last output's position are masked (``qh``), so no read
+leaves x: every other lane lies between two positions the statement reads.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+from .numba_codegen import INIT, KERNEL_NAME, Kernel
+from .numba_tiling import Tiling, flat_offsets
+
+__all__ = ["generate"]
+
+
+def _sum(terms) -> str:
+    """``a + b + ...`` of source terms (ints and names), '0' for none."""
+    parts = [str(x) for x in terms if x not in (0, "")]
+    return " + ".join(parts).replace("+ -", "- ") if parts else "0"
+
+
+def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strides=None) -> Kernel | None:
+    """The kernel's source, or None where ``init_strides`` (a bias) varies
+    across a row but not along it (then the row's own vectors serve)."""
+    stmt, out = plan.stmt, plan.stmt.out
+    live = {n: r for n, r in plan.range.items() if r > 1}
+    v, (u, pitch, V) = t.vector, t.rows
+    R, U = live[v], live[u]
+    P = next(a for a in stmt.operands if a.name == t.pack)
+    Q = next(a for a in stmt.operands if a is not P)
+    flat = {a.name: flat_offsets(a, strides[a.name], live) for a in stmt.operands}
+    flat[out.name] = flat_offsets(out, out_strides, live)
+    if init_strides is not None:
+        flat[INIT] = flat_offsets(out, init_strides, live)
+        icoef = flat[INIT][0]
+        if flat[INIT][1] or icoef.get(v, 0) not in (0, 1) or (icoef.get(v, 0) == 0 and icoef.get(u, 0)):
+            return None
+    blocks = dict(t.blocks)
+    members = [dict(zip(blocks, m)) for m in itertools.product(*(range(s) for s in blocks.values()))]
+    taps = [dict(zip(t.taps, m)) for m in itertools.product(*(range(live[n]) for n in t.taps))]
+    own = [n for n in t.outer[:t.vector_at] if n != u]
+    shared = list(t.outer[t.vector_at:])
+    end = (U - 1) * pitch + R                    # one past the last output's position
+    segments = math.ceil((V - 1) / pitch) + 1    # rows a vector can span
+    itemsize = 4 if dtype == "float32" else 8
+    zero = f"numba.{dtype}(0)"
+
+    def key(m, acc):
+        return tuple(sorted((n, m[n]) for n in m if n in acc.names))
+
+    def value(coef, point):
+        return sum(coef.get(n, 0) * x for n, x in point.items())
+
+    def base(name, known, extra=()):
+        coef, const = flat[name]
+        return _sum([*(f"{c}*i_{n}" if c != 1 else f"i_{n}" for n, c in coef.items() if n in known and c),
+                     *extra, const])
+
+    def row_offset(name, s):
+        """The element of array ``name`` at lane 0 of row u0 + s (before it, for a row starting later)."""
+        return _sum([f"{flat[name][0].get(u, 0)}*(u0 + {s})" if flat[name][0].get(u) else "", f"c{s}"])
+
+    def gathered(name, at, lanes_v):
+        """A vector of ``name`` at offset ``at`` (lane 0, row u0), one masked load per row."""
+        if not lanes_v:          # does not vary along the vector: varies along nothing here (checked above)
+            return f"vsplat(sload(a_{name}, {at}), {V})" if name != INIT else f"vsplat(sload({INIT}, {at}), {V})"
+        arr = f"a_{name}" if name != INIT else INIT
+        x = f"vload_lanes({arr}, {at} + {row_offset(name, 0)}, {V}, l0, h0)"
+        for s in range(1, segments):
+            x = f"vload_into({arr}, {at} + {row_offset(name, s)}, l{s}, h{s}, {x})"
+        return x.replace("+ -", "- ")
+
+    pkeys = list(dict.fromkeys(key(m, P) for m in members))
+    pk_coef, panel = {}, len(taps) * len(pkeys) * V
+    for n in reversed(t.loops):
+        pk_coef[n], panel = panel, panel * live[n]
+
+    arrays = [(f"a_{out.name}", plan.out_shape, out_strides)] + \
+        [(f"a_{a.name}", plan.shape[a.name], strides[a.name]) for a in stmt.operands] + \
+        ([(INIT, plan.out_shape, init_strides)] if init_strides is not None else [])
+    lines = ["import numba", "import numpy as np", "from einlocal.backends.numba_drive import Tiled",
+             "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vload_into, vstore, "
+             "vstore_lanes, sload, vfma" + (", prefetch" if t.ahead else ""), "", "",
+             f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, t_p):"]
+    ind = 1
+
+    def emit(text):
+        lines.append("    " * ind + text)
+
+    def loop(n, size):
+        nonlocal ind
+        emit(f"for t_{n} in range({math.ceil(live[n] / size)}):")
+        ind += 1
+        last = live[n] - size
+        emit(f"i_{n} = t_{n}" if size == 1 else f"i_{n} = t_{n} * {size}" if live[n] % size == 0
+             else f"i_{n} = min(t_{n} * {size}, {last})")
+
+    for name, shape, st in arrays:
+        extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
+        emit(f"{name} = numba.carray(p_{name}, ({extent},), numba.{dtype})")
+    emit(f"pk_ = np.empty({panel + V}, np.{dtype})")
+    emit(f"pk = pk_[(-(pk_.ctypes.data // {itemsize})) % {V}:][:{panel}]")
+    emit(f"p0 = t_p * {V}")
+    emit(f"u0 = p0 // {pitch}")
+    emit(f"# row u0 + s: {v} = c_s + lane, its outputs in lanes l_s <= lane < h_s")
+    for s in range(segments):
+        emit(f"c{s} = p0 - (u0 + {s}) * {pitch}")
+        emit(f"l{s} = min({V}, max(0, -c{s}))")
+        emit(f"h{s} = max(l{s}, min({V}, {R} - c{s})) if u0 + {s} < {U} else l{s}")
+    emit(f"qh = min({V}, {end} - p0)")
+    for n in own:
+        loop(n, blocks.get(n, 1))
+
+    # the packed operand's slice for this vector, in the order the body reads it
+    emit(f"# {P.name}'s slice for the tiles below, packed")
+    for n in t.loops:
+        emit(f"for i_{n} in range({live[n]}):")
+        ind += 1
+    known = set(own) | set(t.loops)
+    emit(f"b_{P.name} = {base(P.name, known)}")
+    emit(f"b_pk = {_sum(f'{c}*i_{n}' for n, c in pk_coef.items())}")
+    firsts = {key(m, P): m for m in reversed(members)}
+    for k, tap in enumerate(taps):
+        for j, kk in enumerate(pkeys):
+            at = _sum([f"b_{P.name}", value(flat[P.name][0], {**firsts[kk], **tap})])
+            emit(f"vstore(pk, b_pk + {(k * len(pkeys) + j) * V}, {gathered(P.name, at, True)})")
+    ind -= len(t.loops)
+
+    for n in shared:
+        loop(n, blocks.get(n, 1))
+    known = set(own) | set(shared)
+    if init_strides is not None:
+        emit(f"b_{INIT} = {base(INIT, known)}")
+        for k, m in enumerate(members):
+            emit(f"s{k} = {gathered(INIT, _sum([f'b_{INIT}', value(icoef, m)]), icoef.get(v) == 1)}")
+    else:
+        for k in range(len(members)):
+            emit(f"s{k} = vsplat({zero}, {V})")
+    for n in t.loops:
+        emit(f"for i_{n} in range({live[n]}):")
+        ind += 1
+    emit(f"b_pk = {_sum(f'{c}*i_{n}' for n, c in pk_coef.items())}")
+    emit(f"b_{Q.name} = {base(Q.name, known | set(t.loops), ['p0'])}")
+    if t.ahead:     # its lines t.ahead steps of the last loop ahead, one prefetch a line or so
+        points = sorted({value(flat[Q.name][0], {**m, **tap}) + d for m in members for tap in taps for d in (0, V - 1)})
+        kept: list[int] = []
+        for x in points:
+            if not kept or x - kept[-1] >= 64 // itemsize:
+                kept.append(x)
+        for x in kept:
+            emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * flat[Q.name][0][t.loops[-1]]})")
+    # the operand with fewer loads per tap keeps them in registers; the other streams
+    n_loads = {a.name: len({key(m, a) for m in members}) for a in (P, Q)}
+    res, stream = (P, Q) if n_loads[P.name] <= n_loads[Q.name] else (Q, P)
+    count = itertools.count()
+    cur = [f"s{k}" for k in range(len(members))]
+
+    def read(acc, m, k):
+        if acc is P:
+            return f"vload(pk, b_pk + {(k * len(pkeys) + pkeys.index(key(m, P))) * V}, {V})"
+        return f"vload_lanes(a_{Q.name}, b_{Q.name} + {value(flat[Q.name][0], {**m, **taps[k]})}, {V}, 0, qh)"
+    for k, tap in enumerate(taps):
+        if tap:
+            emit("# " + ", ".join(f"{n}={x}" for n, x in tap.items()))
+        regs = {}
+        for m in members:
+            if key(m, res) not in regs:
+                regs[key(m, res)] = f"r{next(count)}"
+                emit(f"{regs[key(m, res)]} = {read(res, m, k)}")
+        done = set()
+        for m in members:
+            if key(m, stream) in done:
+                continue
+            done.add(key(m, stream))
+            q = f"q{next(count)}"
+            emit(f"{q} = {read(stream, m, k)}")
+            for j, m2 in enumerate(members):
+                if key(m2, stream) == key(m, stream):
+                    new = f"s{j}_{next(count)}"
+                    emit(f"{new} = vfma({regs[key(m2, res)]}, {q}, {cur[j]})")
+                    cur[j] = new
+    for k, name in enumerate(cur):
+        if name != f"s{k}":
+            emit(f"s{k} = {name}")
+    ind -= len(t.loops)
+    emit(f"b_{out.name} = {base(out.name, known)}")
+    for k, m in enumerate(members):
+        at = _sum([f"b_{out.name}", value(flat[out.name][0], m)])
+        for s in range(segments):
+            emit(f"vstore_lanes(a_{out.name}, {at} + {row_offset(out.name, s)}, s{k}, l{s}, h{s})"
+                 .replace("+ -", "- "))
+    lines += ["", "", f"{KERNEL_NAME} = Tiled(tiles, {math.ceil(end / V)}, {dtype!r})"]
+    header = f"# generated by einlocal.backends.numba_rows for\n#   {plan}\n# {t.describe(Q.name)}\n"
+    return Kernel(header + "\n".join(lines) + "\n", tuple(a.name for a in stmt.operands),
+                  (u, *own, *shared, *t.loops), u, v, False)

@@ -29,6 +29,7 @@ import itertools
 import math
 
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
+from .numba_step import carrays, line_starts, multiply_adds, tile_start
 from .numba_tiling import Tiling, flat_offsets
 
 __all__ = ["generate"]
@@ -112,13 +113,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         nonlocal ind
         emit(f"for t_{n} in range({math.ceil(live[n] / size)}):")
         ind += 1
-        last = live[n] - size
-        emit(f"i_{n} = t_{n}" if size == 1 else f"i_{n} = t_{n} * {size}" if live[n] % size == 0
-             else f"i_{n} = min(t_{n} * {size}, {last})")
+        emit(tile_start(n, size, live[n]))
 
-    for name, shape, st in arrays:
-        extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
-        emit(f"{name} = numba.carray(p_{name}, ({extent},), numba.{dtype})")
+    carrays(emit, arrays, dtype)
     emit(f"pk_ = np.empty({panel + V}, np.{dtype})")
     emit(f"pk = pk_[(-(pk_.ctypes.data // {itemsize})) % {V}:][:{panel}]")
     emit(f"p0 = t_p * {V}")
@@ -133,10 +130,14 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         loop(n, blocks.get(n, 1))
 
     # the packed operand's slice for this vector, in the order the body reads it
+    def sums():     # the summed loops
+        nonlocal ind
+        for n in t.loops:
+            emit(f"for i_{n} in range({live[n]}):")
+            ind += 1
+
     emit(f"# {P.name}'s slice for the tiles below, packed")
-    for n in t.loops:
-        emit(f"for i_{n} in range({live[n]}):")
-        ind += 1
+    sums()
     known = set(own) | set(t.loops)
     emit(f"b_{P.name} = {base(P.name, known)}")
     emit(f"b_pk = {_sum(f'{c}*i_{n}' for n, c in pk_coef.items())}")
@@ -157,18 +158,12 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     else:
         for k in range(len(members)):
             emit(f"s{k} = vsplat({zero}, {V})")
-    for n in t.loops:
-        emit(f"for i_{n} in range({live[n]}):")
-        ind += 1
+    sums()
     emit(f"b_pk = {_sum(f'{c}*i_{n}' for n, c in pk_coef.items())}")
     emit(f"b_{Q.name} = {base(Q.name, known | set(t.loops), ['p0'])}")
     if t.ahead:     # its lines t.ahead steps of the last loop ahead, one prefetch a line or so
-        points = sorted({value(flat[Q.name][0], {**m, **tap}) + d for m in members for tap in taps for d in (0, V - 1)})
-        kept: list[int] = []
-        for x in points:
-            if not kept or x - kept[-1] >= 64 // itemsize:
-                kept.append(x)
-        for x in kept:
+        points = {value(flat[Q.name][0], {**m, **tap}) + d for m in members for tap in taps for d in (0, V - 1)}
+        for x in line_starts(points, itemsize):
             emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * flat[Q.name][0][t.loops[-1]]})")
     # the operand with fewer loads per tap keeps them in registers; the other streams
     n_loads = {a.name: len({key(m, a) for m in members}) for a in (P, Q)}
@@ -183,23 +178,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     for k, tap in enumerate(taps):
         if tap:
             emit("# " + ", ".join(f"{n}={x}" for n, x in tap.items()))
-        regs = {}
-        for m in members:
-            if key(m, res) not in regs:
-                regs[key(m, res)] = f"r{next(count)}"
-                emit(f"{regs[key(m, res)]} = {read(res, m, k)}")
-        done = set()
-        for m in members:
-            if key(m, stream) in done:
-                continue
-            done.add(key(m, stream))
-            q = f"q{next(count)}"
-            emit(f"{q} = {read(stream, m, k)}")
-            for j, m2 in enumerate(members):
-                if key(m2, stream) == key(m, stream):
-                    new = f"s{j}_{next(count)}"
-                    emit(f"{new} = vfma({regs[key(m2, res)]}, {q}, {cur[j]})")
-                    cur[j] = new
+        multiply_adds(emit, members, key, res, stream, lambda acc, m: read(acc, m, k), cur, count)
     for k, name in enumerate(cur):
         if name != f"s{k}":
             emit(f"s{k} = {name}")

@@ -140,6 +140,14 @@ def vload(typingctx, arr, off, lanes):
     return vt(arr, off, lanes), codegen
 
 
+def _masked_load(builder, p, vec: Vec, llvt, lo, hi, passthru):
+    """``llvm.masked.load`` of lanes ``lo <= k < hi`` at ``p``, the others from ``passthru``."""
+    mask = _lane_window(builder, vec.lanes, lo, hi)
+    fnty = ir.FunctionType(llvt, [p.type, _I32, mask.type, llvt])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_suffix(vec)}.p0")
+    return builder.call(fn, [p, ir.Constant(_I32, _align(vec.dtype)), mask, passthru])
+
+
 @intrinsic
 def vload_lanes(typingctx, arr, off, lanes, lo, hi):
     """Lanes ``lo <= k < hi`` loaded from element offset ``off`` (lane k at
@@ -148,15 +156,11 @@ def vload_lanes(typingctx, arr, off, lanes, lo, hi):
     vt = _vector_of(arr, lanes)
     if vt is None:
         return None
-    n = vt.lanes
 
     def codegen(context, builder, sig, args):
         p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
         llvt = context.get_value_type(vt)
-        mask = _lane_window(builder, n, args[3], args[4])
-        fnty = ir.FunctionType(llvt, [p.type, _I32, mask.type, llvt])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_suffix(vt)}.p0")
-        return builder.call(fn, [p, ir.Constant(_I32, _align(arr.dtype)), mask, ir.Constant(llvt, None)])
+        return _masked_load(builder, p, vt, llvt, args[3], args[4], ir.Constant(llvt, None))
     return vt(arr, off, lanes, lo, hi), codegen
 
 
@@ -167,15 +171,10 @@ def vload_into(typingctx, arr, off, lo, hi, prev):
     from pieces, one masked load each."""
     if not isinstance(prev, Vec) or not isinstance(arr, types.Array) or prev.dtype != arr.dtype:
         return None
-    n = prev.lanes
 
     def codegen(context, builder, sig, args):
         p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        llvt = args[4].type
-        mask = _lane_window(builder, n, args[2], args[3])
-        fnty = ir.FunctionType(llvt, [p.type, _I32, mask.type, llvt])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_suffix(prev)}.p0")
-        return builder.call(fn, [p, ir.Constant(_I32, _align(arr.dtype)), mask, args[4]])
+        return _masked_load(builder, p, prev, args[4].type, args[2], args[3], args[4])
     return prev(arr, off, lo, hi, prev), codegen
 
 

@@ -43,24 +43,13 @@ import math
 
 from . import numba_rows, numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
+from .numba_step import carrays, line_starts, linear as _linear, multiply_adds, plus as _plus, tile_start
 
 from .numba_tiling import Tiling, flat_offsets as _flat, sum_slots, tiling
 
 __all__ = ["Tiling", "tiling", "sum_slots", "generate"]
 
 SUM = "sum_"    # the optional last argument of a kernel that also sums an operand (`sum_slots`)
-
-
-def _linear(coef: dict, variables) -> str:
-    """The variable part of an affine expression, as source ('' for none)."""
-    parts = [f"{c}*i_{n}" if c != 1 else f"i_{n}" for n, c in coef.items() if n in variables and c]
-    return " + ".join(parts).replace("+ -", "- ")
-
-
-def _plus(expr: str, const: int) -> str:
-    if not expr:
-        return str(const)
-    return expr if const == 0 else f"{expr} + {const}".replace("+ -", "- ")
 
 
 def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strides=None, sum_of=None) -> Kernel:
@@ -200,11 +189,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         return math.ceil(live[n] / size)
 
     def start(n, size):
-        """The first index of tile t_n (the last tile shifted back inside)."""
-        if size == 1:
-            return f"i_{n} = t_{n}"
-        last = live[n] - size
-        return f"i_{n} = t_{n} * {size}" if live[n] % size == 0 else f"i_{n} = min(t_{n} * {size}, {last})"
+        return tile_start(n, size, live[n])
 
     # The nest for one parallel tile is a function of its own, compiled alone
     # and called by numba_drive's shared parallel loop (numba's parallel
@@ -223,9 +208,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             ([(INIT, plan.out_shape, init_strides)] if init_strides is not None else []) + \
             ([(SUM, plan.shape[S.name], sum_of[1])] if sums else [])
         lines += [f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, t_{p}):"]
-        for name, shape, st in arrays:      # each array from its first element to its last
-            extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
-            emit(f"{name} = numba.carray(p_{name}, ({extent},), numba.{dtype})")
+        carrays(emit, arrays, dtype)
         emit(start(p, psize) if t.chunk == 1 and not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
         if t.pack:      # the panel, aligned to a vector
             emit(f"pk_ = np.empty({panel_size + V}, np.{dtype})")
@@ -276,12 +259,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         Q = next(a for a in stmt.operands if a is not P)
         coef = flat[Q.name][0]
         ends = (0, V - 1) if v in Q.names else (0,)
-        points = sorted({value(coef, 0, {**m, **tap}) + d for m in members for tap in tap_values for d in ends})
-        kept: list[int] = []
-        for x in points:    # one per cache line, roughly (the base's alignment is unknown)
-            if not kept or x - kept[-1] >= 64 // itemsize:
-                kept.append(x)
-        for x in kept:
+        points = {value(coef, 0, {**m, **tap}) + d for m in members for tap in tap_values for d in ends}
+        for x in line_starts(points, itemsize):
             emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * coef[t.loops[-1]]})")
 
     for n, size in loops:
@@ -377,27 +356,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         for tap in ([{}] if looped else tap_values):
             if tap:
                 emit("# " + ", ".join(f"{n}={x}" for n, x in tap.items()))
-            regs = {}
-            for m in members:
-                if key(m, res) not in regs:
-                    regs[key(m, res)] = f"r{next(count)}"
-                    emit(f"{regs[key(m, res)]} = {read(res, m, tap)}")
-                    if res is S:
-                        add_to_sum(m, regs[key(m, res)])
-            done = set()
-            for m in members:
-                if key(m, stream) in done:
-                    continue
-                done.add(key(m, stream))
-                q = f"q{next(count)}"
-                emit(f"{q} = {read(stream, m, tap)}")
-                if stream is S:
-                    add_to_sum(m, q)
-                for k, m2 in enumerate(members):
-                    if key(m2, stream) == key(m, stream):
-                        new = f"s{k}_{next(count)}"
-                        emit(f"{new} = vfma({regs[key(m2, res)]}, {q}, {cur[k]})")
-                        cur[k] = new
+            multiply_adds(emit, members, key, res, stream, lambda acc, m: read(acc, m, tap), cur, count,
+                          lambda acc, m, name: add_to_sum(m, name) if acc is S else None)
         for k, name in enumerate(cur):
             if name != f"s{k}":
                 emit(f"s{k} = {name}")

@@ -89,6 +89,14 @@ def test_user_op_with_pad():
 
 # -- which nest -----------------------------------------------------------------------------
 
+def _case_plans(op, kw):
+    """A catalogue op's or a statement's plans (forward and each gradient) for these shapes."""
+    if isinstance(op, el.Op):
+        plan = op.bind_arrays({k: np.zeros(v) for k, v in kw.items()}, {}).plan
+        return {"forward": plan, **{f"d{k}": p for k, p in plan.backward.items()}}
+    return _plans(op, **kw)
+
+
 def _header(k) -> str:
     return k.source.splitlines()[2]
 
@@ -192,11 +200,7 @@ def test_packed_panels_against_the_reference(numba_backend, case, dtype, monkeyp
     monkeypatch.setattr(numba_tiling, "PACK_MIN_REUSE", 4)
     monkeypatch.setattr(numba_tiling, "PACK_MIN_BYTES", 0)
     op, kw, packed = PACKED[case]
-    if isinstance(op, el.Op):
-        plan = op.bind_arrays({k: np.zeros(v) for k, v in kw.items()}, {}).plan
-        plans = {"forward": plan, **{f"d{k}": p for k, p in plan.backward.items()}}
-    else:
-        plans = _plans(op, **kw)
+    plans = _case_plans(op, kw)
     heads = {k: _header(numba_backend.kernel(p, dtype=dtype)) for k, p in plans.items()}
     for name in packed:
         assert "packed per tile of" in heads[name], (name, heads[name])
@@ -227,11 +231,7 @@ def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, mon
     monkeypatch.setattr(numba_tiling, "PACK_MIN_REUSE", 4)
     monkeypatch.setattr(numba_tiling, "PACK_MIN_BYTES", 0)
     op, kw = ROWS[case]
-    if isinstance(op, el.Op):
-        plan = op.bind_arrays({k: np.zeros(v) for k, v in kw.items()}, {}).plan
-        plans = {"forward": plan, **{f"d{k}": p for k, p in plan.backward.items()}}
-    else:
-        plans = _plans(op, **kw)
+    plans = _case_plans(op, kw)
     head = _header(numba_backend.kernel(plans["forward"], dtype=dtype))
     assert "numba_rows" in numba_backend.source(plans["forward"], dtype=dtype) and " lanes along " in head \
         and "+" in head.split(" lanes along ")[1].split()[0], head

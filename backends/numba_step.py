@@ -1,0 +1,74 @@
+"""Source-writing pieces the register-tile writers share (``numba_tiles``,
+``numba_rows``): affine offsets, a tile's first index, the arrays from
+their pointers, the lines to prefetch, and one step of the reduction (the
+loads of both operands and every accumulator's multiply-add)."""
+from __future__ import annotations
+
+__all__ = ["linear", "plus", "tile_start", "carrays", "line_starts", "multiply_adds"]
+
+
+def linear(coef: dict, variables) -> str:
+    """The variable part of an affine expression, as source ('' for none)."""
+    parts = [f"{c}*i_{n}" if c != 1 else f"i_{n}" for n, c in coef.items() if n in variables and c]
+    return " + ".join(parts).replace("+ -", "- ")
+
+
+def plus(expr: str, const: int) -> str:
+    if not expr:
+        return str(const)
+    return expr if const == 0 else f"{expr} + {const}".replace("+ -", "- ")
+
+
+def tile_start(n: str, size: int, total: int) -> str:
+    """The first index of tile t_n of ``size`` over ``total`` (the last tile shifted back inside)."""
+    if size == 1:
+        return f"i_{n} = t_{n}"
+    return f"i_{n} = t_{n} * {size}" if total % size == 0 else f"i_{n} = min(t_{n} * {size}, {total - size})"
+
+
+def carrays(emit, arrays, dtype: str) -> None:
+    """Each array ``(name, shape, element strides)`` from its pointer ``p_name``,
+    from its first element to its last."""
+    for name, shape, st in arrays:
+        extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
+        emit(f"{name} = numba.carray(p_{name}, ({extent},), numba.{dtype})")
+
+
+def line_starts(points, itemsize: int) -> list[int]:
+    """Element offsets, one per cache line or so (a base's alignment is unknown)."""
+    kept: list[int] = []
+    for x in sorted(points):
+        if not kept or x - kept[-1] >= 64 // itemsize:
+            kept.append(x)
+    return kept
+
+
+def multiply_adds(emit, members, key, res, stream, read, cur: list, count, loaded=None) -> None:
+    """For block members ``members``: each distinct vector of operand ``res``
+    (``key(m, res)``) loaded once into a register, then each of ``stream``
+    loaded as it is first used and multiplied into every accumulator that
+    uses it.  ``read(acc, m)`` is a load's source, ``cur`` the accumulators'
+    current names (renamed here: numba's SSA pass is slow on names assigned
+    many times), ``count`` the name counter; ``loaded(acc, m, name)`` sees
+    every load."""
+    regs = {}
+    for m in members:
+        if key(m, res) not in regs:
+            regs[key(m, res)] = f"r{next(count)}"
+            emit(f"{regs[key(m, res)]} = {read(res, m)}")
+            if loaded:
+                loaded(res, m, regs[key(m, res)])
+    done = set()
+    for m in members:
+        if key(m, stream) in done:
+            continue
+        done.add(key(m, stream))
+        q = f"q{next(count)}"
+        emit(f"{q} = {read(stream, m)}")
+        if loaded:
+            loaded(stream, m, q)
+        for k, m2 in enumerate(members):
+            if key(m2, stream) == key(m, stream):
+                new = f"s{k}_{next(count)}"
+                emit(f"{new} = vfma({regs[key(m2, res)]}, {q}, {cur[k]})")
+                cur[k] = new

@@ -22,6 +22,10 @@ per row (``vstore_lanes``)::
 
 Lanes of x past the last output's position are masked (``qh``), so no read
 leaves x: every other lane lies between two positions the statement reads.
+Where x is read outside its bounds (padding, along rows and taps only), each
+tap's lanes inside them are one integer mask, computed once a tile, and x's
+reads are single masked loads (``vload_bits``); the packed operand must lie
+within its bounds.
 """
 from __future__ import annotations
 
@@ -92,6 +96,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             x = f"vload_into({arr}, {at} + {row_offset(name, s)}, l{s}, h{s}, {x})"
         return x.replace("+ -", "- ")
 
+    bounds = [({n: a for n, a in ax.terms if n in live}, ax.const, plan.shape[Q.name][k])
+              for k, ax in enumerate(Q.axes) if plan.windows[Q.name].pads[k] != (0, 0)]
     pkeys = list(dict.fromkeys(key(m, P) for m in members))
     pk_coef, panel = {}, len(taps) * len(pkeys) * V
     for n in reversed(t.loops):
@@ -101,8 +107,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         [(f"a_{a.name}", plan.shape[a.name], strides[a.name]) for a in stmt.operands] + \
         ([(INIT, plan.out_shape, init_strides)] if init_strides is not None else [])
     lines = ["import numba", "import numpy as np", "from einlocal.backends.numba_drive import Tiled",
-             "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vload_into, vstore, "
-             "vstore_lanes, sload, vfma" + (", prefetch" if t.ahead else ""), "", "",
+             "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vload_into, vstore, vstore_lanes, "
+             "sload, vfma" + (", vload_bits" if bounds else "") + (", prefetch" if t.ahead else ""), "", "",
              f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, t_p):"]
     ind = 1
 
@@ -126,6 +132,33 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(f"l{s} = min({V}, max(0, -c{s}))")
         emit(f"h{s} = max(l{s}, min({V}, {R} - c{s})) if u0 + {s} < {U} else l{s}")
     emit(f"qh = min({V}, {end} - p0)")
+    # Q read outside its bounds (padding): per tap, the lanes inside, as bits of one mask
+    masks: dict[tuple, str] = {}
+
+    def mask(tap):
+        """The name of the lanes a read of Q at ``tap`` may load (emitted once)."""
+        point = tuple(sorted((n, x) for n, x in tap.items() if any(n in c for c, _, _ in bounds)))
+        if point not in masks:
+            name = masks[point] = f"m{len(masks)}"
+            parts = []
+            for s in range(segments):
+                lo, hi, ok = [f"l{s}"], [f"h{s}"], []
+                for coef, const, size in bounds:
+                    at = _sum([f"{coef[u]}*(u0 + {s})" if coef.get(u) else "", const + value(coef, dict(point))])
+                    if coef.get(v):     # along the row: a window of lanes
+                        lo.append(f"-({at} + c{s})")
+                        hi.append(f"{size} - ({at} + c{s})")
+                    else:
+                        ok.append(f"0 <= {at} < {size}")
+                emit(f"{name}_{s}lo = max({', '.join(lo)})" if len(lo) > 1 else f"{name}_{s}lo = {lo[0]}")
+                emit(f"{name}_{s}hi = min({', '.join(hi)})" if len(hi) > 1 else f"{name}_{s}hi = {hi[0]}")
+                parts.append(f"((1 << {name}_{s}hi) - (1 << {name}_{s}lo) if "
+                             + " and ".join([f"{name}_{s}hi > {name}_{s}lo", *ok]) + " else 0)")
+            emit(f"{name} = {' | '.join(parts)}")
+        return masks[point]
+    if bounds:
+        for tap in taps:
+            mask(tap)
     for n in own:
         loop(n, blocks.get(n, 1))
 
@@ -174,7 +207,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     def read(acc, m, k):
         if acc is P:
             return f"vload(pk, b_pk + {(k * len(pkeys) + pkeys.index(key(m, P))) * V}, {V})"
-        return f"vload_lanes(a_{Q.name}, b_{Q.name} + {value(flat[Q.name][0], {**m, **taps[k]})}, {V}, 0, qh)"
+        at = f"a_{Q.name}, b_{Q.name} + {value(flat[Q.name][0], {**m, **taps[k]})}"
+        return f"vload_bits({at}, {V}, {mask(taps[k])})" if bounds else f"vload_lanes({at}, {V}, 0, qh)"
     for k, tap in enumerate(taps):
         if tap:
             emit("# " + ", ".join(f"{n}={x}" for n, x in tap.items()))

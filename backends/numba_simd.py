@@ -26,7 +26,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vstore", "vstore_lanes", "vstore_nt", "sfence", "sload", "sstore", "vfma",
+__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vload_bits", "vstore", "vstore_lanes", "vstore_nt", "sfence", "sload", "sstore", "vfma",
            "vsum", "prefetch", "LANES", "REGISTERS", "VECTOR_BITS"]
 
 
@@ -140,9 +140,8 @@ def vload(typingctx, arr, off, lanes):
     return vt(arr, off, lanes), codegen
 
 
-def _masked_load(builder, p, vec: Vec, llvt, lo, hi, passthru):
-    """``llvm.masked.load`` of lanes ``lo <= k < hi`` at ``p``, the others from ``passthru``."""
-    mask = _lane_window(builder, vec.lanes, lo, hi)
+def _masked_load(builder, p, vec: Vec, llvt, mask, passthru):
+    """``llvm.masked.load`` at ``p`` of the lanes on in ``mask``, the others from ``passthru``."""
     fnty = ir.FunctionType(llvt, [p.type, _I32, mask.type, llvt])
     fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.{_suffix(vec)}.p0")
     return builder.call(fn, [p, ir.Constant(_I32, _align(vec.dtype)), mask, passthru])
@@ -160,7 +159,8 @@ def vload_lanes(typingctx, arr, off, lanes, lo, hi):
     def codegen(context, builder, sig, args):
         p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
         llvt = context.get_value_type(vt)
-        return _masked_load(builder, p, vt, llvt, args[3], args[4], ir.Constant(llvt, None))
+        return _masked_load(builder, p, vt, llvt, _lane_window(builder, vt.lanes, args[3], args[4]),
+                            ir.Constant(llvt, None))
     return vt(arr, off, lanes, lo, hi), codegen
 
 
@@ -174,8 +174,26 @@ def vload_into(typingctx, arr, off, lo, hi, prev):
 
     def codegen(context, builder, sig, args):
         p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        return _masked_load(builder, p, prev, args[4].type, args[2], args[3], args[4])
+        return _masked_load(builder, p, prev, args[4].type, _lane_window(builder, prev.lanes, args[2], args[3]),
+                            args[4])
     return prev(arr, off, lo, hi, prev), codegen
+
+
+@intrinsic
+def vload_bits(typingctx, arr, off, lanes, bits):
+    """The lanes k whose bit ``1 << k`` is set in the integer ``bits``,
+    loaded from element offset ``off + k``, the others zero (their memory
+    never touched): any set of lanes, in one masked load."""
+    vt = _vector_of(arr, lanes)
+    if vt is None or not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        llvt = context.get_value_type(vt)
+        mask = builder.bitcast(builder.trunc(args[3], ir.IntType(vt.lanes)), ir.VectorType(ir.IntType(1), vt.lanes))
+        return _masked_load(builder, p, vt, llvt, mask, ir.Constant(llvt, None))
+    return vt(arr, off, lanes, bits), codegen
 
 
 @intrinsic

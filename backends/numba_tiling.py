@@ -273,21 +273,27 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
     if form == "map" and not streaming and parallel is not None and PACK:
         pack, outer, vector_at = _packing(plan, ops, outer, dict(blocks), taps, loops, tiles, live, v, lanes * item)
         ahead = _ahead(ops, pack, flat, loops, blocks, taps, live, item)
-    rows = _rows(plan, ops, pack, dict(blocks), outer[:vector_at], v, live, flat, dtype, lanes) \
+    rows = _rows(plan, ops, pack, dict(blocks), outer[:vector_at], v, taps, live, flat, dtype, lanes) \
         if pack and ROWS else None
     return Tiling(form, v, lanes, blocks, tuple(taps), loops, outer, parallel, streaming, outside,
                   chunk, pack, vector_at, ahead, rows)
 
 
-def _rows(plan, ops, pack, blocks, own, v, live, flat, dtype, lanes) -> tuple[str, int, int] | None:
+def _rows(plan, ops, pack, blocks, own, v, taps, live, flat, dtype, lanes) -> tuple[str, int, int] | None:
     """(u, pitch, lanes) where a packed tile's lanes run across rows
     (`ROWS`): u an output index the packed operand's tile depends on, whose
     rows of ``v`` lie ``pitch`` apart in the operand not packed; none where
-    an operand is read outside its bounds or the gain is under ROWS_GAIN."""
-    if any(p != (0, 0) for a in ops for p in plan.windows[a.name].pads):
-        return None
+    the packed operand is read outside its bounds, the other outside them
+    along an axis that moves with more than u, v and the taps, or the gain
+    is under ROWS_GAIN."""
     P = next(a for a in ops if a.name == pack)
     Q = next(a for a in ops if a is not P)
+    if any(p != (0, 0) for p in plan.windows[P.name].pads):
+        return None
+    bounded = [{n for n in ax.names if n in live} for ax, p in zip(Q.axes, plan.windows[Q.name].pads)
+               if p != (0, 0)]
+    if any(ax.coef(v) not in (0, 1) for ax, p in zip(Q.axes, plan.windows[Q.name].pads) if p != (0, 0)):
+        return None
     top, R = LANES[dtype], live[v]
     if flat[Q.name][0].get(v) != 1 or flat[P.name][0].get(v) != 1:
         return None
@@ -295,7 +301,8 @@ def _rows(plan, ops, pack, blocks, own, v, live, flat, dtype, lanes) -> tuple[st
     best = None
     for u in own:
         pitch = flat[Q.name][0].get(u, 0)
-        if u == v or u in blocks or pitch < R or not any(ax.alone == u for ax in plan.stmt.out.axes):
+        if u == v or u in blocks or pitch < R or not any(ax.alone == u for ax in plan.stmt.out.axes) \
+                or any(not names <= {u, v, *taps} for names in bounded):
             continue
         tiles = math.ceil(((live[u] - 1) * pitch + R) / top)
         useful = live[u] * R / (tiles * top)

@@ -216,6 +216,14 @@ ROWS = {
     "lc2d-stride-h": (el.locally_connected2d, dict(x=(26, 3, 17, 7), weight=(4, 3, 3, 3, 8, 5), stride=(2, 1))),
     "lc2d-dilation-w": (el.locally_connected2d, dict(x=(26, 3, 9, 14), weight=(4, 3, 3, 3, 7, 10), dilation=(1, 2))),
     "user-op": (el.Op("y[n,o,a,b] += x[n,c,a+i,b] * k[o,c,i,a,b]"), dict(x=(26, 6, 8, 12), k=(6, 6, 3, 6, 12))),
+    # the operand not packed read outside its bounds: per tap, the lanes inside as one mask
+    "lc2d-same": (el.locally_connected2d, dict(x=(26, 6, 7, 9), weight=(4, 6, 3, 3, 7, 9), padding=1)),
+    "lc2d-pad-dilation": (el.locally_connected2d, dict(x=(26, 6, 9, 7), weight=(4, 6, 3, 3, 9, 7), padding=2,
+                                                       dilation=2)),
+    "lc2d-pad-h-bias": (el.locally_connected2d, dict(x=(26, 4, 12, 6), weight=(4, 4, 3, 2, 12, 5), padding=(1, 0),
+                                                     bias=(4, 12, 5))),
+    "user-op-pad": (el.Op("y[n,o,a,b] += x[n,c,a+i-1,b] * k[o,c,i,a,b]", pad=0),
+                    dict(x=(26, 6, 8, 12), k=(6, 6, 3, 8, 12))),
 }
 
 
@@ -225,7 +233,8 @@ def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, mon
     """A packed tile over rows shorter than the vector runs its lanes across
     rows: the packed slice gathered and the sums stored one masked piece a
     row, the lanes past a row's end never stored, the last vector's reads
-    of the other operand masked.  Forward and both gradients (with the
+    of the other operand masked (and where it is read outside its bounds,
+    each tap's lanes inside them).  Forward and both gradients (with the
     bias) against the reference."""
     from einlocal.backends import numba_tiling
     monkeypatch.setattr(numba_tiling, "PACK_MIN_REUSE", 4)

@@ -33,7 +33,7 @@ import itertools
 import math
 
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
-from .numba_step import carrays, line_starts, multiply_adds, tile_start
+from .numba_step import aligned_panel, carrays, key, line_starts, linear, multiply_adds, panel, points, tile_start
 from .numba_tiling import Tiling, flat_offsets
 
 __all__ = ["generate"]
@@ -62,8 +62,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         if flat[INIT][1] or icoef.get(v, 0) not in (0, 1) or (icoef.get(v, 0) == 0 and icoef.get(u, 0)):
             return None
     blocks = dict(t.blocks)
-    members = [dict(zip(blocks, m)) for m in itertools.product(*(range(s) for s in blocks.values()))]
-    taps = [dict(zip(t.taps, m)) for m in itertools.product(*(range(live[n]) for n in t.taps))]
+    members = points(blocks)
+    taps = points({n: live[n] for n in t.taps})
     own = [n for n in t.outer[:t.vector_at] if n != u]
     shared = list(t.outer[t.vector_at:])
     end = (U - 1) * pitch + R                    # one past the last output's position
@@ -71,16 +71,11 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     itemsize = 4 if dtype == "float32" else 8
     zero = f"numba.{dtype}(0)"
 
-    def key(m, acc):
-        return tuple(sorted((n, m[n]) for n in m if n in acc.names))
-
     def value(coef, point):
         return sum(coef.get(n, 0) * x for n, x in point.items())
 
     def base(name, known, extra=()):
-        coef, const = flat[name]
-        return _sum([*(f"{c}*i_{n}" if c != 1 else f"i_{n}" for n, c in coef.items() if n in known and c),
-                     *extra, const])
+        return _sum([linear(flat[name][0], known), *extra, flat[name][1]])
 
     def row_offset(name, s):
         """The element of array ``name`` at lane 0 of row u0 + s (before it, for a row starting later)."""
@@ -88,9 +83,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
 
     def gathered(name, at, lanes_v):
         """A vector of ``name`` at offset ``at`` (lane 0, row u0), one masked load per row."""
-        if not lanes_v:          # does not vary along the vector: varies along nothing here (checked above)
-            return f"vsplat(sload(a_{name}, {at}), {V})" if name != INIT else f"vsplat(sload({INIT}, {at}), {V})"
         arr = f"a_{name}" if name != INIT else INIT
+        if not lanes_v:          # does not vary along the vector: varies along nothing here (checked above)
+            return f"vsplat(sload({arr}, {at}), {V})"
         x = f"vload_lanes({arr}, {at} + {row_offset(name, 0)}, {V}, l0, h0)"
         for s in range(1, segments):
             x = f"vload_into({arr}, {at} + {row_offset(name, s)}, l{s}, h{s}, {x})"
@@ -98,10 +93,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
 
     bounds = [({n: a for n, a in ax.terms if n in live}, ax.const, plan.shape[Q.name][k])
               for k, ax in enumerate(Q.axes) if plan.windows[Q.name].pads[k] != (0, 0)]
-    pkeys = list(dict.fromkeys(key(m, P) for m in members))
-    pk_coef, panel = {}, len(taps) * len(pkeys) * V
-    for n in reversed(t.loops):
-        pk_coef[n], panel = panel, panel * live[n]
+    pkeys, pk_coef, size = panel(members, taps, P, t.loops, live, V)
 
     arrays = [(f"a_{out.name}", plan.out_shape, out_strides)] + \
         [(f"a_{a.name}", plan.shape[a.name], strides[a.name]) for a in stmt.operands] + \
@@ -122,8 +114,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(tile_start(n, size, live[n]))
 
     carrays(emit, arrays, dtype)
-    emit(f"pk_ = np.empty({panel + V}, np.{dtype})")
-    emit(f"pk = pk_[(-(pk_.ctypes.data // {itemsize})) % {V}:][:{panel}]")
+    aligned_panel(emit, size, V, dtype)
     emit(f"p0 = t_p * {V}")
     emit(f"u0 = p0 // {pitch}")
     emit(f"# row u0 + s: {v} = c_s + lane, its outputs in lanes l_s <= lane < h_s")
@@ -131,7 +122,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(f"c{s} = p0 - (u0 + {s}) * {pitch}")
         emit(f"l{s} = min({V}, max(0, -c{s}))")
         emit(f"h{s} = max(l{s}, min({V}, {R} - c{s})) if u0 + {s} < {U} else l{s}")
-    emit(f"qh = min({V}, {end} - p0)")
+    if not bounds:      # else the masks below keep every read inside x
+        emit(f"qh = min({V}, {end} - p0)")
     # Q read outside its bounds (padding): per tap, the lanes inside, as bits of one mask
     masks: dict[tuple, str] = {}
 
@@ -195,8 +187,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     emit(f"b_pk = {_sum(f'{c}*i_{n}' for n, c in pk_coef.items())}")
     emit(f"b_{Q.name} = {base(Q.name, known | set(t.loops), ['p0'])}")
     if t.ahead:     # its lines t.ahead steps of the last loop ahead, one prefetch a line or so
-        points = {value(flat[Q.name][0], {**m, **tap}) + d for m in members for tap in taps for d in (0, V - 1)}
-        for x in line_starts(points, itemsize):
+        ahead_at = {value(flat[Q.name][0], {**m, **tap}) + d for m in members for tap in taps for d in (0, V - 1)}
+        for x in line_starts(ahead_at, itemsize):
             emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * flat[Q.name][0][t.loops[-1]]})")
     # the operand with fewer loads per tap keeps them in registers; the other streams
     n_loads = {a.name: len({key(m, a) for m in members}) for a in (P, Q)}

@@ -1,10 +1,14 @@
 """Source-writing pieces the register-tile writers share (``numba_tiles``,
 ``numba_rows``): affine offsets, a tile's first index, the arrays from
-their pointers, the lines to prefetch, and one step of the reduction (the
-loads of both operands and every accumulator's multiply-add)."""
+their pointers, a tile's block members and taps, the packed panel's layout,
+the lines to prefetch, and one step of the reduction (the loads of both
+operands and every accumulator's multiply-add)."""
 from __future__ import annotations
 
-__all__ = ["linear", "plus", "tile_start", "carrays", "line_starts", "multiply_adds"]
+import itertools
+
+__all__ = ["linear", "plus", "tile_start", "carrays", "points", "key", "panel", "aligned_panel", "line_starts",
+           "multiply_adds"]
 
 
 def linear(coef: dict, variables) -> str:
@@ -32,6 +36,34 @@ def carrays(emit, arrays, dtype: str) -> None:
     for name, shape, st in arrays:
         extent = 1 + sum((n - 1) * abs(k) for n, k in zip(shape, st))
         emit(f"{name} = numba.carray(p_{name}, ({extent},), numba.{dtype})")
+
+
+def points(sizes: dict) -> list[dict]:
+    """Every assignment of the indices ``sizes`` names (index -> range), as dicts."""
+    return [dict(zip(sizes, m)) for m in itertools.product(*(range(n) for n in sizes.values()))]
+
+
+def key(m: dict, acc) -> tuple:
+    """The part of block member ``m`` operand ``acc`` depends on (its distinct vectors)."""
+    return tuple(sorted((u, m[u]) for u in m if u in acc.names))
+
+
+def panel(members, taps, P, loops, live: dict, V: int) -> tuple[list, dict, int]:
+    """The packed operand ``P``'s panel: its distinct vectors in a tile, each
+    loop's coefficient in a panel offset (per step of the summed loops, per
+    tap, per distinct vector), and the panel's size in elements."""
+    pkeys = list(dict.fromkeys(key(m, P) for m in members))
+    coef, size = {}, len(taps) * len(pkeys) * V
+    for n in reversed(loops):
+        coef[n], size = size, size * live[n]
+    return pkeys, coef, size
+
+
+def aligned_panel(emit, size: int, V: int, dtype: str) -> None:
+    """``pk``: ``size`` elements of scratch, aligned to a vector."""
+    itemsize = 4 if dtype == "float32" else 8
+    emit(f"pk_ = np.empty({size + V}, np.{dtype})")
+    emit(f"pk = pk_[(-(pk_.ctypes.data // {itemsize})) % {V}:][:{size}]")
 
 
 def line_starts(points, itemsize: int) -> list[int]:

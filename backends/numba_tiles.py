@@ -43,7 +43,8 @@ import math
 
 from . import numba_rows, numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
-from .numba_step import carrays, line_starts, linear as _linear, multiply_adds, plus as _plus, tile_start
+from .numba_step import aligned_panel, carrays, key, line_starts, linear as _linear, multiply_adds, panel, \
+    plus as _plus, points, tile_start
 
 from .numba_tiling import Tiling, flat_offsets as _flat, sum_slots, tiling
 
@@ -75,8 +76,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     blocks = dict(t.blocks)
     flat = {a.name: _flat(a, strides[a.name], live) for a in stmt.operands}
     flat[out.name] = _flat(out, out_strides, live)
-    members = [dict(zip(blocks, m)) for m in itertools.product(*(range(s) for s in blocks.values()))]
-    tap_values = [dict(zip(t.taps, m)) for m in itertools.product(*(range(live[n]) for n in t.taps))]
+    members = points(blocks)
+    tap_values = points({n: live[n] for n in t.taps})
     variables = set(t.outer) | set(t.loops) | set(t.sums_outside) | {v}
     zero = f"numba.{dtype}(0)"
     R = live[v]
@@ -92,9 +93,6 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     tail = t.form == "reduce" and R % V != 0
     itemsize = 4 if dtype == "float32" else 8
 
-    def key(m, acc):
-        return tuple(sorted((u, m[u]) for u in m if u in acc.names))
-
     def namer(prefix):
         """``named(expr)``: a name for ``expr``, emitted once."""
         names: dict[str, str] = {}
@@ -108,10 +106,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
 
     # the packed operand's panel: per step of the summed loops, per tap, per distinct vector of a tile
     P = next((a for a in stmt.operands if a.name == t.pack), None)
-    pkeys = list(dict.fromkeys(key(m, P) for m in members)) if P else []
-    pk_coef, panel_size = {}, len(tap_values) * len(pkeys) * V
-    for n in reversed(t.loops if P else ()):
-        pk_coef[n], panel_size = panel_size, panel_size * live[n]
+    pkeys, pk_coef, panel_size = panel(members, tap_values, P, t.loops, live, V) if P else ([], {}, 0)
 
     # the axes a read can leave (pad=0): each with its coefficients, constant and size
     def axis(ax):
@@ -210,9 +205,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         lines += [f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, t_{p}):"]
         carrays(emit, arrays, dtype)
         emit(start(p, psize) if t.chunk == 1 and not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
-        if t.pack:      # the panel, aligned to a vector
-            emit(f"pk_ = np.empty({panel_size + V}, np.{dtype})")
-            emit(f"pk = pk_[(-(pk_.ctypes.data // {itemsize})) % {V}:][:{panel_size}]")
+        if t.pack:
+            aligned_panel(emit, panel_size, V, dtype)
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
     out_coef, out_const = flat[out.name]
@@ -259,8 +253,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         Q = next(a for a in stmt.operands if a is not P)
         coef = flat[Q.name][0]
         ends = (0, V - 1) if v in Q.names else (0,)
-        points = {value(coef, 0, {**m, **tap}) + d for m in members for tap in tap_values for d in ends}
-        for x in line_starts(points, itemsize):
+        ahead_at = {value(coef, 0, {**m, **tap}) + d for m in members for tap in tap_values for d in ends}
+        for x in line_starts(ahead_at, itemsize):
             emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * coef[t.loops[-1]]})")
 
     for n, size in loops:

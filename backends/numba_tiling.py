@@ -116,22 +116,19 @@ class Tiling:
                    f"{self.parallel}" if self.sums_outside else "")
         rows = f", {self.chunk} {self.parallel} a tile" if self.chunk > 1 and not self.sums_outside else ""
         kind = f" (streaming: memory-bound{outside}{rows})" if self.streaming else ""
-        packed = ""
+        ahead = f", {other} prefetched {self.ahead} {self.loops[-1]} ahead" if self.ahead else ""
+        tile = (f"blocks {', '.join(f'{n}x{s}' for n, s in self.blocks) or '-'}; taps unrolled: "
+                f"{', '.join(self.taps) or '-'}")
         if self.rows:
             u, pitch, lanes = self.rows
-            return (f"{self.form} form: {lanes} lanes along {u}*{pitch}+{self.vector} (rows of "
-                    f"{self.vector} {pitch} apart, the lanes past a row's end idle); blocks "
-                    f"{', '.join(f'{n}x{s}' for n, s in self.blocks) or '-'}; taps unrolled: "
-                    f"{', '.join(self.taps) or '-'}; prange over: {u}*{pitch}+{self.vector} in vectors; "
-                    f"{self.pack} packed per tile of "
-                    f"{', '.join((*(n for n in self.outer[:self.vector_at] if n != u), 'the vector'))}"
-                    + (f", {other} prefetched {self.ahead} {self.loops[-1]} ahead" if self.ahead else ""))
-        if self.pack:
-            packed = (f"; {self.pack} packed per tile of {', '.join((*self.outer[:self.vector_at], self.vector))}"
-                      + (f", {other} prefetched {self.ahead} {self.loops[-1]} ahead" if self.ahead else ""))
-        return (f"{self.form} form{kind}: {self.lanes} lanes along {self.vector}; blocks "
-                f"{', '.join(f'{n}x{s}' for n, s in self.blocks) or '-'}; taps unrolled: "
-                f"{', '.join(self.taps) or '-'}; prange over: {self.parallel or '-'}{packed}")
+            own = (*(n for n in self.outer[:self.vector_at] if n != u), "the vector")
+            return (f"{self.form} form: {lanes} lanes along {u}*{pitch}+{self.vector} (rows of {self.vector} "
+                    f"{pitch} apart, the lanes past a row's end idle); {tile}; prange over: "
+                    f"{u}*{pitch}+{self.vector} in vectors; {self.pack} packed per tile of {', '.join(own)}{ahead}")
+        packed = (f"; {self.pack} packed per tile of {', '.join((*self.outer[:self.vector_at], self.vector))}{ahead}"
+                  if self.pack else "")
+        return (f"{self.form} form{kind}: {self.lanes} lanes along {self.vector}; {tile}; prange over: "
+                f"{self.parallel or '-'}{packed}")
 
 
 def _vectorisable(v: str, acc, strides) -> bool:
@@ -290,9 +287,8 @@ def _rows(plan, ops, pack, blocks, own, v, taps, live, flat, dtype, lanes) -> tu
     Q = next(a for a in ops if a is not P)
     if any(p != (0, 0) for p in plan.windows[P.name].pads):
         return None
-    bounded = [{n for n in ax.names if n in live} for ax, p in zip(Q.axes, plan.windows[Q.name].pads)
-               if p != (0, 0)]
-    if any(ax.coef(v) not in (0, 1) for ax, p in zip(Q.axes, plan.windows[Q.name].pads) if p != (0, 0)):
+    bounded = [ax for ax, p in zip(Q.axes, plan.windows[Q.name].pads) if p != (0, 0)]
+    if any(ax.coef(v) not in (0, 1) for ax in bounded):
         return None
     top, R = LANES[dtype], live[v]
     if flat[Q.name][0].get(v) != 1 or flat[P.name][0].get(v) != 1:
@@ -302,7 +298,7 @@ def _rows(plan, ops, pack, blocks, own, v, taps, live, flat, dtype, lanes) -> tu
     for u in own:
         pitch = flat[Q.name][0].get(u, 0)
         if u == v or u in blocks or pitch < R or not any(ax.alone == u for ax in plan.stmt.out.axes) \
-                or any(not names <= {u, v, *taps} for names in bounded):
+                or any(not {n for n in ax.names if n in live} <= {u, v, *taps} for ax in bounded):
             continue
         tiles = math.ceil(((live[u] - 1) * pitch + R) / top)
         useful = live[u] * R / (tiles * top)

@@ -32,8 +32,10 @@ from __future__ import annotations
 import itertools
 import math
 
+from . import numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
-from .numba_step import aligned_panel, carrays, key, line_starts, linear, multiply_adds, panel, points, tile_start
+from .numba_step import aligned_panel, carrays, key, line_starts, linear, multiply_adds, next_block, panel, points, \
+    tile_start, write_ahead, write_table
 from .numba_tiling import Tiling, flat_offsets
 
 __all__ = ["generate"]
@@ -70,6 +72,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     segments = math.ceil((V - 1) / pitch) + 1    # rows a vector can span
     itemsize = 4 if dtype == "float32" else 8
     zero = f"numba.{dtype}(0)"
+    # the next block's output lines, owned during this block's sums (numba_step.write_ahead)
+    ahead_w = numba_tiling.WRITE_AHEAD and bool(t.loops) and bool(t.outer[t.vector_at:])
 
     def value(coef, point):
         return sum(coef.get(n, 0) * x for n, x in point.items())
@@ -100,7 +104,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         ([(INIT, plan.out_shape, init_strides)] if init_strides is not None else [])
     lines = ["import numba", "import numpy as np", "from einlocal.backends.numba_drive import Tiled",
              "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vload_into, vstore, vstore_lanes, "
-             "sload, vfma" + (", vload_bits" if bounds else "") + (", prefetch" if t.ahead else ""), "", "",
+             "sload, vfma" + (", vload_bits" if bounds else "") + (", prefetch" if t.ahead else "")
+             + (", prefetchw" if ahead_w else ""), "", "",
              f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, t_p):"]
     ind = 1
 
@@ -115,6 +120,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
 
     carrays(emit, arrays, dtype)
     aligned_panel(emit, size, V, dtype)
+    if ahead_w:
+        write_table(emit, [value(flat[out.name][0], m) for m in members])
     emit(f"p0 = t_p * {V}")
     emit(f"u0 = p0 // {pitch}")
     emit(f"# row u0 + s: {v} = c_s + lane, its outputs in lanes l_s <= lane < h_s")
@@ -124,6 +131,16 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(f"h{s} = max(l{s}, min({V}, {R} - c{s})) if u0 + {s} < {U} else l{s}")
     if not bounds:      # else the masks below keep every read inside x
         emit(f"qh = min({V}, {end} - p0)")
+    if ahead_w:         # the output a member writes: one span where its rows follow each other, else each row
+        firsts = [f"{row_offset(out.name, s)} + l{s}" for s in range(segments)]
+        lasts = [f"{row_offset(out.name, s)} + h{s} - 1" for s in range(segments)]
+        if flat[out.name][0].get(u) == R:       # from the first row written to the last
+            emit("w_lo = " + " else ".join(f"{firsts[s]} if h{s} > l{s}" for s in range(segments)) + " else 0")
+            emit("w_hi = " + " else ".join(f"{lasts[s]} if h{s} > l{s}" for s in reversed(range(segments)))
+                 + " else 0")
+            ends = ["w_lo", "w_hi"]
+        else:
+            ends = [x for pair in zip(firsts, lasts) for x in pair]
     # Q read outside its bounds (padding): per tap, the lanes inside, as bits of one mask
     masks: dict[tuple, str] = {}
 
@@ -155,11 +172,13 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         loop(n, blocks.get(n, 1))
 
     # the packed operand's slice for this vector, in the order the body reads it
-    def sums():     # the summed loops
+    def sums(writes=False):     # the summed loops
         nonlocal ind
-        for n in t.loops:
+        for k, n in enumerate(t.loops):
             emit(f"for i_{n} in range({live[n]}):")
             ind += 1
+            if writes and k == 0:
+                write_ahead(emit, out.name, len(members), ends, n, live[n])
 
     emit(f"# {P.name}'s slice for the tiles below, packed")
     sums()
@@ -183,7 +202,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     else:
         for k in range(len(members)):
             emit(f"s{k} = vsplat({zero}, {V})")
-    sums()
+    if ahead_w:
+        next_block(emit, out.name, base(out.name, known), shared[-1], blocks.get(shared[-1], 1), live[shared[-1]])
+    sums(ahead_w)
     emit(f"b_pk = {_sum(f'{c}*i_{n}' for n, c in pk_coef.items())}")
     emit(f"b_{Q.name} = {base(Q.name, known | set(t.loops), ['p0'])}")
     if t.ahead:     # its lines t.ahead steps of the last loop ahead, one prefetch a line or so
@@ -216,6 +237,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"vstore_lanes(a_{out.name}, {at} + {row_offset(out.name, s)}, s{k}, l{s}, h{s})"
                  .replace("+ -", "- "))
     lines += ["", "", f"{KERNEL_NAME} = Tiled(tiles, {math.ceil(end / V)}, {dtype!r})"]
-    header = f"# generated by einlocal.backends.numba_rows for\n#   {plan}\n# {t.describe(Q.name)}\n"
+    header = (f"# generated by einlocal.backends.numba_rows for\n#   {plan}\n# {t.describe(Q.name)}"
+              f"{f'; {out.name} written ahead a block' if ahead_w else ''}\n")
     return Kernel(header + "\n".join(lines) + "\n", tuple(a.name for a in stmt.operands),
                   (u, *own, *shared, *t.loops), u, v, False)

@@ -281,6 +281,23 @@ def prefetch(typingctx, arr, off):
 
 
 @intrinsic
+def prefetchw(typingctx, arr, off):
+    """``prefetch`` for a write: the line is brought in owned
+    (``llvm.prefetch`` with rw=1, x86 ``prefetchw``), so a store to it later
+    does not wait for the read-for-ownership.  Never faults."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [p.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
+        builder.call(fn, [p, ir.Constant(_I32, 1), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, off), codegen
+
+
+@intrinsic
 def sload(typingctx, arr, off):
     """The element at offset ``off``."""
     if not isinstance(arr, types.Array):

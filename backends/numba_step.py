@@ -1,14 +1,17 @@
 """Source-writing pieces the register-tile writers share (``numba_tiles``,
 ``numba_rows``): affine offsets, a tile's first index, the arrays from
 their pointers, a tile's block members and taps, the packed panel's layout,
-the lines to prefetch, and one step of the reduction (the loads of both
-operands and every accumulator's multiply-add)."""
+the lines to prefetch (an operand's ahead, the next block's outputs for a
+write), and one step of the reduction (the loads of both operands and every
+accumulator's multiply-add)."""
 from __future__ import annotations
 
 import itertools
+import math
+import re
 
 __all__ = ["linear", "plus", "tile_start", "carrays", "points", "key", "panel", "aligned_panel", "line_starts",
-           "multiply_adds"]
+           "next_block", "write_ahead", "multiply_adds"]
 
 
 def linear(coef: dict, variables) -> str:
@@ -73,6 +76,36 @@ def line_starts(points, itemsize: int) -> list[int]:
         if not kept or x - kept[-1] >= 64 // itemsize:
             kept.append(x)
     return kept
+
+
+def next_block(emit, out: str, base: str, n: str, size: int, total: int) -> None:
+    """``bn_<out>``: the output's base ``base`` at block loop ``t_n``'s next
+    tile (past the last, the last again: ``tile_start``'s clamp)."""
+    emit(tile_start(n, size, total).replace(f"t_{n}", f"(t_{n} + 1)").replace(f"i_{n} =", f"j_{n} =", 1))
+    emit(f"bn_{out} = " + re.sub(rf"\bi_{n}\b", f"j_{n}", base))
+
+
+def write_table(emit, offsets: list[int]) -> None:
+    """``pw``: the block members' output offsets, one tuple (``write_ahead``)."""
+    emit(f"pw = ({', '.join(map(str, offsets))},)")
+
+
+def write_ahead(emit, out: str, members: int, ends: list[str], step: str, steps: int) -> None:
+    """Inside a step of summed loop ``i_step`` (``steps`` of them): ask for
+    the lines the next block of outputs will be stored to, owned
+    (``prefetchw``), a few members a step, so that they arrive while this
+    block's sums run and its stores do not wait for each line's
+    read-for-ownership.  Member k's lines: ``bn_<out> + pw[k]`` plus each
+    of ``ends`` (a hint: it never faults, so a base past the end is harmless)."""
+    per = math.ceil(members / steps)
+    for j in range(per):
+        k = f"{per}*i_{step} + {j}" if per > 1 else f"i_{step}"
+        pad = ""
+        if per * steps > members:
+            emit(f"if {k} < {members}:")
+            pad = "    "
+        for e in ends:
+            emit(f"{pad}prefetchw(a_{out}, bn_{out} + pw[{k}]{' + ' + e if e != '0' else ''})")
 
 
 def multiply_adds(emit, members, key, res, stream, read, cur: list, count, loaded=None) -> None:

@@ -27,7 +27,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 __all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vload_bits", "vstore", "vstore_lanes", "vstore_nt", "sfence", "sload", "sstore", "vfma",
-           "vsum", "prefetch", "LANES", "REGISTERS", "VECTOR_BITS"]
+           "vsum", "prefetch", "prefetchw", "LANES", "REGISTERS", "VECTOR_BITS"]
 
 
 def _vector_bits() -> int:
@@ -262,12 +262,9 @@ def sfence(typingctx):
     return types.none(), codegen
 
 
-@intrinsic
-def prefetch(typingctx, arr, off):
-    """Ask for the cache line holding element ``off`` to be brought into
-    the caches for a read (``llvm.prefetch``, all levels).  A hint: it never
-    faults, so ``off`` may lie past the array's end (the last steps of a
-    loop that prefetches ahead)."""
+def _prefetch(arr, rw: int):
+    """``llvm.prefetch`` (all levels) of the line holding element ``off``
+    of ``arr``: for a read (``rw`` 0) or a write (1)."""
     if not isinstance(arr, types.Array):
         return None
 
@@ -275,26 +272,27 @@ def prefetch(typingctx, arr, off):
         p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [p.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
-        builder.call(fn, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        builder.call(fn, [p, ir.Constant(_I32, rw), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         return context.get_dummy_value()
-    return types.none(arr, off), codegen
+    return codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, off):
+    """Ask for the cache line holding element ``off`` to be brought into
+    the caches for a read.  A hint: it never faults, so ``off`` may lie past
+    the array's end (the last steps of a loop that prefetches ahead)."""
+    codegen = _prefetch(arr, 0)
+    return None if codegen is None else (types.none(arr, off), codegen)
 
 
 @intrinsic
 def prefetchw(typingctx, arr, off):
-    """``prefetch`` for a write: the line is brought in owned
-    (``llvm.prefetch`` with rw=1, x86 ``prefetchw``), so a store to it later
-    does not wait for the read-for-ownership.  Never faults."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [p.type, _I32, _I32, _I32]), "llvm.prefetch.p0")
-        builder.call(fn, [p, ir.Constant(_I32, 1), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-    return types.none(arr, off), codegen
+    """``prefetch`` for a write: the line is brought in owned (x86
+    ``prefetchw``), so a store to it later does not wait for the
+    read-for-ownership.  Never faults."""
+    codegen = _prefetch(arr, 1)
+    return None if codegen is None else (types.none(arr, off), codegen)
 
 
 @intrinsic

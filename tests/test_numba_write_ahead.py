@@ -101,7 +101,7 @@ class _Run:
 
 
 CASES = {
-    # lanes across rows (numba_rows): 8 blocks of n a tile of o, two rows a vector
+    # lanes across rows (numba_rows): 5 blocks of 6 images a tile, a vector over up to 4 rows of 5
     "rows-forward": (el.locally_connected2d, dict(x=(26, 4, 12, 7), weight=(4, 4, 3, 3, 10, 5)), "forward"),
     # the row's own vectors (numba_tiles): W2's input gradient, smaller
     "tiles-dx": (el.locally_connected2d, dict(x=(26, 8, 6, 20), weight=(8, 8, 3, 3, 4, 18)), "dx"),

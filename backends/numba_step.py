@@ -11,7 +11,7 @@ import math
 import re
 
 __all__ = ["linear", "plus", "tile_start", "carrays", "points", "key", "panel", "aligned_panel", "line_starts",
-           "next_block", "write_ahead", "multiply_adds"]
+           "next_block", "write_table", "write_ahead", "multiply_adds"]
 
 
 def linear(coef: dict, variables) -> str:
@@ -80,7 +80,8 @@ def line_starts(points, itemsize: int) -> list[int]:
 
 def next_block(emit, out: str, base: str, n: str, size: int, total: int) -> None:
     """``bn_<out>``: the output's base ``base`` at block loop ``t_n``'s next
-    tile (past the last, the last again: ``tile_start``'s clamp)."""
+    tile; past the last, the last again where ``tile_start`` clamps, else a
+    block past the end (only ever prefetched: harmless)."""
     emit(tile_start(n, size, total).replace(f"t_{n}", f"(t_{n} + 1)").replace(f"i_{n} =", f"j_{n} =", 1))
     emit(f"bn_{out} = " + re.sub(rf"\bi_{n}\b", f"j_{n}", base))
 

@@ -26,8 +26,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vload_bits", "vstore", "vstore_lanes", "vstore_nt", "sfence", "sload", "sstore", "vfma",
-           "vsum", "prefetch", "prefetchw", "LANES", "REGISTERS", "VECTOR_BITS"]
+__all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vload_bits", "vstore", "vstore_lanes", "vstore_nt",
+           "sfence", "sload", "sstore", "vfma", "vsum", "prefetch", "prefetchw", "LANES", "REGISTERS", "VECTOR_BITS"]
 
 
 def _vector_bits() -> int:

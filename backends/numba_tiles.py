@@ -75,7 +75,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     store = "vstore_nt" if nt else "vstore"
     # the next block's output lines, owned during this block's sums (numba_step.write_ahead)
     ahead_w = numba_tiling.WRITE_AHEAD and t.form == "map" and not (nt or t.sums_outside) and t.chunk == 1 \
-        and bool(t.loops) and len(t.outer) + 1 > (t.parallel is not None)    # a block loop inside the tile
+        and bool(t.loops)
     blocks = dict(t.blocks)
     flat = {a.name: _flat(a, strides[a.name], live) for a in stmt.operands}
     flat[out.name] = _flat(out, out_strides, live)

@@ -28,7 +28,7 @@ import time
 
 from .. import cachedir
 from ..errors import BackendError, CacheDirError
-from . import numba_tiles
+from . import numba_fused, numba_tiles
 from .base import Backend
 from .numba_codegen import KERNEL_NAME, generate
 
@@ -91,6 +91,7 @@ class NumbaLoops(Backend):
         self.tiled = tiled                # False: always the general nest (tests compare both)
         self._kernels: dict = {}          # (plan, dtype, strides, ..., tiled) -> (Kernel, dispatcher)
         self._fusable: dict = {}          # a weight gradient's layout -> whether it also sums the bias's
+        self._one_passes: dict = {}       # (plan, dtype, strides, bias strides) -> (Kernel, dispatcher) or None
         self.compile_seconds: dict = {}   # (plan, signature) -> seconds of compiling or loading
         self._ready: set = set()          # (plan, the arrays' type parts) compiled for
         self.cache_hits: dict = {}        # (plan, signature) -> loaded from the file cache
@@ -161,13 +162,24 @@ class NumbaLoops(Backend):
         pass over the output, not two)."""
         return self._run(call.plan, operands, out, bias)
 
+    def vjp(self, call, dy, operands: dict, wrt, outs: dict):
+        """Both operands' gradients of a pointwise layer in one pass over
+        ``dy`` (`numba_fused`); else each gradient statement on its own."""
+        one = self._one_pass(call, dy, operands, wrt, outs)
+        return one[0] if one is not None else super().vjp(call, dy, operands, wrt, outs)
+
     def vjp_and_bias(self, call, dy, operands: dict, wrt, outs: dict, bias_shape):
-        """The gradient whose kernel loads all of ``dy`` (a locally connected
-        layer's weight gradient, summed over the batch) also sums it into
-        the bias's gradient: ``dy`` is read once for both, not twice."""
+        """Every gradient of a pointwise layer in one pass over ``dy``
+        (`numba_fused`); else the gradient whose kernel loads all of ``dy``
+        (a locally connected layer's weight gradient, summed over the
+        batch) also sums it into the bias's gradient: ``dy`` is read once
+        for both, not twice."""
         import numpy as np
         if not self.tiled or type(dy).__module__.startswith(("jax", "jaxlib")):
             return None
+        one = self._one_pass(call, dy, operands, wrt, outs, bias_shape)
+        if one is not None:
+            return one
         dy_np = _numpy(dy, "dy")
         if dy_np.dtype.name not in _DTYPES:
             return None
@@ -201,6 +213,84 @@ class NumbaLoops(Backend):
                 db = torch.from_numpy(db)
             return grads, db
         return None
+
+    def one_pass(self, plan, dtype: str, strides: dict, bias_strides=None):
+        """(Kernel, dispatcher) of ``plan``'s backward in one pass
+        (`numba_fused`) for operands, ``dy`` (key ``numba_fused.OUT``) and
+        gradients with these element strides, and a bias's gradient with
+        ``bias_strides`` (indexed like ``dy``; None: no bias); None where it
+        does not apply."""
+        key = (plan, dtype, tuple(sorted(strides.items())), bias_strides)
+        if key not in self._one_passes:
+            r = numba_fused.roles(plan, dtype, strides, strides[numba_fused.OUT]) if self.tiled else None
+            if r is not None and (bias_strides is None or numba_fused.bias_fits(plan, r, bias_strides, strides[numba_fused.OUT])):
+                k = numba_fused.generate(plan, r, strides, strides, dtype, bias_strides)
+                try:
+                    fn = _import_kernel(k.source)
+                except CacheDirError:
+                    raise
+                except Exception as e:
+                    raise BackendError(f"loops:numba could not build the one-pass backward of {plan}: "
+                                       f"{type(e).__name__}: {e}\n--- generated source ---\n{k.source}") from e
+                self._one_passes[key] = (k, fn)
+            else:
+                self._one_passes[key] = None
+        return self._one_passes[key]
+
+    def one_pass_source(self, call, dtype: str = "float64") -> str | None:
+        """The source of ``call``'s backward in one pass over C-ordered
+        arrays (with the bias's gradient where it has a bias), printable;
+        None where its gradients run apart."""
+        plan = call.plan
+        strides = {a.name: _c_strides(plan.shape[a.name]) for a in plan.stmt.operands}
+        strides[numba_fused.OUT] = _c_strides(plan.out_shape)
+        bias = None
+        if call.bias is not None:
+            import numpy as np
+            bias = _strides(np.broadcast_to(np.empty(call.bias[1], dtype), plan.out_shape))
+        hit = self.one_pass(plan, dtype, strides, bias)
+        return None if hit is None else hit[0].source
+
+    def _one_pass(self, call, dy, operands: dict, wrt, outs: dict, bias_shape=None):
+        """(gradients by operand, the bias's gradient or None) from
+        `one_pass`'s kernel, where both operands' gradients are asked for
+        and it applies to these arrays; else None."""
+        import numpy as np
+        plan = call.plan
+        names = tuple(a.name for a in plan.stmt.operands)
+        if not self.tiled or set(wrt) != set(names) or type(dy).__module__.startswith(("jax", "jaxlib")):
+            return None
+        dy_np = _numpy(dy, "dy")
+        arrays = {n: _numpy(operands[n], n) for n in names}
+        if dy_np.dtype.name not in _DTYPES or dy_np.shape != plan.out_shape or \
+                any(a.dtype != dy_np.dtype or a.shape != plan.shape[n] for n, a in arrays.items()):
+            return None
+        grads = {n: _numpy(outs[n], "out") if outs.get(n) is not None else np.empty(plan.shape[n], dy_np.dtype)
+                 for n in names}
+        strides = {n: _strides(a) for n, a in arrays.items()}
+        if any(_strides(grads[n]) != strides[n] for n in names):    # gradients laid out like their operands
+            return None
+        strides[numba_fused.OUT] = _strides(dy_np)
+        db = None if bias_shape is None else np.empty(bias_shape, dy_np.dtype)
+        hit = self.one_pass(plan, dy_np.dtype.name, strides,
+                            None if db is None else _strides(np.broadcast_to(db, plan.out_shape)))
+        if hit is None:
+            return None
+        k, fn = hit
+        r_x, r_w = k.args
+        args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy_np, arrays[r_x], arrays[r_w])
+        self._ensure_compiled(plan, k, fn, args)
+        try:
+            fn(*args)
+        except Exception as e:
+            raise BackendError(f"loops:numba failed running the one-pass backward of {plan}: {type(e).__name__}: "
+                               f"{e}\n--- generated source ---\n{k.source}") from e
+        torch_in = type(dy).__module__.startswith("torch")
+        if torch_in:
+            import torch
+        result = {n: outs[n] if outs.get(n) is not None else torch.from_numpy(grads[n]) if torch_in else grads[n]
+                  for n in names}
+        return result, (None if db is None else torch.from_numpy(db) if torch_in else db)
 
     def _run(self, plan, operands: dict, out, init, sums=None):
         first = next(iter(operands.values()))

@@ -57,7 +57,21 @@ def _drive4(addr, a0, a1, a2, a3, n):
         _call(addr, ptrs, t)
 
 
-_DRIVERS = {3: _drive3, 4: _drive4}
+@numba.njit(parallel=True, cache=True)
+def _drive5(addr, a0, a1, a2, a3, a4, n):
+    ptrs = (a0.ctypes.data, a1.ctypes.data, a2.ctypes.data, a3.ctypes.data, a4.ctypes.data)
+    for t in numba.prange(n):
+        _call(addr, ptrs, t)
+
+
+@numba.njit(parallel=True, cache=True)
+def _drive6(addr, a0, a1, a2, a3, a4, a5, n):
+    ptrs = (a0.ctypes.data, a1.ctypes.data, a2.ctypes.data, a3.ctypes.data, a4.ctypes.data, a5.ctypes.data)
+    for t in numba.prange(n):
+        _call(addr, ptrs, t)
+
+
+_DRIVERS = {3: _drive3, 4: _drive4, 5: _drive5, 6: _drive6}
 
 
 class _Stats:
@@ -82,7 +96,7 @@ class Tiled:
         self.py_func, self.count, self.dtype = tiles, count, dtype
         self.arity = tiles.__code__.co_argcount - 1
         if self.arity not in _DRIVERS:
-            raise ValueError(f"a tiled kernel takes 3 or 4 arrays, this one {self.arity}")
+            raise ValueError(f"a tiled kernel takes {', '.join(map(str, _DRIVERS))} arrays, this one {self.arity}")
         self._cfunc = None
         self.stats = _Stats(self)
 

@@ -79,14 +79,23 @@ def cmd_source(args) -> int:
     call = op.bind_arrays({k: Shaped(v) for k, v in shapes.items()}, params)
     # one vocabulary with `check`: the gradient of argument a is "da" (dx, dweight)
     plans = {"forward": call.plan, **{f"d{arg}": call.plan.backward[stmt_op] for arg, stmt_op, _ in call.operands}}
-    if args.pass_ not in ("all", *plans):
+    if args.pass_ not in ("all", "backward", *plans):
         raise BackendError(f"--pass {args.pass_!r}: the generated statements of {op.name} are "
-                           f"{', '.join(plans)} (or all)")
+                           f"{', '.join(plans)} (or backward: every gradient in one kernel, or all)")
     backend = registry.generator(args.backend)
     for name, plan in plans.items():
         if args.pass_ in ("all", name):
             print(f"# ===== {args.backend}, {name}: {plan}\n")
             print(backend.source(plan, dtype=args.dtype))
+    if args.pass_ in ("all", "backward"):
+        one = backend.one_pass_source(call, args.dtype) if hasattr(backend, "one_pass_source") else None
+        if one is not None:
+            print(f"# ===== {args.backend}, backward: every gradient in one pass over dy "
+                  f"(what el.vjp runs when it asks for them all)\n")
+            print(one)
+        elif args.pass_ == "backward":
+            raise BackendError(f"--pass backward: {args.backend} runs the gradients of {op.name} for these shapes "
+                               f"apart (see --pass all)")
     return 0
 
 
@@ -313,7 +322,8 @@ def parser() -> argparse.ArgumentParser:
     add_op_arguments(g, backends=False)
     g.add_argument("--backend", default="loops:numba", help="loops:numba (default), loops:triton or loops:cupy")
     g.add_argument("--pass", dest="pass_", default="all",
-                   help="forward, dx, dweight (the gradient of each array argument, as in check) or all (default)")
+                   help="forward, dx, dweight (the gradient of each array argument, as in check), backward "
+                        "(every gradient in one kernel, where the backend has one) or all (default)")
     g.set_defaults(run=cmd_source)
 
     a = sub.add_parser("table", help="markdown (or CSV) from einlocal or pytest-benchmark JSON")

@@ -161,13 +161,23 @@ def test_non_temporal_stores_against_the_reference(monkeypatch, dtype):
     """With every streamed output stored non-temporally (the threshold at 0):
     forward, both gradients and the bias against the reference, rows of 10
     (the last vector overlapping the one before: two stores to some
-    elements)."""
+    elements); each gradient also alone (the second case's, asked for
+    together, run in one pass: `numba_fused`)."""
     from einlocal.backends import numba_tiling
     monkeypatch.setattr(numba_tiling, "NONTEMPORAL_BYTES", 0)
     cases = [dict(x=(5, 3, 6, 10), weight=(2, 3, 1, 1, 6, 10), bias=(2, 6, 10)),
              dict(x=(20, 3, 4, 48), weight=(2, 3, 1, 1, 4, 48))]
+    rng = np.random.default_rng(2)
     for kw in cases:
         _check(el.locally_connected2d, dtype, "tiled", **kw)
+        args = [rng.standard_normal(kw[k]) for k in ("x", "weight", "bias") if k in kw]
+        dy = rng.standard_normal(el.locally_connected2d(*args, backend="einsum:numpy").shape)
+        want = el.vjp(el.locally_connected2d, dy, *args, backend="einsum:numpy")
+        for k, arg in enumerate(("x", "weight")):
+            got = el.vjp(el.locally_connected2d, dy.astype(dtype), *(a.astype(dtype) for a in args), backend=NAME,
+                         wrt=arg)[k]
+            tol = 2e-5 if dtype == "float32" else 1e-12
+            np.testing.assert_allclose(got, want[k], rtol=tol, atol=tol, err_msg=arg)
     b = registry.get(NAME)
     for kw in cases:
         for plan in _plans(el.locally_connected2d, **kw).values():
@@ -562,11 +572,15 @@ def test_the_bias_gradient_from_the_weight_gradients_kernel(numba_backend, case,
         tol = 2e-4 if dtype == "float32" else 1e-10
         for g, ref, name in zip(got, want, ("x", "weight", "bias")):
             np.testing.assert_allclose(xp.to_numpy(g), ref, rtol=tol, atol=tol, err_msg=name)
+    # without x's gradient: never the one pass over every gradient (numba_fused), always this kernel
+    got = el.vjp(op, *arrays, backend=NAME, wrt=("weight", "bias"))
+    for g, ref, name in zip(got[1:], want[1:], ("weight", "bias")):
+        np.testing.assert_allclose(xp.to_numpy(g), ref, rtol=tol, atol=tol, err_msg=name)
     call = op.bind(x, w, b)
     plan = lowered(call.plan.backward["wt"])
     t = numba_tiles.tiling(plan, dtype, {a.name: _c_strides(plan.shape[a.name]) for a in plan.stmt.operands},
                            _c_strides(plan.out_shape))
     expect = t is not None and t.sums_outside != () and t.parallel in plan.stmt.operands[0].names
-    assert len(fused) == 2 and all((f is not None) == expect for f in fused), (t, fused)
+    assert len(fused) == 3 and all((f is not None) == expect for f in fused), (t, fused)
     if case != "lc1d-1x1-c12":
         assert expect, f"{case} was meant to take the fused form: {t}"

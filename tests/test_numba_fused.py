@@ -1,0 +1,140 @@
+"""loops:numba runs a pointwise layer's backward in one pass over dy
+(``numba_fused``): every gradient against einsum in float64, and the pass
+taken exactly where it applies."""
+import numpy as np
+import pytest
+
+import einlocal as el
+from einlocal import registry
+from einlocal.backends import numba_fused
+from einlocal.backends.loops_numba import _c_strides
+from einlocal.backends.namespaces import namespace
+
+pytestmark = pytest.mark.compiled
+
+NAME = "loops:numba"
+if NAME in registry.unavailable():
+    pytest.skip(f"{NAME}: {registry.unavailable()[NAME]}", allow_module_level=True)
+
+LC2, LC1 = el.locally_connected2d, el.locally_connected1d
+CASES = {   # op, shapes of x, the weight and the bias (None: no bias)
+    "lc2d-1x1-bias": (LC2, ((5, 3, 2, 16), (2, 3, 1, 1, 2, 16), (2, 2, 16))),
+    "lc2d-1x1": (LC2, ((3, 2, 4, 8), (3, 2, 1, 1, 4, 8), None)),
+    "lc1d-1x1-bias": (LC1, ((4, 3, 48), (2, 3, 1, 48), (2, 48))),
+    # 8 tiles of 160 positions, each image's sums kept apart across them
+    "lc2d-1x1-8-tiles": (LC2, ((3, 2, 8, 160), (2, 2, 1, 1, 8, 160), (2, 8, 160))),
+}
+OTHER = {   # the gradient statements run apart
+    "positions not a multiple of the lanes": (LC2, ((3, 2, 3, 5), (2, 2, 1, 1, 3, 5), (2, 3, 5)), {}),
+    "stride 2": (LC2, ((3, 2, 4, 32), (2, 2, 1, 1, 2, 16), (2, 2, 16)), {"stride": 2}),
+    "3x3 window": (LC2, ((3, 2, 6, 18), (2, 2, 3, 3, 4, 16), None), {}),
+    "24 channel pairs": (LC2, ((3, 12, 2, 16), (2, 12, 1, 1, 2, 16), None), {}),
+}
+
+
+@pytest.fixture
+def one_pass(monkeypatch):
+    """The results of the backend's one-pass attempts, in order (None: not taken)."""
+    backend = registry.get(NAME)
+    seen = []
+    original = backend._one_pass
+    monkeypatch.setattr(backend, "_one_pass", lambda *a, **k: seen.append(original(*a, **k)) or seen[-1])
+    return seen
+
+
+def _arrays(shapes, seed=3):
+    rng = np.random.default_rng(seed)
+    return [None if s is None else rng.standard_normal(s) for s in shapes]
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_gradient_in_one_pass(case, dtype, library, one_pass):
+    if library == "torch":
+        pytest.importorskip("torch")
+    op, shapes = CASES[case]
+    args = _arrays(shapes)
+    dy = np.random.default_rng(4).standard_normal(op(*args, backend="einsum:numpy").shape)
+    want = el.vjp(op, dy, *args, backend="einsum:numpy")
+    xp = namespace(library)
+    given = [None if a is None else xp.from_numpy(a.astype(dtype)) for a in [dy, *args]]
+    outs = tuple(None if a is None else xp.from_numpy(np.full(a.shape, np.nan, dtype)) for a in args)
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    for out in (None, outs):
+        got = el.vjp(op, *given, backend=NAME, out=out)
+        for g, ref, name in zip(got, want, ("x", "weight", "bias")):
+            if ref is not None:
+                np.testing.assert_allclose(xp.to_numpy(g), ref, rtol=tol, atol=tol, err_msg=name)
+        if out is not None:
+            assert all(g is o for g, o in zip(got, outs) if o is not None)
+    assert len(one_pass) == 2 and all(r is not None for r in one_pass)
+
+
+@pytest.mark.parametrize("case", list(OTHER))
+def test_the_gradients_apart_where_one_pass_does_not_apply(case, one_pass):
+    op, shapes, params = OTHER[case]
+    args = _arrays(shapes)
+    dy = np.random.default_rng(4).standard_normal(op(*args, backend="einsum:numpy", **params).shape)
+    want = el.vjp(op, dy, *args, backend="einsum:numpy", **params)
+    got = el.vjp(op, dy, *args, backend=NAME, **params)
+    for g, ref in zip(got, want):
+        if ref is not None:
+            np.testing.assert_allclose(g, ref, rtol=1e-12, atol=1e-12)
+    assert not any(r is not None for r in one_pass)
+
+
+def test_one_gradient_alone_is_not_a_pass(one_pass):
+    op, shapes = CASES["lc2d-1x1-bias"]
+    args = _arrays(shapes)
+    dy = np.random.default_rng(4).standard_normal((5, 2, 2, 16))
+    (gx, _, _), (_, gw, _) = (el.vjp(op, dy, *args, backend=NAME, wrt=w) for w in ("x", "weight"))
+    want = el.vjp(op, dy, *args, backend="einsum:numpy")
+    np.testing.assert_allclose(gx, want[0], rtol=1e-12)
+    np.testing.assert_allclose(gw, want[1], rtol=1e-12)
+    assert not any(r is not None for r in one_pass)
+
+
+def _roles(statement, dtype="float32", pad=None, **shapes):
+    plan = el.Op(statement, pad=pad).bind(**shapes)
+    strides = {a.name: _c_strides(plan.shape[a.name]) for a in plan.stmt.operands}
+    return numba_fused.roles(plan, dtype, strides, _c_strides(plan.out_shape))
+
+
+def test_the_roles_of_a_statements_indices():
+    r = _roles("y[b,o,t] += x[b,c,t] * w[o,c,t]", x=(4, 3, 64), w=(2, 3, 64))
+    assert (r.x, r.w, r.positions, r.s, r.o, r.c) == ("x", "w", 64, (("b", 4),), ("o",), ("c",))
+    assert 64 % r.tile == 0 and r.tile % 16 == 0
+    # the weight read first: the roles follow the indices, not the order
+    r = _roles("y[b,o,t] += w[o,c,t] * x[b,c,t]", x=(4, 3, 64), w=(2, 3, 64))
+    assert (r.x, r.w) == ("x", "w")
+    # a depthwise 1x1 layer: its channels are positions too
+    r = _roles("y[b,c,t] += x[b,c,t] * w[c,t]", x=(4, 3, 64), w=(3, 64))
+    assert (r.positions, r.o, r.c) == (192, (), ())
+    assert _roles("y[b,o,t] += x[b,c,t] * w[o,c]", x=(4, 3, 64), w=(2, 3)) is None      # the weight shared
+    assert _roles("y[b,o,t] += x[b,c,t] * w[o,c,t,k]", x=(4, 3, 64), w=(2, 3, 64, 2)) is None   # k read once
+    assert _roles("y[b,o,t] += x[b,c,2*t] * w[o,c,t]", x=(4, 3, 128), w=(2, 3, 64)) is None    # strided
+    assert _roles("y[b,o,t] += x[b,c,t] * w[o,c,t]", x=(4, 3, 60), w=(2, 3, 60)) is None      # 60 % 16
+    assert _roles("y[b,o,t] += x[b,c,t+k] * w[o,c,k,t]", pad=0, x=(4, 3, 48), w=(2, 3, 1, 64)) is None  # x padded
+    assert _roles("y[b,o,t] += x[b,c,t] * w[o,c,t]", "float64", x=(4, 3, 56), w=(2, 3, 56)) is not None
+
+
+def test_a_bias_gradient_one_slot_per_position_and_output_channel():
+    plan = LC2.bind(np.empty((5, 3, 2, 16)), np.empty((2, 3, 1, 1, 2, 16))).plan
+    dy = _c_strides(plan.out_shape)
+    strides = {a.name: _c_strides(plan.shape[a.name]) for a in plan.stmt.operands}
+    r = numba_fused.roles(plan, "float64", strides, dy)
+    assert numba_fused.bias_fits(plan, r, (0, 32, 16, 1), dy)
+    assert not numba_fused.bias_fits(plan, r, (0, 1, 0, 0), dy)        # one per channel: positions summed too
+    assert not numba_fused.bias_fits(plan, r, (0, 0, 16, 1), dy)       # shared by the channels
+    assert not numba_fused.bias_fits(plan, r, (64, 32, 16, 1), dy)     # one per image
+    assert not numba_fused.bias_fits(plan, r, (0, 32, 1, 2), dy)       # positions laid out otherwise
+
+
+def test_the_source_names_the_pass():
+    backend = registry.get(NAME)
+    plan = LC2.bind(np.empty((5, 3, 2, 16)), np.empty((2, 3, 1, 1, 2, 16))).plan
+    strides = {a.name: _c_strides(plan.shape[a.name]) for a in plan.stmt.operands}
+    strides[numba_fused.OUT] = _c_strides(plan.out_shape)
+    k, _ = backend.one_pass(plan, "float64", strides, (0, 32, 16, 1))
+    assert "generated by einlocal.backends.numba_fused" in k.source and "kernel = Tiled(tiles, 4, 'float64')" in k.source

@@ -265,11 +265,9 @@ class NumbaLoops(Backend):
         if dy_np.dtype.name not in _DTYPES or dy_np.shape != plan.out_shape or \
                 any(a.dtype != dy_np.dtype or a.shape != plan.shape[n] for n, a in arrays.items()):
             return None
-        grads = {n: _numpy(outs[n], "out") if outs.get(n) is not None else np.empty(plan.shape[n], dy_np.dtype)
-                 for n in names}
         strides = {n: _strides(a) for n, a in arrays.items()}
-        if any(_strides(grads[n]) != strides[n] for n in names):    # gradients laid out like their operands
-            return None
+        if any(_strides(_numpy(outs[n], "out")) != strides[n] for n in names if outs.get(n) is not None):
+            return None                 # gradients laid out like their operands
         strides[numba_fused.OUT] = _strides(dy_np)
         db = None if bias_shape is None else np.empty(bias_shape, dy_np.dtype)
         hit = self.one_pass(plan, dy_np.dtype.name, strides,
@@ -277,6 +275,8 @@ class NumbaLoops(Backend):
         if hit is None:
             return None
         k, fn = hit
+        grads = {n: _numpy(outs[n], "out") if outs.get(n) is not None else np.empty(plan.shape[n], dy_np.dtype)
+                 for n in names}
         r_x, r_w = k.args
         args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy_np, arrays[r_x], arrays[r_w])
         self._ensure_compiled(plan, k, fn, args)

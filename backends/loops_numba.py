@@ -92,6 +92,7 @@ class NumbaLoops(Backend):
         self._kernels: dict = {}          # (plan, dtype, strides, ..., tiled) -> (Kernel, dispatcher)
         self._fusable: dict = {}          # a weight gradient's layout -> whether it also sums the bias's
         self._one_passes: dict = {}       # (plan, dtype, strides, bias strides) -> (Kernel, dispatcher) or None
+        self._pointwise: dict = {}        # plan -> whether a one-pass backward may apply (numba_fused.pointwise)
         self.compile_seconds: dict = {}   # (plan, signature) -> seconds of compiling or loading
         self._ready: set = set()          # (plan, the arrays' type parts) compiled for
         self.cache_hits: dict = {}        # (plan, signature) -> loaded from the file cache
@@ -259,6 +260,11 @@ class NumbaLoops(Backend):
         plan = call.plan
         names = tuple(a.name for a in plan.stmt.operands)
         if not self.tiled or set(wrt) != set(names) or type(dy).__module__.startswith(("jax", "jaxlib")):
+            return None
+        fits = self._pointwise.get(plan)
+        if fits is None:
+            fits = self._pointwise[plan] = numba_fused.pointwise(plan)
+        if not fits:
             return None
         dy_np = _numpy(dy, "dy")
         arrays = {n: _numpy(operands[n], n) for n in names}

@@ -23,7 +23,7 @@ from . import numba_tiling
 from .numba_codegen import Kernel
 from .numba_simd import LANES
 
-__all__ = ["Roles", "roles", "bias_fits", "generate", "FUSED_BYTES", "OUT"]
+__all__ = ["Roles", "pointwise", "roles", "bias_fits", "generate", "FUSED_BYTES", "OUT"]
 
 # A tile's share of the weight and its scratch of sums stay in L1 across the
 # images: W1's backward (its data in memory) 4.1 ms with 512 positions a tile
@@ -50,15 +50,29 @@ def _coefs(acc, strides, live) -> tuple[dict, int]:
     return numba_tiling.flat_offsets(acc, strides, live)
 
 
+def pointwise(plan) -> bool:
+    """Whether `roles` can apply to ``plan`` for some strides: two
+    operands, no padding, every index read by two arrays or three, some by
+    all three (the positions), and each of those alone on its axes."""
+    stmt = plan.stmt
+    if not ONE_PASS or len(stmt.operands) != 2 or not stmt.out.plain or \
+            any(p != (0, 0) for a in stmt.operands for p in plan.windows[a.name].pads):
+        return False
+    live = {n for n, r in plan.range.items() if r > 1}
+    accs = (*stmt.operands, stmt.out)
+    sets = [set(a.names) & live for a in accs]
+    q = sets[0] & sets[1] & sets[2]
+    return bool(q) and all(sum(n in s for s in sets) >= 2 for n in live) and \
+        all(set(ax.names) & live == {n} for a in accs for ax in a.axes for n in q if n in ax.names)
+
+
 def roles(plan, dtype: str, strides: dict, out_strides) -> Roles | None:
     """The roles of ``plan``'s indices, or None where the one-pass backward
     does not apply: not two operands, padding or a window, an index read
     by one array alone, the positions (indices all three read) not one
     contiguous run laid out alike in each, or too many sums to unroll."""
     stmt = plan.stmt
-    if not ONE_PASS or len(stmt.operands) != 2 or not stmt.out.plain or dtype not in LANES:
-        return None
-    if any(p != (0, 0) for a in stmt.operands for p in plan.windows[a.name].pads):
+    if dtype not in LANES or not pointwise(plan):
         return None
     live = {n: r for n, r in plan.range.items() if r > 1}
     arrays = {a.name: _coefs(a, strides[a.name], live) for a in stmt.operands}

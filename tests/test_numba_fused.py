@@ -119,6 +119,16 @@ def test_the_roles_of_a_statements_indices():
     assert _roles("y[b,o,t] += x[b,c,t] * w[o,c,t]", "float64", x=(4, 3, 56), w=(2, 3, 56)) is not None
 
 
+def test_pointwise_statements_before_their_strides():
+    assert numba_fused.pointwise(el.Op("y[b,o,t] += x[b,c,t] * w[o,c,t]").bind(x=(4, 3, 64), w=(2, 3, 64)))
+    one = LC2.bind(np.empty((2, 3, 4, 4)), np.empty((2, 3, 1, 1, 4, 4))).plan      # h+i with i of size 1
+    assert numba_fused.pointwise(one)
+    for plan in (LC2.bind(np.empty((2, 3, 6, 6)), np.empty((2, 3, 3, 3, 4, 4))).plan,           # a 3x3 window
+                 LC2.bind(np.empty((2, 3, 4, 4)), np.empty((2, 3, 1, 1, 6, 6)), padding=1).plan,  # padding
+                 el.conv2d.bind(np.empty((2, 3, 4, 4)), np.empty((2, 3, 1, 1))).plan):          # no positions
+        assert not numba_fused.pointwise(plan), plan
+
+
 def test_a_bias_gradient_one_slot_per_position_and_output_channel():
     plan = LC2.bind(np.empty((5, 3, 2, 16)), np.empty((2, 3, 1, 1, 2, 16))).plan
     dy = _c_strides(plan.out_shape)

@@ -285,12 +285,7 @@ class NumbaLoops(Backend):
                  for n in names}
         r_x, r_w = k.args
         args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy_np, arrays[r_x], arrays[r_w])
-        self._ensure_compiled(plan, k, fn, args)
-        try:
-            fn(*args)
-        except Exception as e:
-            raise BackendError(f"loops:numba failed running the one-pass backward of {plan}: {type(e).__name__}: "
-                               f"{e}\n--- generated source ---\n{k.source}") from e
+        self._launch(plan, k, fn, args, "the one-pass backward of ")
         torch_in = type(dy).__module__.startswith("torch")
         if torch_in:
             import torch
@@ -332,18 +327,23 @@ class NumbaLoops(Backend):
                                None if sums is None else (sums[0], _strides(sums[1])))
         args = (out_np, *(arrays[a.name] for a in plan.stmt.operands)) + (() if init is None else (init,)) + \
             (() if sums is None else (sums[1],))
-        self._ensure_compiled(plan, k, fn, args)
-        try:
-            fn(*args)
-        except Exception as e:
-            raise BackendError(f"loops:numba failed running {plan}: {type(e).__name__}: {e}\n"
-                               f"--- generated source ---\n{k.source}") from e
+        self._launch(plan, k, fn, args)
         if result is not None:
             return result
         if torch_in:
             import torch
             return torch.from_numpy(out_np)
         return out_np
+
+    def _launch(self, plan, k, fn, args, what: str = ""):
+        """Compile ``fn`` for ``args`` if need be and run it; a failure
+        names ``what`` ran (of ``plan``) and carries the generated source."""
+        self._ensure_compiled(plan, k, fn, args)
+        try:
+            fn(*args)
+        except Exception as e:
+            raise BackendError(f"loops:numba failed running {what}{plan}: {type(e).__name__}: {e}\n"
+                               f"--- generated source ---\n{k.source}") from e
 
     def _ensure_compiled(self, plan, k, fn, args):
         """Compile (or load from the file cache) for these argument types,

@@ -223,8 +223,9 @@ class NumbaLoops(Backend):
         does not apply."""
         key = (plan, dtype, tuple(sorted(strides.items())), bias_strides)
         if key not in self._one_passes:
-            r = numba_fused.roles(plan, dtype, strides, strides[numba_fused.OUT]) if self.tiled else None
-            if r is not None and (bias_strides is None or numba_fused.bias_fits(plan, r, bias_strides, strides[numba_fused.OUT])):
+            dy = strides[numba_fused.OUT]
+            r = numba_fused.roles(plan, dtype, strides, dy) if self.tiled else None
+            if r is not None and (bias_strides is None or numba_fused.bias_fits(plan, r, bias_strides, dy)):
                 k = numba_fused.generate(plan, r, strides, strides, dtype, bias_strides)
                 try:
                     fn = _import_kernel(k.source)

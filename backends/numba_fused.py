@@ -174,7 +174,8 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         f"    a_{dw_n} = numba.carray(p_{dw_n}, ({size[r.w]},), {ty})",
     ]
     if bcoef is not None:
-        lines.append(f"    a_db = numba.carray(p_db, ({size[OUT]},), {ty})")
+        extent = 1 + sum((live[n] - 1) * c for n, c in bcoef.items())     # its elements, not dy's
+        lines.append(f"    a_db = numba.carray(p_db, ({extent},), {ty})")
     lines += [
         f"    a_dy = numba.carray(p_dy, ({size[OUT]},), {ty})",
         f"    a_{r.x} = numba.carray(p_{r.x}, ({size[r.x]},), {ty})",
@@ -221,7 +222,8 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
                      f"vload(acc, e + {k * pitch}, {L}))")
     if bcoef is not None:
         for i, p in enumerate(os_):
-            lines.append(f"        vstore(a_db, q0 + e + {off(bcoef, p)}, vload(acc, e + {(len(pairs) + i) * pitch}, {L}))")
+            k = len(pairs) + i
+            lines.append(f"        vstore(a_db, q0 + e + {off(bcoef, p)}, vload(acc, e + {k * pitch}, {L}))")
     if nt:
         lines.append("    sfence()")
     lines += ["", "", f"kernel = Tiled(tiles, {r.positions // T}, {dtype!r})", ""]

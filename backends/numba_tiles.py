@@ -31,9 +31,9 @@ Two forms:
 Blocks (the output indices unrolled into the tile) are chosen to maximise
 multiply-adds per load within the register file; summed indices of small
 range (kernel taps) are unrolled so every load is a base plus a constant.
-Operands read outside their bounds (``pad=0``) are read from zero-padded
-copies the caller makes (``plan.windows``).  Strides are baked into the
-source: a kernel is generated per layout.
+Reads outside an operand (``pad=0``) load only the lanes inside it, and an
+edge tile skips a tap whose reads of an operand all lie outside it.  Strides
+are baked into the source: a kernel is generated per layout.
 """
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ from . import numba_rows, numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
 from .numba_step import aligned_panel, carrays, key, line_starts, linear as _linear, multiply_adds, next_block, \
     panel, plus as _plus, points, tile_start, write_ahead, write_table
-
 from .numba_tiling import Tiling, flat_offsets as _flat, sum_slots, tiling
 
 __all__ = ["Tiling", "tiling", "sum_slots", "generate"]
@@ -199,8 +198,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         order.insert(len(order) if t.vector_at is None else t.vector_at, v)
     loops = [(n, V if n == v else blocks.get(n, 1)) for n in order]
     if t.parallel is not None:
-        # the tiles of the parallel index: a C callback on the arrays' first
-        # elements, run by ``numba_drive.Tiled`` (compiled once, not twice)
+        # the parallel index's tiles: a C callback run by ``numba_drive.Tiled`` (compiled once, not twice)
         p, psize = loops.pop(0)
         arrays = [(f"a_{out.name}", plan.out_shape, out_strides)] + \
             [(f"a_{a.name}", plan.shape[a.name], strides[a.name]) for a in stmt.operands] + \
@@ -331,6 +329,10 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
                 emit(f"for i_{n} in range({live[n]}):")
                 ind += 1
         known = variables | set(t.taps) if looped else variables
+        inside = dict.fromkeys(f"0 <= {_plus(_linear(c, known), k)} < {size}" for a in stmt.operands
+                               for _, c, k, size in bounded[a.name] if v not in c and not set(c) & set(blocks))
+        if looped and inside:   # a tap whose reads of an operand all lie outside it adds only zeros: skipped
+            emit(f"if not ({' and '.join(inside)}):\n{'    ' * (ind + 1)}continue")
         for acc in (res, stream):
             coef, const = flat[acc.name]
             emit(f"b_pk = {_plus(_linear(pk_coef, known), 0)}" if acc is P
@@ -434,8 +436,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"sstore(a_{out.name}, b_{out.name} + {off}, vsum(s{k}))")
 
     if nt:
-        ind = 1
-        emit("sfence()")
+        lines.append("    sfence()")
     if t.parallel is not None:
         tiles_count = live[p] // t.chunk if t.chunk > 1 or t.sums_outside else count(p, psize)
         lines += ["", "", f"{KERNEL_NAME} = Tiled(tiles, {tiles_count}, {dtype!r})"]

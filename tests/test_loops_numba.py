@@ -156,6 +156,16 @@ def test_large_streamed_outputs_are_stored_non_temporally(numba_backend):
         assert "vstore_nt(a_" in src and "vstore(a_" not in src and src.count("sfence()") == 1, src[:600]
 
 
+def test_edge_tiles_skip_taps_read_wholly_outside(numba_backend):
+    """An edge tile's looped body skips a tap whose reads of an operand all
+    lie outside it (W2's input gradient: rows 0, 1, 26 and 27 read dy's
+    rows h - i only for some i): the test comes before the tap's loads."""
+    src = numba_backend.source(_plans(el.locally_connected2d, x=(6, 2, 8, 20), weight=(2, 2, 3, 3, 6, 18))["dx"],
+                               dtype="float32")
+    edge = src[src.index("for i_i in range(3):"):]
+    assert "if not (0 <= i_h - 1*i_i < 6):" in edge and edge.index("continue") < edge.index("vload")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_non_temporal_stores_against_the_reference(monkeypatch, dtype):
     """With every streamed output stored non-temporally (the threshold at 0):

@@ -66,6 +66,14 @@ def _c_strides(shape) -> tuple[int, ...]:
     return tuple(math.prod(shape[k + 1:]) for k in range(len(shape)))
 
 
+def _broadcast_strides(shape, to) -> tuple[int, ...]:
+    """Element strides of a C-ordered array of ``shape`` broadcast to ``to``
+    (0 along the axes it repeats)."""
+    lead = len(to) - len(shape)
+    own = _c_strides(shape)
+    return (0,) * lead + tuple(0 if n == 1 and m != 1 else s for n, m, s in zip(shape, to[lead:], own))
+
+
 def lowered(plan):
     """The plan this backend runs for ``plan``: a scatter's gather form where
     one exists, else the plan itself."""
@@ -196,7 +204,7 @@ class NumbaLoops(Backend):
             key = (call, name, dy_np.dtype.name, tuple(_strides(a) for a in arrays.values()), out_strides)
             fusable = self._fusable.get(key)
             if fusable is None:     # decided once per call and layout (the tiling's search is not free)
-                sum_strides = _strides(np.broadcast_to(np.empty(bias_shape, dy_np.dtype), plan.shape[first]))
+                sum_strides = _broadcast_strides(bias_shape, plan.shape[first])
                 t = numba_tiles.tiling(plan, dy_np.dtype.name, {n: _strides(a) for n, a in arrays.items()},
                                        out_strides or _c_strides(plan.out_shape))
                 fusable = self._fusable[key] = t is not None and \
@@ -246,10 +254,7 @@ class NumbaLoops(Backend):
         plan = call.plan
         strides = {a.name: _c_strides(plan.shape[a.name]) for a in plan.stmt.operands}
         strides[numba_fused.OUT] = _c_strides(plan.out_shape)
-        bias = None
-        if call.bias is not None:
-            import numpy as np
-            bias = _strides(np.broadcast_to(np.empty(call.bias[1], dtype), plan.out_shape))
+        bias = None if call.bias is None else _broadcast_strides(call.bias[1], plan.out_shape)
         hit = self.one_pass(plan, dtype, strides, bias)
         return None if hit is None else hit[0].source
 
@@ -276,12 +281,12 @@ class NumbaLoops(Backend):
         if any(_strides(_numpy(outs[n], "out")) != strides[n] for n in names if outs.get(n) is not None):
             return None                 # gradients laid out like their operands
         strides[numba_fused.OUT] = _strides(dy_np)
-        db = None if bias_shape is None else np.empty(bias_shape, dy_np.dtype)
         hit = self.one_pass(plan, dy_np.dtype.name, strides,
-                            None if db is None else _strides(np.broadcast_to(db, plan.out_shape)))
+                            None if bias_shape is None else _broadcast_strides(bias_shape, plan.out_shape))
         if hit is None:
             return None
         k, fn = hit
+        db = None if bias_shape is None else np.empty(bias_shape, dy_np.dtype)
         grads = {n: _numpy(outs[n], "out") if outs.get(n) is not None else np.empty(plan.shape[n], dy_np.dtype)
                  for n in names}
         r_x, r_w = k.args

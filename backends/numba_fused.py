@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from . import numba_tiling
 from .numba_codegen import Kernel
 from .numba_simd import LANES
+from .numba_tiling import flat_offsets as _coefs
 
 __all__ = ["Roles", "pointwise", "roles", "bias_fits", "generate", "FUSED_BYTES", "OUT"]
 
@@ -44,10 +45,6 @@ class Roles:
     o: tuple[str, ...]                   # in y and the weight only: the input gradient's sum, unrolled
     c: tuple[str, ...]                   # in x and the weight only: the forward's sum, unrolled
     tile: int                            # positions a tile
-
-
-def _coefs(acc, strides, live) -> tuple[dict, int]:
-    return numba_tiling.flat_offsets(acc, strides, live)
 
 
 def pointwise(plan) -> bool:

@@ -329,9 +329,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
                 emit(f"for i_{n} in range({live[n]}):")
                 ind += 1
         known = variables | set(t.taps) if looped else variables
-        inside = dict.fromkeys(f"0 <= {_plus(_linear(c, known), k)} < {size}" for a in stmt.operands
-                               for _, c, k, size in bounded[a.name] if v not in c and not set(c) & set(blocks))
-        if looped and inside:   # a tap whose reads of an operand all lie outside it adds only zeros: skipped
+        inside = dict.fromkeys(f"0 <= {_plus(_linear(c, known), k)} < {size}" for a in stmt.operands for _, c, k,
+                               size in bounded[a.name] if v not in c and not set(c) & set(blocks)) if looped else {}
+        if inside:      # a tap whose reads of an operand all lie outside it adds only zeros: skipped
             emit(f"if not ({' and '.join(inside)}):\n{'    ' * (ind + 1)}continue")
         for acc in (res, stream):
             coef, const = flat[acc.name]

@@ -9,7 +9,8 @@ in interleaved rounds (medians, one run): x (1,8,8,8), w (8,1,3,3), padding 1.
   `nn.Conv2d(8, 8, 3, padding=1, groups=8)`, both passes; target within 1.2x;
 - `backend="auto"` with a cached choice against its chosen backend by name;
   target within 1.1x;
-- numpy: `bmm:numpy` beside the same im2col + matmul written directly.
+- numpy: `bmm:numpy` beside the same im2col + matmul written directly, and
+  its gradients through `el.vjp` (reported).
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def main():
     torch.set_num_threads(1)
     xn = np.random.rand(1, 8, 8, 8).astype(np.float32)
     wn = np.random.rand(8, 1, 3, 3).astype(np.float32)
+    dyn = np.random.rand(1, 8, 8, 8).astype(np.float32)
     x, w = torch.from_numpy(xn), torch.from_numpy(wn)
     xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
     ref_layer = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
@@ -76,6 +78,7 @@ def main():
         "auto (cached choice)": lambda: el.depthwise_conv2d(x, w, padding=1),
         "im2col + matmul (numpy)": im2col_matmul,
         "bmm:numpy": lambda: el.depthwise_conv2d(xn, wn, padding=1, backend="bmm:numpy"),
+        "el.vjp, bmm:numpy": lambda: el.vjp(el.depthwise_conv2d, dyn, xn, wn, padding=1, backend="bmm:numpy"),
     }
     for f in cases.values():
         for _ in range(20):
@@ -97,7 +100,8 @@ def main():
                                ("DepthwiseConv2d forward", "nn.Conv2d forward", "<= 1.2"),
                                ("DepthwiseConv2d fwd+bwd", "nn.Conv2d fwd+bwd", "<= 1.2"),
                                ("auto (cached choice)", f"{chosen} by name", "<= 1.1"),
-                               ("bmm:numpy", "im2col + matmul (numpy)", "(reported)")):
+                               ("bmm:numpy", "im2col + matmul (numpy)", "(reported)"),
+                               ("el.vjp, bmm:numpy", "bmm:numpy", "(reported)")):
         print(f"| {case} | {med[case] * 1e6:.1f} | {base} ({med[base] * 1e6:.1f}) | {med[case] / med[base]:.2f} "
               f"| {target} |")
 

@@ -18,7 +18,7 @@ from .errors import BackendError, ShapeError
 from .run import Call, forward_runner, run_forward, run_vjp
 
 __all__ = ["Call", "forward", "vjp", "resolve_backend", "prepare", "execute", "runner", "Prepared",
-           "GRAD_MODES"]
+           "prepare_vjp", "execute_vjp", "vjp_runner", "PreparedVjp", "GRAD_MODES"]
 
 GRAD_MODES = ("vjp", "autodiff")
 FLOATS = ("float16", "bfloat16", "float32", "float64")
@@ -164,9 +164,25 @@ def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):
     return execute(prepare(call, arrays, backend=backend, out=out, grad=grad), arrays, out)
 
 
-def vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, grad="vjp") -> tuple:
-    """Gradients of every array argument (None where the argument is None or
-    not in ``wrt``), in argument order."""
+@dataclass(frozen=True)
+class PreparedVjp:
+    """A gradient call that passed every check: what running it needs, and
+    the most bytes the memory guard counted for one backward statement (a
+    repeat re-checks them against the budget)."""
+
+    call: Call
+    backend: object
+    library: str
+    dtype: str
+    device: str
+    grad: str
+    xp: object
+    wanted: tuple
+    nbytes: int
+
+
+def prepare_vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, grad="vjp") -> PreparedVjp:
+    """Every check of a gradient call, before any work."""
     args_given = [a for a in call.args if arrays.get(a) is not None]
     wrt = tuple(args_given) if wrt is None else tuple([wrt] if isinstance(wrt, str) else wrt)
     for w in wrt:
@@ -179,30 +195,59 @@ def vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, gra
         raise ShapeError(f"dy has shape {shape_of(dy)} but the op's output has shape {tuple(call.out_shape)}")
     if grad not in backend_obj.grad_modes(library):
         raise BackendError(f"backend {backend_obj.name} has no grad={grad!r} for {library} arrays")
-    outs = {}
+    shapes = dict(call.arg_shapes)
+    given = ()
     if out is not None:
         if not isinstance(out, (tuple, list)) or len(out) != len(call.args):
             raise ShapeError(f"out= for gradients must be a tuple of {len(call.args)} entries "
                              f"({', '.join(call.args)}), got {type(out).__name__}")
-        shapes = dict(call.arg_shapes)
+        given = tuple(arg for arg, o in zip(call.args, out) if o is not None)
         for arg, o in zip(call.args, out):
             if o is not None:
                 _check_out(o, shapes[arg], dtype, library, device, arrays, f"out[{arg!r}]")
-                outs[arg] = o
     itemsize = dy.dtype.itemsize
-    shapes = dict(call.arg_shapes)
+    nbytes = 0
     for arg, op, _ in call.operands:
         if arg in wrt and not call.empty:
-            check_budget(backend_obj, call.plan.backward[op], itemsize,
-                         0 if arg in outs else math.prod(shapes[arg]))
+            nbytes = max(nbytes, check_budget(backend_obj, call.plan.backward[op], itemsize,
+                                              0 if arg in given else math.prod(shapes[arg])))
     wanted = tuple(w for w in wrt if arrays.get(w) is not None)
-    if not wanted:          # no gradient asked for: nothing to run
+    return PreparedVjp(call, backend_obj, library, dtype, device, grad, namespace(library), wanted, nbytes)
+
+
+def execute_vjp(p: PreparedVjp, dy, arrays: dict, out=None) -> tuple:
+    """Run a prepared gradient call: the gradients in argument order (None
+    where not asked for), written into ``out``'s entries where given."""
+    call = p.call
+    if not p.wanted:          # no gradient asked for: nothing to run
         return tuple(None for _ in call.args)
-    if grad == "autodiff" and not call.empty:     # an empty batch's gradients are zeros, not differentiated
-        grads = autodiff.vjp(call, backend_obj, dy, arrays, wanted, library)
+    outs = {} if out is None else {arg: o for arg, o in zip(call.args, out) if o is not None}
+    if p.grad == "autodiff" and not call.empty:     # an empty batch's gradients are zeros, not differentiated
+        grads = autodiff.vjp(call, p.backend, dy, arrays, p.wanted, p.library)
         for arg, o in outs.items():
             if arg in grads:
-                grads[arg] = namespace(library).assign(o, grads[arg])
+                grads[arg] = p.xp.assign(o, grads[arg])
     else:
-        grads = run_vjp(call, backend_obj, dy, arrays, wanted, outs)
+        grads = run_vjp(call, p.backend, dy, arrays, p.wanted, outs)
     return tuple(grads.get(a) for a in call.args)
+
+
+def vjp_runner(p: PreparedVjp):
+    """``execute_vjp(p, ...)`` as a callable ``run(dy, arrays, out)`` for
+    repeats: what the key does not prove about ``out``'s entries
+    (`_check_out_state`) checked on every call."""
+    args, shapes, xp = p.call.args, dict(p.call.arg_shapes), p.xp
+
+    def run(dy, arrays, out):
+        if out is not None:
+            for arg, o in zip(args, out):
+                if o is not None:
+                    _check_out_state(o, shapes[arg], xp, arrays, f"out[{arg!r}]")
+        return execute_vjp(p, dy, arrays, out)
+    return run
+
+
+def vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, grad="vjp") -> tuple:
+    """Gradients of every array argument (None where the argument is None or
+    not in ``wrt``), in argument order."""
+    return execute_vjp(prepare_vjp(call, dy, arrays, backend=backend, wrt=wrt, out=out, grad=grad), dy, arrays, out)

@@ -1,17 +1,18 @@
 """The fast path of repeated calls: a call's validity depends only on the op,
 the arrays' library, shapes, dtypes and devices, the parameters, the backend
-and the grad mode; with those as the key, a repeat goes straight to a
-callable prepared by its first call (`einlocal.call.runner`), re-checking
-only what can change between calls (the memory budget, and for ``auto``
-what its choice depends on, `einlocal.auto.state`)."""
+and the grad mode (for gradients also ``dy`` and ``wrt``); with those as the
+key, a repeat goes straight to a callable prepared by its first call
+(`einlocal.call.runner`, `einlocal.call.vjp_runner`), re-checking only what
+can change between calls (the memory budget, and for ``auto`` what its
+choice depends on, `einlocal.auto.state`)."""
 from __future__ import annotations
 
 from .backends.namespaces import library_of, namespace
 from .auto import measured_choice, state
 from .budget import memory_budget
-from .call import out_runner, runner
+from .call import out_runner, runner, vjp_runner
 
-__all__ = ["key", "lookup", "remember", "clear"]
+__all__ = ["key", "vjp_key", "lookup", "remember", "remember_vjp", "clear"]
 
 MAX_ENTRIES = 4096
 # key -> (run, bytes the memory guard counted, for auto: whether its choice was measured and its state)
@@ -30,6 +31,21 @@ def _keyer(a):
     return got
 
 
+def _array_keys(parts: list, arrays) -> bool:
+    """Append each array's key (None for None) to ``parts``; False where an
+    array has none (no fast path)."""
+    for a in arrays:
+        if a is None:
+            parts.append(None)
+            continue
+        keyer = _keyer(a)
+        got = None if keyer is None else keyer(a)
+        if got is None:
+            return False
+        parts.append(got)
+    return True
+
+
 def key(name: str, arrays: tuple, backend, grad: str, params: dict, out=None):
     """The key of a call, or None where it has no fast path (a library that
     gives no key, e.g. inside a trace).  ``out=`` is keyed like an input
@@ -37,15 +53,27 @@ def key(name: str, arrays: tuple, backend, grad: str, params: dict, out=None):
     every call (`einlocal.call.out_runner`).  Parameters keep their types;
     unhashable ones make a key that `lookup` and `remember` pass over."""
     parts = [name, backend, grad, out is not None]
-    for a in (*arrays, out) if out is not None else arrays:
-        if a is None:
-            parts.append(None)
-            continue
-        keyer = _keyer(a)
-        got = None if keyer is None else keyer(a)
-        if got is None:
+    if not _array_keys(parts, (*arrays, out) if out is not None else arrays):
+        return None
+    if params:
+        parts.append(tuple((k, _typed(v)) for k, v in params.items()))
+    return tuple(parts)
+
+
+def vjp_key(name: str, dy, arrays: tuple, backend, grad: str, params: dict, wrt=None, out=None):
+    """`key` of a gradient call: ``dy`` keyed like an input, ``wrt`` as
+    given (a name or a sequence of names), and ``out``'s entries like
+    inputs; None where there is no fast path (an ``out`` or ``wrt`` that is
+    not a tuple or list, which the first call's checks refuse)."""
+    if out is not None and not isinstance(out, (tuple, list)):
+        return None
+    if wrt is not None and not isinstance(wrt, str):
+        if not isinstance(wrt, (tuple, list)):
             return None
-        parts.append(got)
+        wrt = tuple(wrt)
+    parts = ["vjp", name, backend, grad, wrt, None if out is None else len(out)]
+    if not _array_keys(parts, (dy, *arrays) if out is None else (dy, *arrays, *out)):
+        return None
     if params:
         parts.append(tuple((k, _typed(v)) for k, v in params.items()))
     return tuple(parts)
@@ -86,9 +114,9 @@ def lookup(k):
     return run
 
 
-def remember(k, prepared) -> None:
-    """Keep ``prepared`` (`einlocal.call.Prepared`) for repeats of key ``k``
-    (the key says whether its calls pass ``out=``)."""
+def _keep(k, prepared, run, asked) -> None:
+    """Keep ``run`` for key ``k``; ``asked``: the backend the call named
+    (``auto``'s pick is followed: `lookup` drops it once its state changes)."""
     try:
         hash(k)
     except TypeError:
@@ -96,11 +124,23 @@ def remember(k, prepared) -> None:
     if len(_PREPARED) >= MAX_ENTRIES:
         _PREPARED.clear()
     measured = auto_state = None
-    if k[1] in (None, "auto"):
+    if asked in (None, "auto"):
         p = prepared
         measured = measured_choice(p.call, p.library, p.device, p.dtype) == p.backend.name
         auto_state = state(measured)
-    _PREPARED[k] = (out_runner(prepared) if k[3] else runner(prepared), prepared.nbytes, measured, auto_state)
+    _PREPARED[k] = (run, prepared.nbytes, measured, auto_state)
+
+
+def remember(k, prepared) -> None:
+    """Keep ``prepared`` (`einlocal.call.Prepared`) for repeats of key ``k``
+    (the key says whether its calls pass ``out=``)."""
+    _keep(k, prepared, out_runner(prepared) if k[3] else runner(prepared), k[1])
+
+
+def remember_vjp(k, prepared) -> None:
+    """Keep ``prepared`` (`einlocal.call.PreparedVjp`) for repeats of
+    gradient key ``k`` (`vjp_key`)."""
+    _keep(k, prepared, vjp_runner(prepared), k[2])
 
 
 def clear() -> None:

@@ -192,3 +192,107 @@ def test_list_parameters_repeat_and_unhashable_ones_are_refused_every_time():
     for _ in range(2):
         with pytest.raises(el.ShapeError, match="padding"):
             el.depthwise_conv2d(x, w, padding=np.array([1, 1]), backend="einsum:numpy")
+
+
+def _no_prepare_vjp(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a gradient repeat went through the checks again")
+    monkeypatch.setattr(catalogue, "prepare_vjp", refuse)
+
+
+def _reference_grads(op, dy, arrays, params):
+    a64 = {k: v.astype(np.float64) for k, v in arrays.items()}
+    return el.vjp(op, dy.astype(np.float64), a64["x"], a64["weight"], a64.get("bias"), backend="loops:python",
+                  **params)
+
+
+@pytest.mark.parametrize("with_out", [False, True], ids=["fresh", "out"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_gradient_repeat_matches_the_reference_without_rechecking(backend, case, with_out, monkeypatch):
+    """``el.vjp`` repeats take the fast path too (with ``out=`` or not):
+    the same gradients as the reference, without the first call's checks."""
+    op, shapes, params = CASES[case]
+    xp = namespace(registry.get(backend).takes[0])
+    if with_out and xp.functional:
+        pytest.skip("immutable arrays: no out=")
+    first, second = _inputs(shapes), _inputs(shapes)
+    y_shape = tuple(_reference(op, first, params).shape)
+    dys = [rng.standard_normal(y_shape).astype(np.float32) for _ in range(2)]
+    outs = tuple(xp.from_numpy(np.zeros(shapes[k], np.float32)) for k in ("x", "weight", "bias")) if with_out else None
+    try:
+        el.vjp(op, xp.from_numpy(dys[0]), *(xp.from_numpy(first[k]) for k in ("x", "weight", "bias")),
+               backend=backend, out=outs, **params)
+    except el.BackendError as err:
+        pytest.skip(str(err))
+    want = _reference_grads(op, dys[1], second, params)
+    if xp.fast_key(xp.from_numpy(second["x"])) is not None:
+        _no_prepare_vjp(monkeypatch)
+    got = el.vjp(op, xp.from_numpy(dys[1]), *(xp.from_numpy(second[k]) for k in ("x", "weight", "bias")),
+                 backend=backend, out=outs, **params)
+    for k, g, w in zip(("x", "weight", "bias"), got, want):
+        if with_out:
+            assert g is outs[("x", "weight", "bias").index(k)]
+        np.testing.assert_allclose(xp.to_numpy(g), w, rtol=3e-4, atol=3e-4, err_msg=k)
+
+
+def test_gradient_repeats_are_keyed_by_wrt_and_dy():
+    """A repeat asking for other gradients, or with a ``dy`` of another
+    dtype or shape, is not taken for the first call."""
+    x, w = rng.standard_normal((2, 3, 6, 6)).astype(np.float32), rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    for _ in range(2):
+        gx, gw, _ = el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="einsum:numpy", wrt="x")
+        assert gw is None and gx is not None
+    for wrt in (["weight"], ("weight",), "weight"):
+        gx, gw, _ = el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="einsum:numpy", wrt=wrt)
+        assert gx is None and gw is not None
+    with pytest.raises(el.ShapeError, match="dtype"):
+        el.vjp(el.depthwise_conv2d, dy.astype(np.float64), x, w, padding=1, backend="einsum:numpy", wrt="x")
+    with pytest.raises(el.ShapeError, match="dy has shape"):
+        el.vjp(el.depthwise_conv2d, dy[:, :, :5], x, w, padding=1, backend="einsum:numpy", wrt="x")
+    with pytest.raises(el.ShapeError, match="wrt names 'y'"):
+        el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="einsum:numpy", wrt=("x", "y"))
+
+
+def test_a_gradient_repeat_rechecks_its_outs_and_the_budget():
+    """What a gradient key does not prove is checked on every repeat: an
+    ``out`` entry that overlaps an input, is read only or is a broadcast
+    view, and the memory budget."""
+    x, w = rng.standard_normal((2, 4, 6, 6)).astype(np.float32), rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    gx, gw = np.empty_like(x), np.empty_like(w)
+    for _ in range(2):
+        el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="broadcast:numpy", out=(gx, gw, None))
+    with pytest.raises(el.ShapeError, match=r"out\['x'\] overlaps the memory of argument 'x'"):
+        el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="broadcast:numpy", out=(x, gw, None))
+    frozen = np.empty_like(w)
+    frozen.setflags(write=False)
+    with pytest.raises(el.ShapeError, match=r"out\['weight'\].*(read-only|writable)"):
+        el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="broadcast:numpy", out=(gx, frozen, None))
+    with pytest.raises(el.ShapeError, match="stride 0"):
+        el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="broadcast:numpy",
+               out=(np.lib.stride_tricks.as_strided(gx[:1], gx.shape, (0, *gx.strides[1:])), gw, None))
+    el.set_memory_budget(1000)
+    with pytest.raises(el.MemoryBudgetError, match="broadcast"):
+        el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="broadcast:numpy", out=(gx, gw, None))
+
+
+def test_an_auto_gradient_repeat_follows_a_new_measured_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path / "cache"))
+    x, w = rng.standard_normal((1, 3, 6, 6)).astype(np.float32), rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    call = el.depthwise_conv2d.bind(x, w, padding=1)
+    first = auto.auto_backend(call, "numpy", "cpu", dtype="float32")
+    other = next(n for n in ("einsum:numpy", "bmm:numpy") if n != first)
+    ran = []
+    chosen = registry.get(other)
+    monkeypatch.setattr(chosen, "vjp", lambda *a, _f=chosen.vjp, **k: ran.append(1) or _f(*a, **k))
+    want = _reference_grads(el.depthwise_conv2d, dy, {"x": x, "weight": w}, {"padding": 1})
+    for _ in range(2):
+        el.vjp(el.depthwise_conv2d, dy, x, w, padding=1)
+    assert not ran
+    auto.choice_cache().put(auto.choice_key(call, "numpy", "float32", "cpu"), {"backend": other})
+    got = el.vjp(el.depthwise_conv2d, dy, x, w, padding=1)
+    assert ran, f"auto kept {first} after the cache chose {other}"
+    for g, v in zip(got[:2], want[:2]):
+        np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)

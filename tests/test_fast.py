@@ -296,3 +296,58 @@ def test_an_auto_gradient_repeat_follows_a_new_measured_choice(tmp_path, monkeyp
     assert ran, f"auto kept {first} after the cache chose {other}"
     for g, v in zip(got[:2], want[:2]):
         np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
+
+
+LC_STATEMENT = "y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]"
+
+
+def test_an_op_repeat_matches_the_reference_without_rechecking(monkeypatch):
+    """An ``el.Op`` (the user's own statement) repeats like a catalogue op,
+    forward and gradients, with ``out=`` or not, ``sizes`` given as a dict
+    included; a call naming other operands still gets its named error."""
+    from einlocal import op as op_module
+    op = el.Op(LC_STATEMENT)
+    shapes = {"x": (2, 3, 7, 6), "wt": (4, 3, 3, 2, 5, 5)}
+    runs = []
+    for _ in range(3):
+        a = _inputs(shapes)
+        dy = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+        y, g = np.empty((2, 4, 5, 5), np.float32), {"x": np.empty(shapes["x"], np.float32)}
+        got = (op(x=a["x"], wt=a["wt"], backend="einsum:numpy"),
+               op(x=a["x"], wt=a["wt"], backend="einsum:numpy", out=y, sizes={"h": 5, "w": 5}),
+               op.vjp(dy, x=a["x"], wt=a["wt"], backend="einsum:numpy"),
+               op.vjp(dy, x=a["x"], wt=a["wt"], backend="einsum:numpy", out=g, wrt="x"),
+               op.vjp(dy, x=a["x"], wt=a["wt"], backend="einsum:numpy", wrt="wt"))
+        runs.append((a, dy, got, y, g))
+        if len(runs) == 2:          # the first call of each kind is done: the rest are repeats
+            for name in ("prepare", "prepare_vjp"):
+                monkeypatch.setattr(op_module, name, lambda *args, **kw: pytest.fail("a repeat was checked again"))
+    monkeypatch.undo()
+    for a, dy, (y0, y1, grads, grads_x, grads_w), y, g in runs:
+        a64 = {k: v.astype(np.float64) for k, v in a.items()}
+        want = op(**a64, backend="loops:python")
+        want_g = op.vjp(dy.astype(np.float64), **a64, backend="loops:python")
+        for got in (y0, y1):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert y1 is y and grads_x["x"] is g["x"] and grads_x["wt"] is None and grads_w["x"] is None
+        np.testing.assert_allclose(grads_w["wt"], want_g["wt"], rtol=1e-4, atol=1e-4)
+        for k in ("x", "wt"):
+            np.testing.assert_allclose(grads[k], want_g[k], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(g["x"], want_g["x"], rtol=1e-4, atol=1e-4)
+    a = runs[-1][0]
+    with pytest.raises(el.ShapeError, match="no operand 'w'"):
+        op(x=a["x"], wt=a["wt"], w=a["wt"], backend="einsum:numpy")
+    with pytest.raises(el.ShapeError, match="overlaps the memory of argument 'x'"):
+        op.vjp(runs[-1][1], x=a["x"], wt=a["wt"], backend="einsum:numpy", out={"x": a["x"]}, wrt="x")
+
+
+def test_op_repeats_are_keyed_by_sizes():
+    """``sizes`` can narrow a range that the shapes would give wider: a
+    repeat with other sizes is not taken for the first call."""
+    op = el.Op("y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j]")
+    x, wt = rng.standard_normal((1, 2, 8, 8)).astype(np.float32), rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    for _ in range(2):
+        assert op(x=x, wt=wt, backend="einsum:numpy").shape == (1, 3, 6, 6)
+    for sizes in ({"h": 4, "w": 5}, {"w": 5, "h": 4}):
+        y = op(x=x, wt=wt, sizes=sizes, backend="einsum:numpy")
+        np.testing.assert_allclose(y, op(x=x, wt=wt, backend="einsum:numpy")[:, :, :4, :5], rtol=1e-5, atol=1e-5)

@@ -87,6 +87,13 @@ class Backend:
         (`einlocal.run.forward_runner`)."""
         return None
 
+    def out_runner(self, call, library: str):
+        """``runner`` for repeats with ``out=``: ``run(arrays, out) -> out``,
+        given an ``out`` that the library's quick check passed
+        (`Namespace.out_ok`); it returns None where it cannot run these
+        arrays, and the checked path runs them.  None: that path always."""
+        return None
+
     def own_autodiff(self, library: str) -> bool:
         """Whether this backend's gradient is the library's autodiff of its own
         forward calls (a native conv): then a forward call is recorded by the

@@ -109,3 +109,9 @@ class Numpy(NumpyLike):
 
     def overlaps(self, a, b) -> bool:
         return bool(self.mod.shares_memory(a, b))
+
+    def out_ok(self, out, inputs: dict) -> bool:
+        if not out.flags.writeable or any(st == 0 and n > 1 for n, st in zip(out.shape, out.strides)):
+            return False
+        shares = self.mod.shares_memory
+        return not any(a is not None and shares(out, a) for a in inputs.values())

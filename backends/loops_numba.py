@@ -31,6 +31,7 @@ from ..errors import BackendError, CacheDirError
 from . import numba_fused, numba_tiles
 from .base import Backend
 from .numba_codegen import KERNEL_NAME, generate
+from .numba_repeat import element_strides as _strides, forward_runner
 
 __all__ = ["NumbaLoops", "make", "STATS"]
 
@@ -56,10 +57,6 @@ def _import_kernel(source: str):
     if mod is None:
         mod = cachedir.load_module(name, cachedir.write_code(path, source))
     return getattr(mod, KERNEL_NAME)
-
-
-def _strides(a) -> tuple[int, ...]:
-    return tuple(s // a.itemsize for s in a.strides)
 
 
 def _c_strides(shape) -> tuple[int, ...]:
@@ -342,14 +339,28 @@ class NumbaLoops(Backend):
         return out_np
 
     def _launch(self, plan, k, fn, args, what: str = ""):
-        """Compile ``fn`` for ``args`` if need be and run it; a failure
-        names ``what`` ran (of ``plan``) and carries the generated source."""
+        """Compile ``fn`` for ``args`` if need be and run it (`_call`)."""
         self._ensure_compiled(plan, k, fn, args)
+        self._call(plan, k, fn, args, what)
+
+    @staticmethod
+    def _call(plan, k, fn, args, what: str = ""):
+        """Run ``fn`` (compiled for ``args``); a failure names ``what`` ran
+        (of ``plan``) and carries the generated source."""
         try:
             fn(*args)
         except Exception as e:
             raise BackendError(f"loops:numba failed running {what}{plan}: {type(e).__name__}: {e}\n"
                                f"--- generated source ---\n{k.source}") from e
+
+    def runner(self, call, library: str):
+        """Repeats on numpy arrays: `numba_repeat.forward_runner`."""
+        if library != "numpy" or call.empty:
+            return None
+        return forward_runner(self, call, lowered(call.plan))
+
+    def out_runner(self, call, library: str):
+        return self.runner(call, library)
 
     def _ensure_compiled(self, plan, k, fn, args):
         """Compile (or load from the file cache) for these argument types,

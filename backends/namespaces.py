@@ -106,6 +106,14 @@ class Namespace:
         """Whether two arrays may share memory."""
         return False
 
+    def out_ok(self, out, inputs: dict) -> bool:
+        """Quickly, for a repeat (`einlocal.fast`): whether ``out`` passes
+        every check `einlocal.call` makes of an ``out=`` beyond its key
+        (writable, no broadcast view, no gradient asked, no memory shared
+        with an input).  False sends the call through those checks, which
+        say what is wrong; the default: always."""
+        return False
+
     def unwritable(self, a) -> str | None:
         """Why ``a`` cannot be written as an ``out=`` (read-only, or a
         broadcast view whose elements share memory), or None."""

@@ -7,6 +7,8 @@ can change between calls (the memory budget, and for ``auto`` what its
 choice depends on, `einlocal.auto.state`)."""
 from __future__ import annotations
 
+import numpy as np
+
 from .backends.namespaces import library_of, namespace
 from .auto import measured_choice, state
 from .budget import memory_budget
@@ -18,6 +20,7 @@ MAX_ENTRIES = 4096
 # key -> (run, bytes the memory guard counted, for auto: whether its choice was measured and its state)
 _PREPARED: dict = {}
 _KEYERS: dict = {}          # array type -> its library's fast_key
+_NDARRAY = np.ndarray
 
 
 def _keyer(a):
@@ -37,6 +40,10 @@ def _array_keys(parts: list, arrays) -> bool:
     for a in arrays:
         if a is None:
             parts.append(None)
+            continue
+        kind = type(a)
+        if kind is _NDARRAY:            # numpy's key (`Numpy.fast_key`) without a call: repeats follow other work,
+            parts.append((kind, a.shape, a.dtype))      # and each call then costs microseconds
             continue
         keyer = _keyer(a)
         got = None if keyer is None else keyer(a)

@@ -81,23 +81,29 @@ def test_a_repeat_with_out_matches_the_reference_without_rechecking(backend, cas
     np.testing.assert_allclose(xp.to_numpy(out), want, rtol=2e-4, atol=2e-4)
 
 
-def test_an_out_repeat_rechecks_what_its_key_does_not_prove():
+@pytest.mark.parametrize("name", ["einsum:numpy", "loops:numba"])
+def test_an_out_repeat_rechecks_what_its_key_does_not_prove(name):
     """The key of an ``out=`` call names out's library, shape, dtype and
     device; a repeat still refuses an out that overlaps an input, is read
-    only, or is a broadcast view, with the first call's errors."""
+    only, or is a broadcast view, with the first call's errors (also where
+    the backend has a repeat of its own, behind the library's quick check)."""
+    if name == "loops:numba":
+        pytest.importorskip("numba")
     x, w = rng.standard_normal((2, 4, 6, 6)).astype(np.float32), rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
     out = np.empty((2, 4, 6, 6), np.float32)
     for _ in range(2):
-        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy", out=out)
+        el.depthwise_conv2d(x, w, padding=1, backend=name, out=out)
     with pytest.raises(el.ShapeError, match="overlaps the memory of argument 'x'"):
-        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy", out=x)
+        el.depthwise_conv2d(x, w, padding=1, backend=name, out=x)
     frozen = np.empty_like(out)
     frozen.setflags(write=False)
     with pytest.raises(el.ShapeError, match="read-only|writable"):
-        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy", out=frozen)
+        el.depthwise_conv2d(x, w, padding=1, backend=name, out=frozen)
     with pytest.raises(el.ShapeError, match="stride 0"):
-        el.depthwise_conv2d(x, w, padding=1, backend="einsum:numpy",
+        el.depthwise_conv2d(x, w, padding=1, backend=name,
                             out=np.lib.stride_tricks.as_strided(out[:1], out.shape, (0, *out.strides[1:])))
+    if name != "einsum:numpy":
+        return
     torch = pytest.importorskip("torch")
     t = {k: torch.from_numpy(v) for k, v in (("x", x), ("w", w))}
     tout = torch.empty(2, 4, 6, 6)
@@ -351,3 +357,45 @@ def test_op_repeats_are_keyed_by_sizes():
     for sizes in ({"h": 4, "w": 5}, {"w": 5, "h": 4}):
         y = op(x=x, wt=wt, sizes=sizes, backend="einsum:numpy")
         np.testing.assert_allclose(y, op(x=x, wt=wt, backend="einsum:numpy")[:, :, :4, :5], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_out", [False, True], ids=["fresh", "out"])
+def test_loops_numba_repeats_follow_each_calls_layout(with_out):
+    """`loops:numba`'s own repeat (`numba_repeat`) picks the kernel by the
+    arrays' strides and writability, which a key does not prove: a repeat
+    with a strided view, a read-only array or a Fortran-ordered weight
+    computes as a first call would, with and without bias."""
+    pytest.importorskip("numba")
+    op, shapes = el.locally_connected2d, {"x": (2, 3, 7, 6), "weight": (2, 3, 2, 2, 6, 5), "bias": (2, 6, 5)}
+    base = _inputs(shapes)
+    wide = np.zeros((2, 5, 7, 6), np.float32)
+    wide[:, 1:4] = base["x"]
+    frozen = base["x"].copy()
+    frozen.setflags(write=False)
+    layouts = [("C order", base["x"], base["weight"]), ("strided x", wide[:, 1:4], base["weight"]),
+               ("read-only x", frozen, base["weight"]), ("Fortran weight", base["x"], np.asfortranarray(base["weight"])),
+               ("C order again", base["x"], base["weight"])]
+    out = np.empty((2, 2, 6, 5), np.float32) if with_out else None
+    for bias in (None, base["bias"]):
+        want = _reference(op, {**base, "bias": bias} if bias is not None else {"x": base["x"], "weight": base["weight"]},
+                          {"dilation": 1})
+        for name, x, w in layouts:
+            got = op(x, w, bias, backend="loops:numba", out=out)
+            assert (got is out) == with_out
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4, err_msg=name)
+
+
+def test_a_repeat_writes_a_strided_out_in_place():
+    """A grouped conv's kernel writes a (N, groups, ...) view of ``out``: a
+    repeat with a strided ``out`` (which `numba_repeat` leaves to the
+    checked path) still writes into it, not into a copy."""
+    pytest.importorskip("numba")
+    x, w = rng.standard_normal((2, 4, 6, 6)).astype(np.float32), rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    want = _reference(el.conv2d, {"x": x, "weight": w}, {"groups": 2})
+    for _ in range(2):
+        got = el.conv2d(x, w, groups=2, backend="loops:numba", out=np.empty((2, 4, 4, 4), np.float32))
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+    wide = np.zeros((2, 4, 4, 8), np.float32)
+    got = el.conv2d(x, w, groups=2, backend="loops:numba", out=wide[..., ::2])
+    np.testing.assert_allclose(wide[..., ::2], want, rtol=2e-4, atol=2e-4)
+    assert not wide[..., 1::2].any()

@@ -1,0 +1,69 @@
+"""Repeated forward calls of ``loops:numba`` on numpy arrays (`einlocal.fast`):
+the compiled kernel launched with as little Python as can be between the
+call and it.
+
+A repeat usually follows other work that has evicted the interpreter's code
+and data from the caches, and then each Python function on the way costs
+far more than back to back: after a 2048 x 2048 matmul, a tiny locally
+connected layer's call took 347 us through the generic path (a quarter of
+it its kernel: launching a parallel loop wakes a sleeping thread), and its
+``loops:numba`` forward alone (``NumbaLoops._run``) 241 us.  A repeat's key
+proves the arrays' shapes and dtypes; what it does not prove (where the
+arrays lie in memory) picks the kernel from what this call site has run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["forward_runner", "element_strides"]
+
+
+def element_strides(a) -> tuple[int, ...]:
+    """A numpy array's strides in elements."""
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def forward_runner(backend, call, plan):
+    """``run(arrays, out=None)``: ``call``'s forward (``plan``: the statement
+    ``backend`` runs for it) on numpy arrays with
+    the shapes and dtypes of the call that built it (checked by the caller),
+    into ``out`` where given (writable, overlapping no input, also checked);
+    None where ``out`` is laid out so that only a copy would view it as the
+    kernel's output (the generic path then says so)."""
+    names = tuple(a.name for a in plan.stmt.operands)
+    by_op = {op: (arg, tuple(shape)) for arg, op, shape in call.operands}
+    order = tuple(by_op[n] for n in names)       # (argument, statement shape), in the kernel's order
+    bias_arg, bias_shape = call.bias if call.bias is not None else (None, None)
+    out_shape, result_shape = tuple(plan.out_shape), tuple(call.out_shape)
+    kernels: dict = {}      # the arrays' strides and writability -> (Kernel, dispatcher)
+
+    def run(arrays, out=None):
+        ops = []
+        for arg, shape in order:
+            a = arrays[arg]
+            ops.append(a if a.shape == shape else a.reshape(shape))
+        if out is None:
+            y = np.empty(out_shape, ops[0].dtype)
+        elif out.shape == out_shape:
+            y = out
+        elif out.flags.c_contiguous:
+            y = out.reshape(out_shape)
+        else:
+            return None
+        args = (y, *ops)
+        bias = None if bias_arg is None else arrays.get(bias_arg)
+        if bias is not None:
+            args += (np.broadcast_to(np.ascontiguousarray(bias.reshape(bias_shape)), out_shape),)
+        layout = tuple((a.strides, a.flags.writeable) for a in args)
+        hit = kernels.get(layout)
+        if hit is None:
+            hit = backend._compiled(plan, y.dtype.name, {n: element_strides(a) for n, a in zip(names, ops)},
+                                    element_strides(y),
+                                    None if bias is None else element_strides(args[-1]))
+            backend._ensure_compiled(plan, *hit, args)
+            kernels[layout] = hit
+        backend._call(plan, *hit, args)
+        if out is not None:
+            return out
+        return y if y.shape == result_shape else y.reshape(result_shape)
+    return run

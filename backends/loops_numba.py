@@ -31,6 +31,7 @@ from ..errors import BackendError, CacheDirError
 from . import numba_fused, numba_tiles
 from .base import Backend
 from .numba_codegen import KERNEL_NAME, generate
+from . import numba_repeat
 from .numba_repeat import element_strides as _strides, forward_runner
 
 __all__ = ["NumbaLoops", "make", "STATS"]
@@ -101,6 +102,7 @@ class NumbaLoops(Backend):
         self.compile_seconds: dict = {}   # (plan, signature) -> seconds of compiling or loading
         self._ready: set = set()          # (plan, the arrays' type parts) compiled for
         self.cache_hits: dict = {}        # (plan, signature) -> loaded from the file cache
+        self._repeats: dict = {}          # numpy arrays' layouts in a statement's run -> what it launched
 
     def cannot(self, plan, *, library: str, device: str, call=None) -> str | None:
         reason = super().cannot(plan, library=library, device=device, call=call)
@@ -269,6 +271,9 @@ class NumbaLoops(Backend):
             fits = self._pointwise[plan] = numba_fused.pointwise(plan)
         if not fits:
             return None
+        repeat = numba_repeat.one_pass_key(plan, dy, operands, outs, names, bias_shape)
+        if repeat is not None and repeat in self._repeats:
+            return numba_repeat.launch_one_pass(self, self._repeats[repeat], dy, operands, outs, bias_shape)
         dy_np = _numpy(dy, "dy")
         arrays = {n: _numpy(operands[n], n) for n in names}
         if dy_np.dtype.name not in _DTYPES or dy_np.shape != plan.out_shape or \
@@ -280,6 +285,8 @@ class NumbaLoops(Backend):
         strides[numba_fused.OUT] = _strides(dy_np)
         hit = self.one_pass(plan, dy_np.dtype.name, strides,
                             None if bias_shape is None else _broadcast_strides(bias_shape, plan.out_shape))
+        if repeat is not None:
+            self._repeats[repeat] = None if hit is None else (plan, names, *hit)
         if hit is None:
             return None
         k, fn = hit
@@ -298,6 +305,11 @@ class NumbaLoops(Backend):
 
     def _run(self, plan, operands: dict, out, init, sums=None):
         first = next(iter(operands.values()))
+        repeat = numba_repeat.statement_key(plan, operands, out, init, sums, self.tiled)
+        if repeat is not None:
+            hit = self._repeats.get(repeat)
+            if hit is not None:
+                return numba_repeat.launch(self, hit, operands, out, init, sums)
         if type(first).__module__.startswith(("jax", "jaxlib")):
             from . import numba_jax
             return numba_jax.run(self, lowered(plan), operands, init)
@@ -331,6 +343,8 @@ class NumbaLoops(Backend):
         args = (out_np, *(arrays[a.name] for a in plan.stmt.operands)) + (() if init is None else (init,)) + \
             (() if sums is None else (sums[1],))
         self._launch(plan, k, fn, args)
+        if repeat is not None:
+            self._repeats[repeat] = (plan, tuple(a.name for a in plan.stmt.operands), k, fn)
         if result is not None:
             return result
         if torch_in:

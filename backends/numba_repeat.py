@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["forward_runner", "element_strides"]
+__all__ = ["forward_runner", "element_strides", "statement_key", "launch", "one_pass_key", "launch_one_pass"]
 
 
 def element_strides(a) -> tuple[int, ...]:
@@ -54,7 +54,7 @@ def forward_runner(backend, call, plan):
         bias = None if bias_arg is None else arrays.get(bias_arg)
         if bias is not None:
             args += (np.broadcast_to(np.ascontiguousarray(bias.reshape(bias_shape)), out_shape),)
-        layout = tuple((a.strides, a.flags.writeable) for a in args)
+        layout = (backend.tiled, *((a.strides, a.flags.writeable) for a in args))
         hit = kernels.get(layout)
         if hit is None:
             hit = backend._compiled(plan, y.dtype.name, {n: element_strides(a) for n, a in zip(names, ops)},
@@ -67,3 +67,59 @@ def forward_runner(backend, call, plan):
             return out
         return y if y.shape == result_shape else y.reshape(result_shape)
     return run
+
+
+def _layout(a):
+    return None if a is None else (a.shape, a.dtype, a.strides, a.flags.writeable)
+
+
+def statement_key(plan, operands: dict, out, init, sums, tiled: bool):
+    """What a run of one bound statement (`NumbaLoops._run`) on numpy
+    arrays depends on (and whether tiled nests may run it), hashable: the
+    key of a repeat that `launch` runs with none of the first run's checks;
+    None where an array is not numpy's."""
+    arrays = (*operands.values(), out, init, None if sums is None else sums[1])
+    if any(a is not None and type(a) is not np.ndarray for a in arrays):
+        return None
+    return (plan, tiled, tuple((n, _layout(a)) for n, a in operands.items()), _layout(out), _layout(init),
+            None if sums is None else (sums[0], _layout(sums[1])))
+
+
+def launch(backend, hit, operands: dict, out, init, sums):
+    """Run a statement again as its first run (keyed by `statement_key`)
+    did: ``hit`` is (the plan it ran, its operands' order, Kernel, dispatcher)."""
+    plan, names, k, fn = hit
+    y = np.empty(plan.out_shape, next(iter(operands.values())).dtype) if out is None else out
+    args = (y, *(operands[n] for n in names))
+    if init is not None:
+        args += (np.broadcast_to(np.ascontiguousarray(init), plan.out_shape),)
+    if sums is not None:
+        args += (sums[1],)
+    backend._call(plan, k, fn, args)
+    return y
+
+
+def one_pass_key(plan, dy, operands: dict, outs: dict, names, bias_shape):
+    """`statement_key` of a pointwise layer's backward in one pass
+    (`NumbaLoops._one_pass`): ``dy``, the operands and the gradients' outs."""
+    outs = tuple(outs.get(n) for n in names)
+    if type(dy) is not np.ndarray or any(type(operands[n]) is not np.ndarray for n in names) or \
+            any(o is not None and type(o) is not np.ndarray for o in outs):
+        return None
+    return ("one pass", plan, bias_shape, _layout(dy), tuple(_layout(operands[n]) for n in names),
+            tuple(_layout(o) for o in outs))
+
+
+def launch_one_pass(backend, hit, dy, operands: dict, outs: dict, bias_shape):
+    """The one-pass backward again as its first run (keyed by
+    `one_pass_key`) ran it: ``hit`` is (plan, operand names, Kernel,
+    dispatcher), or None where it did not apply (None again)."""
+    if hit is None:
+        return None
+    plan, names, k, fn = hit
+    db = None if bias_shape is None else np.empty(bias_shape, dy.dtype)
+    grads = {n: outs[n] if outs.get(n) is not None else np.empty(plan.shape[n], dy.dtype) for n in names}
+    r_x, r_w = k.args
+    args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy, operands[r_x], operands[r_w])
+    backend._call(plan, k, fn, args, "the one-pass backward of ")
+    return grads, db

@@ -399,3 +399,33 @@ def test_a_repeat_writes_a_strided_out_in_place():
     got = el.conv2d(x, w, groups=2, backend="loops:numba", out=wide[..., ::2])
     np.testing.assert_allclose(wide[..., ::2], want, rtol=2e-4, atol=2e-4)
     assert not wide[..., 1::2].any()
+
+
+@pytest.mark.parametrize("case", ["lc2d-3x3", "lc2d-1x1-bias"])
+def test_loops_numba_gradient_repeats_follow_each_calls_layout(case):
+    """`loops:numba` runs a repeated statement (and a pointwise layer's
+    one-pass backward) as its first run did, keyed by the arrays' layouts
+    (`numba_repeat.statement_key`, `one_pass_key`): a repeat whose ``dy``,
+    input or ``out`` entries lie otherwise in memory gets its own kernel and
+    the reference's gradients."""
+    pytest.importorskip("numba")
+    op = el.locally_connected2d
+    shapes = {"lc2d-3x3": {"x": (2, 3, 7, 6), "weight": (2, 3, 3, 3, 5, 4)},
+              "lc2d-1x1-bias": {"x": (2, 3, 4, 32), "weight": (2, 3, 1, 1, 4, 32), "bias": (2, 4, 32)}}[case]
+    a = _inputs(shapes)
+    y_shape = tuple(_reference(op, a, {}).shape)
+    dy = rng.standard_normal(y_shape).astype(np.float32)
+    want = _reference_grads(op, dy, a, {})
+    wide = np.zeros((*y_shape[:-1], 2 * y_shape[-1]), np.float32)
+    wide[..., ::2] = dy
+    frozen = a["x"].copy()
+    frozen.setflags(write=False)
+    outs = tuple(np.empty(s, np.float32) for s in shapes.values()) + (None,) * (3 - len(shapes))
+    fortran = tuple(None if o is None else np.asfortranarray(o) for o in outs)
+    for name, d, x, out in [("C order", dy, a["x"], outs), ("strided dy", wide[..., ::2], a["x"], outs),
+                            ("read-only x", dy, frozen, outs), ("Fortran outs", dy, a["x"], fortran),
+                            ("fresh gradients", dy, a["x"], None), ("C order again", dy, a["x"], outs)]:
+        got = el.vjp(op, d, x, a["weight"], a.get("bias"), backend="loops:numba", out=out)
+        for k, g, w in zip(("x", "weight", "bias"), got, want):
+            if w is not None:
+                np.testing.assert_allclose(g, w, rtol=3e-4, atol=3e-4, err_msg=f"{name}: {k}")

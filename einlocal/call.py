@@ -173,20 +173,12 @@ def forward(call: Call, arrays: dict, *, backend="auto", out=None, grad="vjp"):
 
 
 @dataclass(frozen=True)
-class PreparedVjp:
-    """A gradient call that passed every check: what running it needs, and
-    the most bytes the memory guard counted for one backward statement (a
-    repeat re-checks them against the budget)."""
+class PreparedVjp(Prepared):
+    """A gradient call that passed every check: `Prepared`'s fields (its
+    ``nbytes`` the most the memory guard counted for one backward
+    statement), and the arguments whose gradients run."""
 
-    call: Call
-    backend: object
-    library: str
-    dtype: str
-    device: str
-    grad: str
-    xp: object
     wanted: tuple
-    nbytes: int
 
 
 def prepare_vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=None, grad="vjp") -> PreparedVjp:
@@ -220,7 +212,7 @@ def prepare_vjp(call: Call, dy, arrays: dict, *, backend="auto", wrt=None, out=N
             nbytes = max(nbytes, check_budget(backend_obj, call.plan.backward[op], itemsize,
                                               0 if arg in given else math.prod(shapes[arg])))
     wanted = tuple(w for w in wrt if arrays.get(w) is not None)
-    return PreparedVjp(call, backend_obj, library, dtype, device, grad, namespace(library), wanted, nbytes)
+    return PreparedVjp(call, backend_obj, library, dtype, device, grad, namespace(library), nbytes, wanted)
 
 
 def execute_vjp(p: PreparedVjp, dy, arrays: dict, out=None) -> tuple:

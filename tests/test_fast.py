@@ -124,23 +124,32 @@ def test_a_repeat_rechecks_the_memory_budget():
         el.depthwise_conv2d(x, w, backend="broadcast:numpy")
 
 
-def test_an_auto_repeat_follows_a_new_measured_choice(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pass_", ["forward", "gradients"])
+def test_an_auto_repeat_follows_a_new_measured_choice(tmp_path, monkeypatch, pass_):
     monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path / "cache"))
     x, w = rng.standard_normal((1, 3, 6, 6)).astype(np.float32), rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
     call = el.depthwise_conv2d.bind(x, w, padding=1)
     first = auto.auto_backend(call, "numpy", "cpu", dtype="float32")
     other = next(n for n in ("einsum:numpy", "bmm:numpy") if n != first)
     ran = []
     chosen = registry.get(other)
-    monkeypatch.setattr(chosen, "forward", lambda *a, _f=chosen.forward, **k: ran.append(1) or _f(*a, **k))
-    want = _reference(el.depthwise_conv2d, {"x": x, "weight": w}, {"padding": 1})
+    method = "forward" if pass_ == "forward" else "vjp"
+    monkeypatch.setattr(chosen, method, lambda *a, _f=getattr(chosen, method), **k: ran.append(1) or _f(*a, **k))
+    if pass_ == "forward":
+        want = (_reference(el.depthwise_conv2d, {"x": x, "weight": w}, {"padding": 1}),)
+        run = lambda: (el.depthwise_conv2d(x, w, padding=1),)     # noqa: E731
+    else:
+        want = _reference_grads(el.depthwise_conv2d, dy, {"x": x, "weight": w}, {"padding": 1})[:2]
+        run = lambda: el.vjp(el.depthwise_conv2d, dy, x, w, padding=1)[:2]     # noqa: E731
     for _ in range(2):
-        el.depthwise_conv2d(x, w, padding=1)
+        run()
     assert not ran
     auto.choice_cache().put(auto.choice_key(call, "numpy", "float32", "cpu"), {"backend": other})
-    got = el.depthwise_conv2d(x, w, padding=1)
+    got = run()
     assert ran, f"auto kept {first} after the cache chose {other}"
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    for g, v in zip(got, want):
+        np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
 
 
 def test_torch_repeats_record_gradients_once_an_input_asks(backend):
@@ -281,27 +290,6 @@ def test_a_gradient_repeat_rechecks_its_outs_and_the_budget():
     el.set_memory_budget(1000)
     with pytest.raises(el.MemoryBudgetError, match="broadcast"):
         el.vjp(el.depthwise_conv2d, dy, x, w, padding=1, backend="broadcast:numpy", out=(gx, gw, None))
-
-
-def test_an_auto_gradient_repeat_follows_a_new_measured_choice(tmp_path, monkeypatch):
-    monkeypatch.setenv("EINLOCAL_CACHE_DIR", str(tmp_path / "cache"))
-    x, w = rng.standard_normal((1, 3, 6, 6)).astype(np.float32), rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
-    dy = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
-    call = el.depthwise_conv2d.bind(x, w, padding=1)
-    first = auto.auto_backend(call, "numpy", "cpu", dtype="float32")
-    other = next(n for n in ("einsum:numpy", "bmm:numpy") if n != first)
-    ran = []
-    chosen = registry.get(other)
-    monkeypatch.setattr(chosen, "vjp", lambda *a, _f=chosen.vjp, **k: ran.append(1) or _f(*a, **k))
-    want = _reference_grads(el.depthwise_conv2d, dy, {"x": x, "weight": w}, {"padding": 1})
-    for _ in range(2):
-        el.vjp(el.depthwise_conv2d, dy, x, w, padding=1)
-    assert not ran
-    auto.choice_cache().put(auto.choice_key(call, "numpy", "float32", "cpu"), {"backend": other})
-    got = el.vjp(el.depthwise_conv2d, dy, x, w, padding=1)
-    assert ran, f"auto kept {first} after the cache chose {other}"
-    for g, v in zip(got[:2], want[:2]):
-        np.testing.assert_allclose(g, v, rtol=1e-4, atol=1e-4)
 
 
 LC_STATEMENT = "y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]"

@@ -9,7 +9,9 @@ a register-tiled SIMD nest (``numba_tiles``), whose tiles at an operand's
 edge (padding) load only the lanes inside it, run in parallel by
 ``numba_drive``; anything else runs as the general nest (``numba_codegen``).
 Neither copies an operand (a tile may copy its slice of one, shared by the
-tiles inside it, into a small panel: ``numba_tiling.PACK``).
+tiles inside it, into a small panel: ``numba_tiling.PACK``).  A repeat on
+numpy arrays launches what its first run chose for the same layouts
+(``numba_repeat``).
 
 Generated modules are written to ``einlocal.machine.cache_dir()/numba/<hash>.py``
 (hash of the source and the numba version; the folders checked to be the

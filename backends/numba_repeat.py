@@ -1,11 +1,12 @@
-"""Repeated forward calls of ``loops:numba`` on numpy arrays (`einlocal.fast`):
-the compiled kernel launched with as little Python as can be between the
-call and it.
+"""Repeated calls of ``loops:numba`` on numpy arrays: the compiled kernel
+launched with as little Python as can be between the call and it (a
+forward repeat from `einlocal.fast`; a statement's run or a one-pass
+backward run again as its first run was, from `NumbaLoops`).
 
 A repeat usually follows other work that has evicted the interpreter's code
 and data from the caches, and then each Python function on the way costs
 far more than back to back: after a 2048 x 2048 matmul, a tiny locally
-connected layer's call took 347 us through the generic path (a quarter of
+connected layer's call took 347 us through the generic path (a third of
 it its kernel: launching a parallel loop wakes a sleeping thread), and its
 ``loops:numba`` forward alone (``NumbaLoops._run``) 241 us.  A repeat's key
 proves the arrays' shapes and dtypes; what it does not prove (where the
@@ -28,8 +29,8 @@ def forward_runner(backend, call, plan):
     ``backend`` runs for it) on numpy arrays with
     the shapes and dtypes of the call that built it (checked by the caller),
     into ``out`` where given (writable, overlapping no input, also checked);
-    None where ``out`` is laid out so that only a copy would view it as the
-    kernel's output (the generic path then says so)."""
+    None where ``out``'s shape is not the kernel's output's and ``out`` is not
+    C-contiguous (the generic path then views it, or says why it cannot)."""
     names = tuple(a.name for a in plan.stmt.operands)
     by_op = {op: (arg, tuple(shape)) for arg, op, shape in call.operands}
     order = tuple(by_op[n] for n in names)       # (argument, statement shape), in the kernel's order

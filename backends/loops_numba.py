@@ -263,7 +263,6 @@ class NumbaLoops(Backend):
         """(gradients by operand, the bias's gradient or None) from
         `one_pass`'s kernel, where both operands' gradients are asked for
         and it applies to these arrays; else None."""
-        import numpy as np
         plan = call.plan
         names = tuple(a.name for a in plan.stmt.operands)
         if not self.tiled or set(wrt) != set(names) or type(dy).__module__.startswith(("jax", "jaxlib")):
@@ -273,49 +272,63 @@ class NumbaLoops(Backend):
             fits = self._pointwise[plan] = numba_fused.pointwise(plan)
         if not fits:
             return None
+        if not type(dy).__module__.startswith("torch"):
+            return self._one_pass_numpy(plan, names, dy, operands, outs, bias_shape)
+        got = self._one_pass_numpy(plan, names, _numpy(dy, "dy"),     # CPU tensors: as numpy views of them
+                                   {n: _numpy(a, n) for n, a in operands.items()},
+                                   {n: _numpy(o, "out") for n, o in outs.items() if o is not None}, bias_shape)
+        if got is None:
+            return None
+        import torch
+        grads, db = got
+        return ({n: outs[n] if outs.get(n) is not None else torch.from_numpy(g) for n, g in grads.items()},
+                None if db is None else torch.from_numpy(db))
+
+    def _one_pass_numpy(self, plan, names, dy, operands: dict, outs: dict, bias_shape):
+        """`_one_pass` on numpy arrays."""
+        import numpy as np
         repeat = numba_repeat.one_pass_key(plan, dy, operands, outs, names, bias_shape)
         if repeat is not None and repeat in self._repeats:
             return numba_repeat.launch_one_pass(self, self._repeats[repeat], dy, operands, outs, bias_shape)
-        dy_np = _numpy(dy, "dy")
-        arrays = {n: _numpy(operands[n], n) for n in names}
-        if dy_np.dtype.name not in _DTYPES or dy_np.shape != plan.out_shape or \
-                any(a.dtype != dy_np.dtype or a.shape != plan.shape[n] for n, a in arrays.items()):
+        arrays = {n: operands[n] for n in names}
+        if dy.dtype.name not in _DTYPES or dy.shape != plan.out_shape or \
+                any(a.dtype != dy.dtype or a.shape != plan.shape[n] for n, a in arrays.items()):
             return None
         strides = {n: _strides(a) for n, a in arrays.items()}
-        if any(_strides(_numpy(outs[n], "out")) != strides[n] for n in names if outs.get(n) is not None):
+        if any(_strides(outs[n]) != strides[n] for n in names if outs.get(n) is not None):
             return None                 # gradients laid out like their operands
-        strides[numba_fused.OUT] = _strides(dy_np)
-        hit = self.one_pass(plan, dy_np.dtype.name, strides,
+        strides[numba_fused.OUT] = _strides(dy)
+        hit = self.one_pass(plan, dy.dtype.name, strides,
                             None if bias_shape is None else _broadcast_strides(bias_shape, plan.out_shape))
         if repeat is not None:
             self._repeats[repeat] = None if hit is None else (plan, names, *hit)
         if hit is None:
             return None
         k, fn = hit
-        db = None if bias_shape is None else np.empty(bias_shape, dy_np.dtype)
-        grads = {n: _numpy(outs[n], "out") if outs.get(n) is not None else np.empty(plan.shape[n], dy_np.dtype)
-                 for n in names}
+        db = None if bias_shape is None else np.empty(bias_shape, dy.dtype)
+        grads = {n: outs[n] if outs.get(n) is not None else np.empty(plan.shape[n], dy.dtype) for n in names}
         r_x, r_w = k.args
-        args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy_np, arrays[r_x], arrays[r_w])
+        args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy, arrays[r_x], arrays[r_w])
         self._launch(plan, k, fn, args, "the one-pass backward of ")
-        torch_in = type(dy).__module__.startswith("torch")
-        if torch_in:
-            import torch
-        result = {n: outs[n] if outs.get(n) is not None else torch.from_numpy(grads[n]) if torch_in else grads[n]
-                  for n in names}
-        return result, (None if db is None else torch.from_numpy(db) if torch_in else db)
+        return grads, db
 
     def _run(self, plan, operands: dict, out, init, sums=None):
         first = next(iter(operands.values()))
+        module = type(first).__module__
+        if module.startswith("torch"):      # CPU tensors run as numpy views of them (no copy)
+            import torch
+            y = self._run(plan, {n: _numpy(a, n) for n, a in operands.items()},
+                          None if out is None else _numpy(out, "out"), None if init is None else _numpy(init, "bias"),
+                          sums)
+            return out if out is not None else torch.from_numpy(y)
         repeat = numba_repeat.statement_key(plan, operands, out, init, sums, self.tiled)
         if repeat is not None:
             hit = self._repeats.get(repeat)
             if hit is not None:
                 return numba_repeat.launch(self, hit, operands, out, init, sums)
-        if type(first).__module__.startswith(("jax", "jaxlib")):
+        if module.startswith(("jax", "jaxlib")):
             from . import numba_jax
             return numba_jax.run(self, lowered(plan), operands, init)
-        torch_in = type(first).__module__.startswith("torch")
         plan = lowered(plan)
         arrays = {a.name: _numpy(operands[a.name], a.name) for a in plan.stmt.operands}
         dtype = next(iter(arrays.values())).dtype
@@ -349,9 +362,6 @@ class NumbaLoops(Backend):
             self._repeats[repeat] = (plan, tuple(a.name for a in plan.stmt.operands), k, fn)
         if result is not None:
             return result
-        if torch_in:
-            import torch
-            return torch.from_numpy(out_np)
         return out_np
 
     def _launch(self, plan, k, fn, args, what: str = ""):

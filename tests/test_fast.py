@@ -417,3 +417,28 @@ def test_loops_numba_gradient_repeats_follow_each_calls_layout(case):
         for k, g, w in zip(("x", "weight", "bias"), got, want):
             if w is not None:
                 np.testing.assert_allclose(g, w, rtol=3e-4, atol=3e-4, err_msg=f"{name}: {k}")
+
+
+def test_loops_numba_repeats_on_torch_tensors_follow_each_calls_layout():
+    """CPU tensors run on `loops:numba` as numpy views of them, so their
+    repeats too are keyed by layout: a strided view of ``x`` or ``dy``
+    between contiguous calls, forward, gradients and autograd, gives the
+    reference's results."""
+    pytest.importorskip("numba")
+    torch = pytest.importorskip("torch")
+    op, shapes = el.locally_connected2d, {"x": (2, 3, 7, 6), "weight": (2, 3, 3, 3, 5, 4)}
+    a = _inputs(shapes)
+    dy = rng.standard_normal((2, 2, 5, 4)).astype(np.float32)
+    want_y = _reference(op, a, {})
+    want_g = _reference_grads(op, dy, a, {})
+    x, w, d = (torch.from_numpy(v) for v in (a["x"], a["weight"], dy))
+    wide_x, wide_dy = torch.zeros(2, 3, 7, 12), torch.zeros(2, 2, 5, 8)
+    wide_x[..., ::2], wide_dy[..., ::2] = x, d
+    for name, xs, ds in [("contiguous", x, d), ("strided", wide_x[..., ::2], wide_dy[..., ::2]), ("again", x, d)]:
+        np.testing.assert_allclose(op(xs, w, backend="loops:numba").numpy(), want_y, rtol=2e-4, atol=2e-4, err_msg=name)
+        gx, gw, _ = el.vjp(op, ds, xs, w, backend="loops:numba")
+        np.testing.assert_allclose(gx.numpy(), want_g[0], rtol=3e-4, atol=3e-4, err_msg=name)
+        np.testing.assert_allclose(gw.numpy(), want_g[1], rtol=3e-4, atol=3e-4, err_msg=name)
+        xg = xs.clone().requires_grad_()
+        op(xg, w, backend="loops:numba").backward(ds)
+        np.testing.assert_allclose(xg.grad.numpy(), want_g[0], rtol=3e-4, atol=3e-4, err_msg=name)

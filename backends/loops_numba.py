@@ -286,7 +286,6 @@ class NumbaLoops(Backend):
 
     def _one_pass_numpy(self, plan, names, dy, operands: dict, outs: dict, bias_shape):
         """`_one_pass` on numpy arrays."""
-        import numpy as np
         repeat = numba_repeat.one_pass_key(plan, dy, operands, outs, names, bias_shape)
         if repeat is not None and repeat in self._repeats:
             return numba_repeat.launch_one_pass(self, self._repeats[repeat], dy, operands, outs, bias_shape)
@@ -300,17 +299,10 @@ class NumbaLoops(Backend):
         strides[numba_fused.OUT] = _strides(dy)
         hit = self.one_pass(plan, dy.dtype.name, strides,
                             None if bias_shape is None else _broadcast_strides(bias_shape, plan.out_shape))
+        hit = None if hit is None else (plan, names, *hit)
         if repeat is not None:
-            self._repeats[repeat] = None if hit is None else (plan, names, *hit)
-        if hit is None:
-            return None
-        k, fn = hit
-        db = None if bias_shape is None else np.empty(bias_shape, dy.dtype)
-        grads = {n: outs[n] if outs.get(n) is not None else np.empty(plan.shape[n], dy.dtype) for n in names}
-        r_x, r_w = k.args
-        args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy, arrays[r_x], arrays[r_w])
-        self._launch(plan, k, fn, args, "the one-pass backward of ")
-        return grads, db
+            self._repeats[repeat] = hit
+        return numba_repeat.launch_one_pass(self, hit, dy, operands, outs, bias_shape, first=True)
 
     def _run(self, plan, operands: dict, out, init, sums=None):
         first = next(iter(operands.values()))
@@ -340,29 +332,16 @@ class NumbaLoops(Backend):
                 raise BackendError(f"loops:numba: operand {a.name!r} has shape {arrays[a.name].shape}, but the "
                                    f"kernel is generated for {plan.shape[a.name]} ({plan})\n"
                                    f"--- generated source ---\n{self.source(plan, dtype=dtype.name)}")
-        import numpy as np
-        if out is None:
-            out_np = np.empty(plan.out_shape, dtype=dtype)
-            result = None
-        else:
-            out_np = _numpy(out, "out")
-            result = out
-        if out_np.shape != plan.out_shape:
-            raise BackendError(f"loops:numba: out has shape {out_np.shape}, the result {plan.out_shape}")
-        if init is not None:   # contiguous, then broadcast: strides 0 or 1 along every axis it keeps
-            init = np.broadcast_to(np.ascontiguousarray(_numpy(init, "bias")), plan.out_shape)
-        strides = {n: _strides(a) for n, a in arrays.items()}
-        k, fn = self._compiled(plan, dtype.name, strides, _strides(out_np),
-                               None if init is None else _strides(init),
+        if out is not None and out.shape != plan.out_shape:
+            raise BackendError(f"loops:numba: out has shape {out.shape}, the result {plan.out_shape}")
+        k, fn = self._compiled(plan, dtype.name, {n: _strides(a) for n, a in arrays.items()},
+                               _c_strides(plan.out_shape) if out is None else _strides(out),
+                               None if init is None else _broadcast_strides(init.shape, plan.out_shape),
                                None if sums is None else (sums[0], _strides(sums[1])))
-        args = (out_np, *(arrays[a.name] for a in plan.stmt.operands)) + (() if init is None else (init,)) + \
-            (() if sums is None else (sums[1],))
-        self._launch(plan, k, fn, args)
+        hit = (plan, tuple(a.name for a in plan.stmt.operands), k, fn)
         if repeat is not None:
-            self._repeats[repeat] = (plan, tuple(a.name for a in plan.stmt.operands), k, fn)
-        if result is not None:
-            return result
-        return out_np
+            self._repeats[repeat] = hit
+        return numba_repeat.launch(self, hit, arrays, out, init, sums, first=True)
 
     def _launch(self, plan, k, fn, args, what: str = ""):
         """Compile ``fn`` for ``args`` if need be and run it (`_call`)."""

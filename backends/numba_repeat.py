@@ -86,9 +86,10 @@ def statement_key(plan, operands: dict, out, init, sums, tiled: bool):
             None if sums is None else (sums[0], _layout(sums[1])))
 
 
-def launch(backend, hit, operands: dict, out, init, sums):
-    """Run a statement again as its first run (keyed by `statement_key`)
-    did: ``hit`` is (the plan it ran, its operands' order, Kernel, dispatcher)."""
+def launch(backend, hit, operands: dict, out, init, sums, first: bool = False):
+    """Run a statement as its first run (keyed by `statement_key`) did:
+    ``hit`` is (the plan it ran, its operands' order, Kernel, dispatcher);
+    ``first``: that run, its dispatcher compiled for these arrays first."""
     plan, names, k, fn = hit
     y = np.empty(plan.out_shape, next(iter(operands.values())).dtype) if out is None else out
     args = (y, *(operands[n] for n in names))
@@ -96,7 +97,7 @@ def launch(backend, hit, operands: dict, out, init, sums):
         args += (np.broadcast_to(np.ascontiguousarray(init), plan.out_shape),)
     if sums is not None:
         args += (sums[1],)
-    backend._call(plan, k, fn, args)
+    (backend._launch if first else backend._call)(plan, k, fn, args)
     return y
 
 
@@ -111,10 +112,10 @@ def one_pass_key(plan, dy, operands: dict, outs: dict, names, bias_shape):
             tuple(_layout(o) for o in outs))
 
 
-def launch_one_pass(backend, hit, dy, operands: dict, outs: dict, bias_shape):
-    """The one-pass backward again as its first run (keyed by
-    `one_pass_key`) ran it: ``hit`` is (plan, operand names, Kernel,
-    dispatcher), or None where it did not apply (None again)."""
+def launch_one_pass(backend, hit, dy, operands: dict, outs: dict, bias_shape, first: bool = False):
+    """The one-pass backward as its first run (keyed by `one_pass_key`) ran
+    it: ``hit`` is (plan, operand names, Kernel, dispatcher), or None where
+    it did not apply (None again); ``first`` as `launch`'s."""
     if hit is None:
         return None
     plan, names, k, fn = hit
@@ -122,5 +123,5 @@ def launch_one_pass(backend, hit, dy, operands: dict, outs: dict, bias_shape):
     grads = {n: outs[n] if outs.get(n) is not None else np.empty(plan.shape[n], dy.dtype) for n in names}
     r_x, r_w = k.args
     args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy, operands[r_x], operands[r_w])
-    backend._call(plan, k, fn, args, "the one-pass backward of ")
+    (backend._launch if first else backend._call)(plan, k, fn, args, "the one-pass backward of ")
     return grads, db

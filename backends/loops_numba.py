@@ -362,7 +362,7 @@ class NumbaLoops(Backend):
         """Repeats on numpy arrays: `numba_repeat.forward_runner`."""
         if library != "numpy" or call.empty:
             return None
-        return forward_runner(self, call, lowered(call.plan))
+        return forward_runner(self, call)
 
     def out_runner(self, call, library: str):
         return self.runner(call, library)

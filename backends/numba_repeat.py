@@ -24,46 +24,44 @@ def element_strides(a) -> tuple[int, ...]:
     return tuple(s // a.itemsize for s in a.strides)
 
 
-def forward_runner(backend, call, plan):
-    """``run(arrays, out=None)``: ``call``'s forward (``plan``: the statement
-    ``backend`` runs for it) on numpy arrays with
-    the shapes and dtypes of the call that built it (checked by the caller),
-    into ``out`` where given (writable, overlapping no input, also checked);
-    None where ``out``'s shape is not the kernel's output's and ``out`` is not
-    C-contiguous (the generic path then views it, or says why it cannot)."""
-    names = tuple(a.name for a in plan.stmt.operands)
-    by_op = {op: (arg, tuple(shape)) for arg, op, shape in call.operands}
-    order = tuple(by_op[n] for n in names)       # (argument, statement shape), in the kernel's order
+def forward_runner(backend, call):
+    """``run(arrays, out=None)``: ``call``'s forward on numpy arrays with the
+    shapes and dtypes of the call that built it (checked by the caller),
+    into ``out`` where given (writable, overlapping no input, also checked).
+    The first run for a layout is the statement's (`NumbaLoops._run`); a
+    repeat is its `launch`, found by the arrays' strides and writability
+    alone (`statement_key`'s whole key cost 40 us more a call after a
+    matmul).  None where ``out``'s shape is not the statement's and ``out``
+    is not C-contiguous (the generic path then views it, or says why it
+    cannot)."""
+    plan = call.plan
+    operands = tuple((op, arg, tuple(shape)) for arg, op, shape in call.operands)
     bias_arg, bias_shape = call.bias if call.bias is not None else (None, None)
     out_shape, result_shape = tuple(plan.out_shape), tuple(call.out_shape)
-    kernels: dict = {}      # the arrays' strides and writability -> (Kernel, dispatcher)
+    hits: dict = {}         # the arrays' strides and writability -> what their first run launched
 
     def run(arrays, out=None):
-        ops = []
-        for arg, shape in order:
+        ops = {}
+        for op, arg, shape in operands:
             a = arrays[arg]
-            ops.append(a if a.shape == shape else a.reshape(shape))
-        if out is None:
-            y = np.empty(out_shape, ops[0].dtype)
-        elif out.shape == out_shape:
+            ops[op] = a if a.shape == shape else a.reshape(shape)
+        if out is None or out.shape == out_shape:
             y = out
         elif out.flags.c_contiguous:
             y = out.reshape(out_shape)
         else:
             return None
-        args = (y, *ops)
         bias = None if bias_arg is None else arrays.get(bias_arg)
-        if bias is not None:
-            args += (np.broadcast_to(np.ascontiguousarray(bias.reshape(bias_shape)), out_shape),)
-        layout = (backend.tiled, *((a.strides, a.flags.writeable) for a in args))
-        hit = kernels.get(layout)
+        init = None if bias is None else bias.reshape(bias_shape)
+        layout = (backend.tiled, None if y is None else y.strides, None if init is None else init.strides,
+                  *((a.strides, a.flags.writeable) for a in ops.values()))
+        hit = hits.get(layout)
         if hit is None:
-            hit = backend._compiled(plan, y.dtype.name, {n: element_strides(a) for n, a in zip(names, ops)},
-                                    element_strides(y),
-                                    None if bias is None else element_strides(args[-1]))
-            backend._ensure_compiled(plan, *hit, args)
-            kernels[layout] = hit
-        backend._call(plan, *hit, args)
+            result = backend._run(plan, ops, y, init)
+            hits[layout] = backend._repeats.get(statement_key(plan, ops, y, init, None, backend.tiled))
+            y = result
+        else:
+            y = launch(backend, hit, ops, y, init, None)
         if out is not None:
             return out
         return y if y.shape == result_shape else y.reshape(result_shape)

@@ -8,7 +8,7 @@ import operator
 
 from .arrays import Shaped, shape_of
 from . import fast
-from .call import execute, execute_vjp, prepare, prepare_vjp
+from .call import prepare, prepare_vjp
 from .errors import ParameterError, ShapeError
 from .plan import bind
 from .run import Call, register_rebatch
@@ -303,28 +303,16 @@ class CatalogueOp:
 
     def __call__(self, x, weight, bias=None, *, backend="auto", out=None, grad="vjp", **params):
         arrays = {"x": x, "weight": weight, "bias": bias}
-        key = fast.key(self.name, (x, weight, bias), backend, grad, params, out)
-        if key is not None:
-            run = fast.lookup(key)
-            if run is not None:          # a repeat: its checks hold, by the key
-                return run(arrays) if out is None else run(arrays, out)
-        prepared = prepare(self.bind(x, weight, bias, **params), arrays, backend=backend, out=out, grad=grad)
-        if key is not None:
-            fast.remember(key, prepared)
-        return execute(prepared, arrays, out)
+        return fast.forward(fast.key(self.name, (x, weight, bias), backend, grad, params, out), arrays, out,
+                            lambda: prepare(self.bind(x, weight, bias, **params), arrays, backend=backend, out=out,
+                                            grad=grad))
 
     def vjp(self, dy, x, weight, bias=None, *, backend="auto", wrt=None, out=None, grad="vjp", **params):
         arrays = {"x": x, "weight": weight, "bias": bias}
-        key = fast.vjp_key(self.name, dy, (x, weight, bias), backend, grad, params, wrt, out)
-        if key is not None:
-            run = fast.lookup(key)
-            if run is not None:          # a repeat: its checks hold, by the key
-                return run(dy, arrays, out)
-        prepared = prepare_vjp(self.bind(x, weight, bias, **params), dy, arrays, backend=backend, wrt=wrt, out=out,
-                               grad=grad)
-        if key is not None:
-            fast.remember_vjp(key, prepared)
-        return execute_vjp(prepared, dy, arrays, out)
+        return fast.gradients(fast.vjp_key(self.name, dy, (x, weight, bias), backend, grad, params, wrt, out),
+                              dy, arrays, out,
+                              lambda: prepare_vjp(self.bind(x, weight, bias, **params), dy, arrays, backend=backend,
+                                                  wrt=wrt, out=out, grad=grad))
 
     def __repr__(self) -> str:
         return f"<einlocal op {self.name}>"

@@ -12,9 +12,9 @@ import numpy as np
 from .backends.namespaces import library_of, namespace
 from .auto import measured_choice, state
 from .budget import memory_budget
-from .call import out_runner, runner, vjp_runner
+from .call import execute, execute_vjp, out_runner, runner, vjp_runner
 
-__all__ = ["key", "vjp_key", "lookup", "remember", "remember_vjp", "clear"]
+__all__ = ["key", "vjp_key", "lookup", "remember", "remember_vjp", "forward", "gradients", "clear"]
 
 MAX_ENTRIES = 4096
 # key -> (run, bytes the memory guard counted, for auto: whether its choice was measured and its state)
@@ -148,6 +148,31 @@ def remember_vjp(k, prepared) -> None:
     """Keep ``prepared`` (`einlocal.call.PreparedVjp`) for repeats of
     gradient key ``k`` (`vjp_key`)."""
     _keep(k, prepared, vjp_runner(prepared), k[2])
+
+
+def forward(k, arrays: dict, out, prepare):
+    """A forward call of key ``k`` (None: no fast path): its repeat where
+    `lookup` has one, else ``prepare()`` (every check, an
+    `einlocal.call.Prepared`) kept for repeats and run."""
+    run = None if k is None else lookup(k)
+    if run is not None:          # a repeat: its checks hold, by the key
+        return run(arrays) if out is None else run(arrays, out)
+    prepared = prepare()
+    if k is not None:
+        remember(k, prepared)
+    return execute(prepared, arrays, out)
+
+
+def gradients(k, dy, arrays: dict, out, prepare) -> tuple:
+    """`forward` for a gradient call of key ``k`` (`vjp_key`): ``prepare()``
+    gives an `einlocal.call.PreparedVjp`; the gradients in argument order."""
+    run = None if k is None else lookup(k)
+    if run is not None:
+        return run(dy, arrays, out)
+    prepared = prepare()
+    if k is not None:
+        remember_vjp(k, prepared)
+    return execute_vjp(prepared, dy, arrays, out)
 
 
 def clear() -> None:

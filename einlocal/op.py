@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import fast
 from .arrays import shape_of
-from .call import execute, execute_vjp, prepare, prepare_vjp
+from .call import prepare, prepare_vjp
 from .derive import backward, einsum_spec, write_conflicts
 from .errors import ShapeError, SpecError
 from .plan import bind
@@ -114,16 +114,10 @@ class Op:
         return tuple(arrays[n] for n in self.inputs) if arrays.keys() == self._input_set else None
 
     def __call__(self, /, *, backend="auto", sizes=None, out=None, grad="vjp", **arrays):
-        operands, key = self._keyed(arrays), None
-        if operands is not None:
-            key = fast.key(self._fast_name, operands, backend, grad, _sizes_param(sizes), out)
-            run = None if key is None else fast.lookup(key)
-            if run is not None:          # a repeat: its checks hold, by the key
-                return run(arrays) if out is None else run(arrays, out)
-        prepared = prepare(self._call(arrays, sizes, out), arrays, backend=backend, out=out, grad=grad)
-        if key is not None:
-            fast.remember(key, prepared)
-        return execute(prepared, arrays, out)
+        operands = self._keyed(arrays)
+        k = None if operands is None else fast.key(self._fast_name, operands, backend, grad, _sizes_param(sizes), out)
+        return fast.forward(k, arrays, out, lambda: prepare(self._call(arrays, sizes, out), arrays, backend=backend,
+                                                            out=out, grad=grad))
 
     def vjp(self, dy, /, *args, backend="auto", wrt=None, out=None, sizes=None, grad="vjp", **arrays) -> dict:
         """Gradients as a dict name -> array (None where not in ``wrt``);
@@ -132,19 +126,16 @@ class Op:
             raise TypeError("el.vjp(op, dy, ...): pass an Op's arrays by name, e.g. el.vjp(op, dy, x=x, wt=wt)")
         names = self.inputs
         outs = None if out is None else tuple(out.get(n) for n in names) if isinstance(out, dict) else out
-        operands, key = self._keyed(arrays), None
-        if operands is not None:
-            key = fast.vjp_key(self._fast_name, dy, operands, backend, grad, _sizes_param(sizes), wrt, outs)
-            run = None if key is None else fast.lookup(key)
-            if run is not None:          # a repeat: its checks hold, by the key
-                return dict(zip(names, run(dy, arrays, outs)))
-        call = self._call(arrays, sizes, None)
-        if shape_of(dy) != call.out_shape and sizes is None:
-            call = self._call(arrays, None, dy)
-        prepared = prepare_vjp(call, dy, arrays, backend=backend, wrt=wrt, out=outs, grad=grad)
-        if key is not None:
-            fast.remember_vjp(key, prepared)
-        return dict(zip(call.args, execute_vjp(prepared, dy, arrays, outs)))
+        operands = self._keyed(arrays)
+        k = None if operands is None else \
+            fast.vjp_key(self._fast_name, dy, operands, backend, grad, _sizes_param(sizes), wrt, outs)
+
+        def first():
+            call = self._call(arrays, sizes, None)
+            if shape_of(dy) != call.out_shape and sizes is None:
+                call = self._call(arrays, None, dy)
+            return prepare_vjp(call, dy, arrays, backend=backend, wrt=wrt, out=outs, grad=grad)
+        return dict(zip(names, fast.gradients(k, dy, arrays, outs, first)))
 
     def __repr__(self) -> str:
         return f"Op({str(self.statement)!r}{', pad=0' if self.pad else ''})"

@@ -65,7 +65,7 @@ class Backend:
         ask this one question."""
         if library not in self.takes:
             return f"{self.name} takes {' or '.join(self.takes)} arrays, not {library}"
-        reason = self.cannot_device(device)
+        reason = namespace(library).cannot_device(device) or self.cannot_device(device)
         if reason:
             return reason
         if dtype is not None:

@@ -32,6 +32,16 @@ class Cupy(NumpyLike):
     def device_of(self, a) -> str:
         return f"cuda:{a.device.id}"
 
+    def cannot_device(self, device: str) -> str | None:
+        if device.split(":")[0] != "cuda":
+            return f"cupy arrays are on a CUDA device, not on {device}"
+        return None
+
+    def from_numpy(self, a, device: str = "cuda"):
+        _, _, index = device.partition(":")
+        with self.mod.cuda.Device(int(index or 0)):
+            return self.mod.array(a)
+
     def device_name(self, device: str) -> str:
         try:
             props = self.mod.cuda.runtime.getDeviceProperties(int(device.split(":")[1]))

@@ -108,11 +108,28 @@ class Jax(Namespace):
         import jax
         jax.jit(lambda x: x + 1)(self.mod.ones(2)).block_until_ready()
 
+    def cannot_device(self, device: str) -> str | None:
+        if device.partition(":")[0] not in ("cpu", "cuda", "gpu"):
+            return None         # "traced" (inside a trace), or a device einlocal does not place arrays on
+        try:
+            self._device(device)
+        except (RuntimeError, IndexError) as e:
+            return f"jax has no device {device} here ({type(e).__name__}: {str(e).splitlines()[0]})"
+        return None
+
+    def _device(self, device: str):
+        """jax's device for a name: "cpu", or "cuda" / "gpu" with an optional ":index"."""
+        import jax
+        kind, _, index = device.partition(":")
+        return jax.devices("cpu" if kind == "cpu" else "gpu")[int(index or 0)]
+
     def from_numpy(self, a, device: str = "cpu"):
-        return self.mod.asarray(a)
+        import jax
+        return jax.device_put(a, self._device(device))
 
     def from_numpy_as(self, a, dtype: str, device: str = "cpu"):
-        return self.mod.asarray(a, dtype=dtype)
+        import jax
+        return jax.device_put(self.mod.asarray(a, dtype=dtype), self._device(device))
 
     def x64(self) -> bool:
         """Whether jax computes float64 (its 64-bit mode; off by default)."""

@@ -104,6 +104,9 @@ class Numpy(NumpyLike):
         import numpy
         return isinstance(a, numpy.ndarray)
 
+    def cannot_device(self, device: str) -> str | None:
+        return None if device == "cpu" else f"numpy arrays are on the CPU, not on {device}"
+
     def fast_key(self, a):
         return (type(a), a.shape, a.dtype)
 

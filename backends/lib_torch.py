@@ -1,6 +1,7 @@
 """torch: its tensors, devices, autograd and threads, and the array calls on them."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from ..memory import RSS, TORCH_CUDA
@@ -67,6 +68,31 @@ class Torch(Namespace):
 
     def records(self, arrays: dict, grad: str) -> bool:
         return self.mod.is_grad_enabled() and any(a is not None and a.requires_grad for a in arrays.values())
+
+    def cannot_device(self, device: str) -> str | None:
+        if device.partition(":")[0] == "cuda":
+            if not self.mod.cuda.is_available():
+                return f"torch sees no CUDA device (torch.cuda.is_available() is False); asked for {device}"
+            index = int(device.partition(":")[2] or 0)
+            if index >= self.mod.cuda.device_count():
+                return f"torch sees {self.mod.cuda.device_count()} CUDA devices; asked for {device}"
+        return None
+
+    @contextlib.contextmanager
+    def full_precision(self):
+        """torch's TF32 switches off (cuBLAS matmuls and cuDNN convolutions
+        round float32 inputs to 10 mantissa bits where they are on; cuDNN's
+        is on by default), restored after."""
+        torch = self.mod
+        flags = torch.backends.cuda.matmul, torch.backends.cudnn
+        saved = [f.allow_tf32 for f in flags]
+        try:
+            for f in flags:
+                f.allow_tf32 = False
+            yield
+        finally:
+            for f, s in zip(flags, saved):
+                f.allow_tf32 = s
 
     def cuda_events(self, a) -> bool:
         return bool(getattr(a, "is_cuda", False))

@@ -2,6 +2,7 @@
 about it, and this registry finds the class for a name or an array."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import sys
@@ -84,6 +85,12 @@ class Namespace:
         path (a value being traced)."""
         return None
 
+    def cannot_device(self, device: str) -> str | None:
+        """Why this library's arrays cannot be on ``device`` ("cpu", "cuda",
+        "cuda:1", ...) here, or None: asked before the harness makes arrays
+        on a device, so that none is made elsewhere than asked."""
+        return None
+
     def device_name(self, device: str) -> str:
         """A label for a device other than the CPU, for keys and tables."""
         return device
@@ -131,6 +138,12 @@ class Namespace:
     def cuda_events(self, a) -> bool:
         """Whether work on ``a`` is timed with CUDA events (`einlocal.timing.CudaEventClock`)."""
         return False
+
+    def full_precision(self):
+        """A context in which float32 is computed as float32 (no TF32 on a
+        GPU), for a check to judge it by float32's rounding; the default:
+        the library has no such switch."""
+        return contextlib.nullcontext()
 
     def from_numpy(self, a, device: str = "cpu"):
         """A new array of this library holding numpy array ``a`` (used by the

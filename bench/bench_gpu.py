@@ -1,58 +1,149 @@
-"""Report 2's workload on a GPU: locally connected 3x3, x (100, 16, 28, 28),
-weight (16, 16, 3, 3, 26, 26), forward and backward (dx and dweight), for
-``loops:triton`` (and its deterministic path), ``einsum:torch`` and the
-control ``native:torch`` (cuDNN ``F.conv2d`` of the same shape with a shared
-(16, 16, 3, 3) weight), float32, CUDA-event timing via
-``einlocal.timing.measure``.
+"""The report workloads on a CUDA GPU: every backend that runs on CUDA arrays
+(torch, cupy, jax) is checked at full size against the float64 reference
+(`el.check`, float32, TF32 off), then its forward and its backward (vjp:
+every gradient) are timed, float32, medians.  Report 2 (W2) also gets
+``loops:triton``'s deterministic path and the control ``native:torch``
+(cuDNN ``F.conv2d`` of the same shape with one shared (16, 16, 3, 3) weight).
 
-    python bench/bench_gpu.py            # prints a table; writes results/gpu_W2_<gpu name>.csv
+    python bench/bench_gpu.py [--out DIR] [--workloads W1,W2] [--budget S]
 
-Targets: backward no more than 3x forward; forward within 2x of
-cuDNN's shared-weight conv.  Without a CUDA device it says so and exits 0.
+Writes ``DIR/gpu_<gpu name>.csv`` and ``.md`` (default DIR: results/).
+Torch tensors are timed with CUDA events, cupy and jax arrays by the wall
+clock around a call that waits for the device.  Targets for W2: backward
+no more than 3x forward; ``loops:triton``'s forward within 2x of cuDNN's
+shared-weight conv.  Without a CUDA device it says so and exits 0.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import time
+
+LIBRARIES = ("torch", "cupy", "jax")
 
 
-def _rows(torch, el, measure):
-    from einlocal import registry
-    dev = "cuda"
-    g = torch.Generator(device=dev).manual_seed(0)
-    x = torch.randn(100, 16, 28, 28, device=dev, generator=g)
-    w_local = torch.randn(16, 16, 3, 3, 26, 26, device=dev, generator=g)
-    w_shared = torch.randn(16, 16, 3, 3, device=dev, generator=g)
-    dy = torch.randn(100, 16, 26, 26, device=dev, generator=g)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    cases = [("loops:triton", el.locally_connected2d, w_local, {}),
-             ("loops:triton (deterministic)", el.locally_connected2d, w_local, {"deterministic": True}),
-             ("einsum:torch", el.locally_connected2d, w_local, {}),
-             ("native:torch conv2d (shared weight, cuDNN)", el.conv2d, w_shared, {})]
-    rows = []
-    for label, op, w, opts in cases:
-        name = label.split(" ")[0]
+def _device(lib, device):
+    """A library's name for the device: jax calls a CUDA GPU "gpu"."""
+    return "gpu:0" if lib == "jax" and device != "cpu" else device
+
+
+def _arrays(lib, arrays, device):
+    """numpy arrays -> the library's, on the device."""
+    from einlocal.backends.namespaces import namespace
+    return {k: None if a is None else namespace(lib).from_numpy(a, _device(lib, device)) for k, a in arrays.items()}
+
+
+def _candidates(registry, device):
+    """(backend, library) pairs that can run on the device's arrays here."""
+    from einlocal.backends.namespaces import namespace
+    out = []
+    for name in registry.NAMES:
         if name in registry.unavailable():
-            rows.append((label, None, None, registry.unavailable()[name]))
             continue
-        backend = registry.get(name)
-        saved = getattr(backend, "deterministic", None)
-        if "deterministic" in opts:
-            backend.deterministic = opts["deterministic"]
-        try:
-            fwd = measure(lambda: op(x, w, backend=name), budget_s=1.0, warmup=3)
-            bwd = measure(lambda: op.vjp(dy, x, w, backend=name), budget_s=1.0, warmup=3)
-            rows.append((label, fwd, bwd, ""))
-        except Exception as e:   # a backend that cannot run here is a row, not a crash
-            rows.append((label, None, None, f"{type(e).__name__}: {str(e).splitlines()[0]}"))
-        finally:
-            if hasattr(backend, "deterministic"):
-                backend.deterministic = saved
+        lib = registry.get(name).takes[0]
+        if lib in LIBRARIES and namespace(lib).cannot_device(_device(lib, device)) is None:
+            out.append((name, lib))
+    return out
+
+
+def _time(fn, budget_s, measure, CudaEventClock, lib):
+    clock = None if lib != "torch" or CudaEventClock is None else CudaEventClock()
+    return measure(fn, budget_s=budget_s, warmup=2, min_reps=5, cap_s=20.0, clock=clock)
+
+
+def _workload_rows(w, el, registry, budget_s, measure, CudaEventClock, progress, device="cuda:0"):
+    from einlocal.check import _op_parts, random_inputs
+    op, params = w.op_fn(), dict(w.params)
+    host = random_inputs(dict(w.shapes), "float32", 0)
+    call, _, _ = _op_parts(op, host, params)
+    dy_host = random_inputs({"dy": call.out_shape}, "float32", 2)["dy"]
+    rows = []
+    by_lib = {}
+    for name, lib in _candidates(registry, device):
+        by_lib.setdefault(lib, []).append(name)
+    for lib, names in by_lib.items():
+        t0 = time.perf_counter()
+        report = el.check(op, backends=names, dtype="float32", seed=0, device=_device(lib, device),
+                          library=lib, **dict(w.shapes), **params)
+        progress(f"{w.id} {lib}: checked {len(names)} backends in {time.perf_counter() - t0:.1f} s")
+        arrays, dy = _arrays(lib, host, device), _arrays(lib, {"dy": dy_host}, device)["dy"]
+        args = [arrays[k] for k in w.shapes]
+        for row in report.rows:
+            result = {"workload": w.id, "backend": row.backend, "library": lib, "check": row.status,
+                      "worst": row.worst if row.status != "skipped" else None, "note": row.reason}
+            if row.status == "pass":
+                try:
+                    fwd = _time(lambda: op(*args, backend=row.backend, **params), budget_s, measure, CudaEventClock,
+                                lib)
+                    bwd = _time(lambda: op.vjp(dy, *args, backend=row.backend, **params), budget_s, measure,
+                                CudaEventClock, lib)
+                    result.update(forward_ms=fwd.median_s * 1e3, backward_ms=bwd.median_s * 1e3)
+                except Exception as e:  # noqa: BLE001 — a backend that cannot be timed here is a row, not a crash
+                    result["note"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            rows.append(result)
+            progress(_line(result))
     return rows
 
 
-def main() -> int:
+def _w2_extra(el, registry, budget_s, measure, CudaEventClock, progress):
+    """W2's deterministic loops:triton and the cuDNN shared-weight control."""
+    import torch
+    from einlocal.check import random_inputs
+    host = random_inputs({"x": (100, 16, 28, 28), "wl": (16, 16, 3, 3, 26, 26), "ws": (16, 16, 3, 3),
+                          "dy": (100, 16, 26, 26)}, "float32", 0)
+    t = {k: torch.from_numpy(v).cuda() for k, v in host.items()}
+    rows = []
+    triton = registry.get("loops:triton")
+    if "loops:triton" not in registry.unavailable():
+        saved = triton.deterministic
+        triton.deterministic = True
+        try:
+            fwd = _time(lambda: el.locally_connected2d(t["x"], t["wl"], backend="loops:triton"), budget_s, measure,
+                        CudaEventClock, "torch")
+            bwd = _time(lambda: el.locally_connected2d.vjp(t["dy"], t["x"], t["wl"], backend="loops:triton"),
+                        budget_s, measure, CudaEventClock, "torch")
+            rows.append({"workload": "W2", "backend": "loops:triton (deterministic)", "library": "torch",
+                         "check": "", "worst": None, "note": "", "forward_ms": fwd.median_s * 1e3,
+                         "backward_ms": bwd.median_s * 1e3})
+        finally:
+            triton.deterministic = saved
+    torch.backends.cudnn.allow_tf32 = False
+    fwd = _time(lambda: el.conv2d(t["x"], t["ws"], backend="native:torch"), budget_s, measure, CudaEventClock, "torch")
+    bwd = _time(lambda: el.conv2d.vjp(t["dy"], t["x"], t["ws"], backend="native:torch"), budget_s, measure,
+                CudaEventClock, "torch")
+    rows.append({"workload": "W2", "backend": "control: F.conv2d, shared weight (cuDNN)", "library": "torch",
+                 "check": "", "worst": None, "note": "", "forward_ms": fwd.median_s * 1e3,
+                 "backward_ms": bwd.median_s * 1e3})
+    for r in rows:
+        progress(_line(r))
+    return rows
+
+
+def _line(r) -> str:
+    f, b = r.get("forward_ms"), r.get("backward_ms")
+    times = f"{f:10.3f} {b:10.3f} {b / f:7.2f}" if f is not None and b is not None else f"{'-':>10} {'-':>10} {'-':>7}"
+    worst = f"{r['worst']:.2f}" if r.get("worst") is not None else ""
+    return f"{r['workload']:<4} {r['backend']:<42} {r['check']:<8} {worst:>6} {times}  {r['note'][:120]}"
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+    out = []
+    for dist in ("torch", "triton", "cupy-cuda13x", "cupy-cuda12x", "jax", "jaxlib", "numpy"):
+        try:
+            out.append(f"{dist} {md.version(dist)}")
+        except md.PackageNotFoundError:
+            pass
+    return ", ".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results"))
+    ap.add_argument("--workloads", default="W1,W2,W3a,W3b,W5")
+    ap.add_argument("--budget", type=float, default=0.3, help="timed seconds per pass and backend")
+    args = ap.parse_args(argv)
     try:
         import torch
     except ImportError:
@@ -65,35 +156,52 @@ def main() -> int:
         print("bench_gpu: unset TRITON_INTERPRET to time compiled kernels")
         return 1
     import einlocal as el
+    from einlocal import registry
     from einlocal.timing import CudaEventClock, measure
-
-    def timed(fn, **kw):
-        return measure(fn, clock=CudaEventClock(), **kw)
+    from einlocal.workloads import WORKLOADS
 
     gpu = torch.cuda.get_device_name()
-    rows = _rows(torch, el, timed)
-    print(f"report 2 (W2) on {gpu}, float32, CUDA events, medians")
-    print(f"{'backend':<46} {'forward ms':>11} {'backward ms':>12} {'bwd/fwd':>8}  note")
-    lines = ["backend,forward_ms,forward_iqr_ms,backward_ms,backward_iqr_ms,gpu"]
-    for label, fwd, bwd, note in rows:
-        if fwd is None:
-            print(f"{label:<46} {'-':>11} {'-':>12} {'-':>8}  {note}")
-            continue
-        f, b = fwd.median_s * 1e3, bwd.median_s * 1e3
-        print(f"{label:<46} {f:>11.3f} {b:>12.3f} {b / f:>8.2f}  {note}")
-        lines.append(f"{label},{f:.4f},{fwd.iqr_s * 1e3:.4f},{b:.4f},{bwd.iqr_s * 1e3:.4f},{gpu}")
-    by = {label: r for label, *r in rows}
-    tri, cudnn = by.get("loops:triton"), by.get("native:torch conv2d (shared weight, cuDNN)")
-    if tri and tri[0] is not None and cudnn and cudnn[0] is not None:
-        print(f"targets: backward/forward = {tri[1].median_s / tri[0].median_s:.2f} (<= 3); "
-              f"forward / cuDNN shared-weight forward = {tri[0].median_s / cudnn[0].median_s:.2f} (<= 2)")
-    out_dir = os.path.join(os.path.dirname(__file__), "..", "results")
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"gpu_W2_{gpu.replace(' ', '_').replace('/', '_')}.csv")
-    with open(path, "w") as f:
-        f.write("# python bench/bench_gpu.py\n" + "\n".join(lines) + "\n")
-    print(f"wrote {path}")
+
+    def progress(line):
+        print(line, flush=True)
+
+    progress(f"{gpu}; {_versions()}")
+    progress(f"{'id':<4} {'backend':<42} {'check':<8} {'worst':>6} {'fwd ms':>10} {'bwd ms':>10} {'bwd/fwd':>7}  note")
+    rows = []
+    for wid in args.workloads.split(","):
+        rows += _workload_rows(WORKLOADS[wid], el, registry, args.budget, measure, CudaEventClock, progress)
+        if wid == "W2":
+            rows += _w2_extra(el, registry, args.budget, measure, CudaEventClock, progress)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "gpu_" + "".join(c if c.isalnum() else "_" for c in gpu))
+    command = "python bench/bench_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    keys = ("workload", "backend", "library", "check", "worst", "forward_ms", "backward_ms", "note")
+    with open(stem + ".csv", "w") as f:
+        f.write(f"# {command.strip()}\n# {gpu}; {_versions()}\n" + ",".join(keys) + "\n")
+        for r in rows:
+            f.write(",".join(_csv(r.get(k)) for k in keys) + "\n")
+    with open(stem + ".md", "w") as f:
+        f.write(f"# The report workloads on {gpu}\n\n`{command.strip()}`; {_versions()}. float32 (TF32 off), "
+                "medians; check: at full size against the float64 reference (worst error / tolerance).\n\n"
+                "| workload | backend | check | forward ms | backward ms | bwd/fwd | note |\n"
+                "| --- | --- | --- | --- | --- | --- | --- |\n")
+        for r in rows:
+            fm, bm = r.get("forward_ms"), r.get("backward_ms")
+            cells = [r["workload"], f"`{r['backend']}`", r["check"] + (f" ({r['worst']:.2f})" if r.get("worst") else ""),
+                     f"{fm:.3f}" if fm else "", f"{bm:.3f}" if bm else "", f"{bm / fm:.2f}" if fm and bm else "",
+                     r["note"].replace("|", "/")[:160]]
+            f.write("| " + " | ".join(cells) + " |\n")
+    print(f"wrote {stem}.csv, {stem}.md")
     return 0
+
+
+def _csv(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = str(v)
+    return '"' + s.replace('"', "'") + '"' if ("," in s or "\n" in s) else s
 
 
 if __name__ == "__main__":

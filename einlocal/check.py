@@ -7,7 +7,8 @@ the float64 reference, forward and every gradient, on fresh random inputs.
 - tolerance: |got - ref| <= (K + 2) * eps(dtype) * scale + tiny, where
   ``scale`` is the statement run on |operands| (the sum of |terms|) and K the
   number of terms per element: the rounding bound of a K-term sum, so long
-  reductions and values near zero are judged fairly;
+  reductions and values near zero are judged fairly; float32 is computed as
+  float32 while a check runs (torch's TF32 switches off on a GPU);
 - the reference's own VJP is checked against a directional finite difference
   <dy, (f(p + h t) - f(p - h t)) / 2h> = <vjp(dy), t>, exact for a
   multilinear op up to rounding.
@@ -216,25 +217,26 @@ def check(op, *, backends=None, dtype: str = "float64", seed: int | None = None,
         if progress is not None:
             progress(f"{name} ...")
         try:
-            poison = None if xp.functional else xp.from_numpy_as(np.full(call.out_shape, np.nan), dtype, device)
-            y = fwd(conv, backend=name, out=poison)
-            _expect_kind(y, conv["x"] if "x" in conv else next(iter(conv.values())), call.out_shape, name)
-            if poison is not None and y is not poison:
-                raise AssertionError("out= was given but a different array was returned")
-            row.errors["y"] = _compare(xp.to_numpy(y), *ref["y"], dtype)
-            for mode in (grad_modes or b.grad_modes(lib)):
-                if mode not in b.grad_modes(lib):
-                    continue
-                outs = None
-                if not xp.functional and mode == "vjp":
-                    outs = tuple(None if conv.get(n) is None else
-                                 xp.from_numpy_as(np.full(shape_of(conv[n]), np.nan), dtype, device)
-                                 for n in call.args)
-                grads = bwd(dy_l, conv, backend=name, grad=mode, out=outs)
-                for n, g in zip(call.args, grads):
-                    if conv.get(n) is None:
+            with xp.full_precision():
+                poison = None if xp.functional else xp.from_numpy_as(np.full(call.out_shape, np.nan), dtype, device)
+                y = fwd(conv, backend=name, out=poison)
+                _expect_kind(y, conv["x"] if "x" in conv else next(iter(conv.values())), call.out_shape, name)
+                if poison is not None and y is not poison:
+                    raise AssertionError("out= was given but a different array was returned")
+                row.errors["y"] = _compare(xp.to_numpy(y), *ref["y"], dtype)
+                for mode in (grad_modes or b.grad_modes(lib)):
+                    if mode not in b.grad_modes(lib):
                         continue
-                    row.errors[f"d{n}[{mode}]"] = _compare(xp.to_numpy(g), *ref["d" + n], dtype)
+                    outs = None
+                    if not xp.functional and mode == "vjp":
+                        outs = tuple(None if conv.get(n) is None else
+                                     xp.from_numpy_as(np.full(shape_of(conv[n]), np.nan), dtype, device)
+                                     for n in call.args)
+                    grads = bwd(dy_l, conv, backend=name, grad=mode, out=outs)
+                    for n, g in zip(call.args, grads):
+                        if conv.get(n) is None:
+                            continue
+                        row.errors[f"d{n}[{mode}]"] = _compare(xp.to_numpy(g), *ref["d" + n], dtype)
         except MemoryBudgetError as e:
             rows.append(CheckRow(name, "skipped", reason=f"memory guard: {e}"))
             continue

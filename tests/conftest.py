@@ -3,8 +3,14 @@ registry (adding a backend adds it everywhere), with readable ids, a
 ``--backends`` filter, and a skip with the reason for what is unavailable."""
 import os
 
+# The device the backend tests put their arrays on: "cpu" (default), or
+# "cuda" on a machine with a GPU (EINLOCAL_TEST_DEVICE=cuda), where Triton
+# kernels are compiled rather than interpreted.
+DEVICE = os.environ.get("EINLOCAL_TEST_DEVICE", "cpu")
+
 # Before any framework or kernel module is imported:
-os.environ.setdefault("TRITON_INTERPRET", "1")          # Triton kernels run on CPU tensors
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")      # Triton kernels run on CPU tensors
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")  # two CPU devices
 os.environ.setdefault("JAX_ENABLE_X64", "1")              # float64 references for jax too
 os.environ.setdefault("EINLOCAL_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "einlocal"))
@@ -52,6 +58,35 @@ def backend(request):
     if reason:
         pytest.skip(f"{name}: {reason}")
     return name
+
+
+def gpu_reason() -> str | None:
+    """Why the backend tests cannot run on DEVICE here, or None."""
+    if DEVICE == "cpu":
+        return None
+    if DEVICE != "cuda":
+        return f"EINLOCAL_TEST_DEVICE={DEVICE!r}: the backend tests run on 'cpu' or 'cuda'"
+    try:
+        import torch
+    except ImportError:
+        return "EINLOCAL_TEST_DEVICE=cuda needs torch to find the GPU; torch is not installed"
+    if not torch.cuda.is_available():
+        return "EINLOCAL_TEST_DEVICE=cuda but torch.cuda.is_available() is False"
+    return None
+
+
+@pytest.fixture
+def device():
+    """The device of the backend tests' arrays (EINLOCAL_TEST_DEVICE); on
+    "cuda", skipped with the reason where there is no GPU."""
+    reason = gpu_reason()
+    if reason:
+        pytest.skip(reason)
+    return DEVICE
+
+
+# The dtypes the backend tests check: on a GPU the half types too.
+DTYPES = ["float64", "float32"] + (["float16", "bfloat16"] if DEVICE == "cuda" else [])
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,8 @@ import einlocal as el
 from einlocal import registry
 from einlocal.check import _op_parts, random_inputs, reference_outputs
 
+from conftest import DTYPES
+
 SESSION_SEED = secrets.randbelow(2**31)
 
 PAD_OP = el.Op("y[b,o,t] += x[b,c,2*t+3*k-2] * w[o,c,k,t]", pad=0)
@@ -44,11 +46,12 @@ def _reference(case):
     return reference_outputs(call, arrays, dy)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(CASES))
-def test_backend_matches_reference(backend, case, dtype):
+def test_backend_matches_reference(backend, case, dtype, device):
     op, kw = CASES[case]
-    report = el.check(op, backends=[backend], dtype=dtype, seed=SESSION_SEED, reference=_reference(case), **kw)
+    report = el.check(op, backends=[backend], dtype=dtype, seed=SESSION_SEED, reference=_reference(case),
+                      device=device, **kw)
     (row,) = report.rows
     if row.status == "skipped":
         pytest.skip(row.reason)
@@ -58,9 +61,9 @@ def test_backend_matches_reference(backend, case, dtype):
         assert any(k.endswith(f"[{mode}]") for k in row.errors), f"grad={mode!r} was not checked: {row.errors}"
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(CASES))
-def test_backend_matches_reference_on_the_libraries_it_also_runs_on(backend, case, dtype):
+def test_backend_matches_reference_on_the_libraries_it_also_runs_on(backend, case, dtype, device):
     """A backend that runs another way on another library's arrays (loops:numba
     inside jax programs) is checked there too."""
     op, kw = CASES[case]
@@ -69,7 +72,7 @@ def test_backend_matches_reference_on_the_libraries_it_also_runs_on(backend, cas
         pytest.skip(f"{backend} runs on {b.takes[0]} arrays only one way")
     for lib in b.also_on:
         report = el.check(op, backends=[backend], dtype=dtype, seed=SESSION_SEED, reference=_reference(case),
-                          library=lib, **kw)
+                          library=lib, device=device, **kw)
         (row,) = report.rows
         if row.status == "skipped":
             pytest.skip(row.reason)

@@ -1,8 +1,9 @@
 """``loops:triton`` through the Triton interpreter (TRITON_INTERPRET=1, set in
-conftest) on CPU torch tensors: the differential check for every catalogue
-op and user statements, forward and both backward statements; the
-atomics-or-gather decision as data; options and errors.  Small grids only:
-the interpreter runs each program instance in Python."""
+conftest) on CPU torch tensors, or compiled on a GPU (EINLOCAL_TEST_DEVICE=cuda):
+the differential check for every catalogue op and user statements, forward
+and both backward statements; the atomics-or-gather decision as data;
+options and errors.  Small grids only: the interpreter runs each program
+instance in Python."""
 import pytest
 
 import einlocal as el
@@ -44,15 +45,15 @@ def _plans(op, kw):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_differential_check(case):
+def test_differential_check(case, device):
     _, op, kw = case
-    report = el.check(op, backends=["loops:triton"], dtype="float32", **kw)
+    report = el.check(op, backends=["loops:triton"], dtype="float32", device=device, **kw)
     assert report.rows[0].status == "pass", str(report)
     args = ("x", "weight") if not isinstance(op, el.Op) else op.inputs
     assert set(report.rows[0].errors) == {"y", *(f"d{a}[vjp]" for a in args)}   # forward and every gradient
 
 
-def test_differential_check_deterministic():
+def test_differential_check_deterministic(device):
     """The atomic-free path for a statement that would use atomics."""
     _, op, kw = CASES[1]
     backend = registry.get("loops:triton")
@@ -61,14 +62,14 @@ def test_differential_check_deterministic():
     backend.deterministic = True
     try:
         assert all(backend.kernel_plan(p).mode == "gather" for p in plans)
-        report = el.check(op, backends=["loops:triton"], dtype="float32", **kw)
+        report = el.check(op, backends=["loops:triton"], dtype="float32", device=device, **kw)
     finally:
         backend.deterministic = None
     assert report.ok, str(report)
 
 
-def test_float16_accumulates_in_float32():
-    report = el.check(el.locally_connected1d, backends=["loops:triton"], dtype="float16",
+def test_float16_accumulates_in_float32(device):
+    report = el.check(el.locally_connected1d, backends=["loops:triton"], dtype="float16", device=device,
                       x=(2, 3, 9), weight=(2, 3, 3, 7))
     assert report.ok, str(report)
     plan = _plans(el.locally_connected1d, dict(x=(2, 3, 9), weight=(2, 3, 3, 7)))[0]
@@ -169,6 +170,7 @@ def test_dot_input_precision():
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     backend = registry.get("loops:triton")
     plan = _plans(el.locally_connected2d, CASES[0][2])[0]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert backend.cannot(plan, library="torch", device="cpu") is None
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "TRITON_INTERPRET" in backend.cannot(plan, library="torch", device="cpu")

@@ -23,10 +23,12 @@ backends do).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import sys
 import time
+from pathlib import Path
 
 from .. import cachedir
 from ..errors import BackendError, CacheDirError
@@ -43,9 +45,20 @@ STATS = {"compiled": 0, "loaded": 0}
 _DTYPES = ("float32", "float64")
 
 
+@functools.lru_cache(maxsize=1)
+def _codegen_salt() -> str:
+    """What a kernel's machine code depends on besides its source: the
+    intrinsics' code (`numba_simd`, `numba_drive`), so numba's file cache
+    never serves a kernel built by an earlier version of them."""
+    from . import numba_drive, numba_simd
+    text = "".join(Path(m.__file__).read_text() for m in (numba_drive, numba_simd))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _module_path(source: str):
     import numba
-    key = hashlib.sha256(f"{source}\nnumba {numba.__version__}\npython {sys.version}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{source}\nnumba {numba.__version__}\npython {sys.version}\n{_codegen_salt()}"
+                         .encode()).hexdigest()[:24]
     return cachedir.folder("numba") / f"k_{key}.py", key
 
 

@@ -10,18 +10,20 @@ past the row's end: computed, never stored).  x's loads are plain vectors at
 masked load per row (``vload_into``), and each sum stored one masked store
 per row (``vstore_lanes``)::
 
-    p0 = t_p * 16                        # the parallel tiles: vectors of p
+    p0 = min(t_p * 16, end - 16)         # the parallel tiles: vectors of p
     u0 = p0 // 28
     c0 = p0 - u0 * 28                    # row u0 + s: its v at lane 0 is c_s,
     l0 = ...; h0 = ...                   #   its lanes l_s <= k < h_s
     for t_o in range(4):                 # the packed operand's own loops, then the panel
         ... vstore(pk, k, vload_into(a_wt, b_wt + 26*(u0+1) + c1, l1, h1, vload_lanes(...)))
         for t_n in range(17):            # the loops that share the panel
-            ... s0 = vfma(vload(pk, ...), vload_lanes(a_x, b_x + 29, 16, 0, qh), s0) ...
+            ... s0 = vfma(vload(pk, ...), vload(a_x, b_x + 29, 16), s0) ...
             vstore_lanes(a_y, b_y + 26*u0 + c0, s0, l0, h0); vstore_lanes(..., l1, h1)
 
-Lanes of x past the last output's position are masked (``qh``), so no read
-leaves x: every other lane lies between two positions the statement reads.
+The last vector is moved back to end at the last output's position (its
+lanes that the vector before covers are not stored), so no read leaves x and
+x's loads are plain vectors: every lane lies between two positions the
+statement reads.
 Where x is read outside its bounds (padding, along rows and taps only), each
 tap's lanes inside them are one integer mask, computed once a tile, and x's
 reads are single masked loads (``vload_bits``); the packed operand must lie
@@ -122,15 +124,17 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     aligned_panel(emit, size, V, dtype)
     if ahead_w:
         write_table(emit, [value(flat[out.name][0], m) for m in members])
-    emit(f"p0 = t_p * {V}")
+    if bounds:
+        emit(f"p0 = t_p * {V}")
+    else:   # the last vector ends at the last position, its lanes before t_p * V (the tile before's) not stored
+        emit(f"p0 = min(t_p * {V}, {end - V})")
+        emit(f"q0 = t_p * {V} - p0")
     emit(f"u0 = p0 // {pitch}")
     emit(f"# row u0 + s: {v} = c_s + lane, its outputs in lanes l_s <= lane < h_s")
     for s in range(segments):
         emit(f"c{s} = p0 - (u0 + {s}) * {pitch}")
-        emit(f"l{s} = min({V}, max(0, -c{s}))")
+        emit(f"l{s} = min({V}, max({'0' if bounds else 'q0'}, -c{s}))")
         emit(f"h{s} = max(l{s}, min({V}, {R} - c{s})) if u0 + {s} < {U} else l{s}")
-    if not bounds:      # else the masks below keep every read inside x
-        emit(f"qh = min({V}, {end} - p0)")
     if ahead_w:         # the output a member writes: one span where its rows follow each other, else each row
         firsts = [f"{row_offset(out.name, s)} + l{s}" for s in range(segments)]
         lasts = [f"{row_offset(out.name, s)} + h{s} - 1" for s in range(segments)]
@@ -221,7 +225,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         if acc is P:
             return f"vload(pk, b_pk + {(k * len(pkeys) + pkeys.index(key(m, P))) * V}, {V})"
         at = f"a_{Q.name}, b_{Q.name} + {value(flat[Q.name][0], {**m, **taps[k]})}"
-        return f"vload_bits({at}, {V}, {mask(taps[k])})" if bounds else f"vload_lanes({at}, {V}, 0, qh)"
+        return f"vload_bits({at}, {V}, {mask(taps[k])})" if bounds else f"vload({at}, {V})"
     for k, tap in enumerate(taps):
         if tap:
             emit("# " + ", ".join(f"{n}={x}" for n, x in tap.items()))

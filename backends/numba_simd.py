@@ -27,7 +27,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 __all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vload_bits", "vstore", "vstore_lanes", "vstore_nt",
-           "sfence", "sload", "sstore", "vfma", "vsum", "prefetch", "prefetchw", "LANES", "REGISTERS", "VECTOR_BITS"]
+           "sfence", "sload", "sstore", "vfma", "vsum", "prefetch", "prefetchw", "LANES", "REGISTERS", "VECTOR_BITS",
+           "NONTEMPORAL_STORES"]
 
 
 def _vector_bits() -> int:
@@ -50,6 +51,34 @@ def _vector_bits() -> int:
 
 
 VECTOR_BITS = _vector_bits()
+
+
+def _vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD"), or "" where unknown."""
+    try:
+        with open(cpuinfo) as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
+def _nontemporal_stores() -> bool:
+    """Whether non-temporal stores serve outputs written once (`vstore_nt`):
+    on Intel they save the read-for-ownership of every line, but on AMD
+    (measured on Zen 3) a load whose address matches a non-temporal store
+    still in flight in its low 12 bits waits for it to reach memory: W1's
+    forward took 1.1 to 24 ms by the arrays' addresses mod 4096 (numpy's
+    large arrays all lie 16 bytes past a page: 8 ms), against 1.6 to
+    2.7 ms with plain stores.  ``EINLOCAL_NONTEMPORAL=0|1`` overrides."""
+    env = os.environ.get("EINLOCAL_NONTEMPORAL")
+    if env:
+        if env not in ("0", "1"):
+            raise ValueError(f"EINLOCAL_NONTEMPORAL must be 0 or 1, got {env!r}")
+        return env == "1"
+    return _vendor() != "AuthenticAMD"
+
+
+NONTEMPORAL_STORES = _nontemporal_stores()
 # lanes in one register, per dtype (the width the generator uses), and how many registers
 LANES = {"float32": VECTOR_BITS // 32, "float64": VECTOR_BITS // 64}
 REGISTERS = 32 if VECTOR_BITS == 512 else 16
@@ -199,17 +228,26 @@ def vload_bits(typingctx, arr, off, lanes, bits):
 @intrinsic
 def vstore_lanes(typingctx, arr, off, v, lo, hi):
     """Write lanes ``lo <= k < hi`` of ``v`` to element offset ``off + k``;
-    the other lanes' memory is never touched."""
+    the other lanes' memory is never touched.  Every lane: a plain store;
+    none: nothing (a masked store, vmaskmovps, is microcoded on AMD)."""
     if not isinstance(v, Vec) or not isinstance(arr, types.Array):
         return None
     n = v.lanes
 
     def codegen(context, builder, sig, args):
         p = _address(context, builder, sig.args[0], args[0], args[1], sig.args[1])
-        mask = _lane_window(builder, n, args[3], args[4])
-        fnty = ir.FunctionType(ir.VoidType(), [args[2].type, p.type, _I32, mask.type])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.{_suffix(v)}.p0")
-        builder.call(fn, [args[2], p, ir.Constant(_I32, _align(arr.dtype)), mask])
+        lo, hi = (context.cast(builder, a, t, types.int64) for a, t in zip(args[3:], sig.args[3:]))
+        every = builder.and_(builder.icmp_signed("<=", lo, ir.Constant(lo.type, 0)),
+                             builder.icmp_signed(">=", hi, ir.Constant(hi.type, n)))
+        with builder.if_else(every) as (plain, partial):
+            with plain:
+                builder.store(args[2], builder.bitcast(p, args[2].type.as_pointer()), align=_align(arr.dtype))
+            with partial:
+                with builder.if_then(builder.icmp_signed("<", lo, hi)):
+                    mask = _lane_window(builder, n, args[3], args[4])
+                    fnty = ir.FunctionType(ir.VoidType(), [args[2].type, p.type, _I32, mask.type])
+                    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.{_suffix(v)}.p0")
+                    builder.call(fn, [args[2], p, ir.Constant(_I32, _align(arr.dtype)), mask])
         return context.get_dummy_value()
     return types.none(arr, off, v, lo, hi), codegen
 

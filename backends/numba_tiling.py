@@ -8,7 +8,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from .numba_simd import LANES, REGISTERS
+from .numba_simd import LANES, NONTEMPORAL_STORES, REGISTERS
 
 __all__ = ["Tiling", "tiling", "sum_slots", "flat_offsets"]
 
@@ -44,8 +44,9 @@ MIN_TILES = 8
 # output, written once, is stored non-temporally where larger than
 # NONTEMPORAL_BYTES: no read-for-ownership of each line before it is written
 # (W1's forward then 4.1 ms; a smaller output stays in cache for its reader).
+# Not on AMD, where they stall loads (`numba_simd.NONTEMPORAL_STORES`).
 STREAM_SHARED_FIRST = True
-NONTEMPORAL = True
+NONTEMPORAL = NONTEMPORAL_STORES
 NONTEMPORAL_BYTES = 4 * 2 ** 20
 # ... and a tile takes STREAM_ROWS consecutive rows of that index (at least
 # MIN_TILES tiles), run inside the other indices, so each image's rows are read

@@ -146,10 +146,13 @@ def test_memory_bound_statements_stream(numba_backend):
     assert "numba_codegen" in numba_backend.kernel(plan, dtype="float32").source
 
 
-def test_large_streamed_outputs_are_stored_non_temporally(numba_backend):
+def test_large_streamed_outputs_are_stored_non_temporally(numba_backend, monkeypatch):
     """A streaming tile's output larger than NONTEMPORAL_BYTES is written
-    with non-temporal stores, the tile ending with a fence; the weight
-    gradient, summed in a scratch, stores only its finished rows so."""
+    with non-temporal stores where the host takes them (not on AMD:
+    `numba_simd.NONTEMPORAL_STORES`), the tile ending with a fence; the
+    weight gradient, summed in a scratch, stores only its finished rows so."""
+    from einlocal.backends import numba_tiling
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL", True)
     lc1 = _plans(el.locally_connected2d, x=(32, 4, 128, 128), weight=(2, 4, 1, 1, 128, 128))   # y: 4 MiB float32
     for name in ("forward", "dx"):
         src = numba_backend.source(lc1[name], dtype="float32")
@@ -174,6 +177,7 @@ def test_non_temporal_stores_against_the_reference(monkeypatch, dtype):
     elements); each gradient also alone (the second case's, asked for
     together, run in one pass: `numba_fused`)."""
     from einlocal.backends import numba_tiling
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL", True)
     monkeypatch.setattr(numba_tiling, "NONTEMPORAL_BYTES", 0)
     cases = [dict(x=(5, 3, 6, 10), weight=(2, 3, 1, 1, 6, 10), bias=(2, 6, 10)),
              dict(x=(20, 3, 4, 48), weight=(2, 3, 1, 1, 4, 48))]
@@ -597,3 +601,46 @@ def test_the_bias_gradient_from_the_weight_gradients_kernel(numba_backend, case,
     assert len(fused) == 3 and all((f is not None) == expect for f in fused), (t, fused)
     if case != "lc1d-1x1-c12":
         assert expect, f"{case} was meant to take the fused form: {t}"
+
+
+def test_non_temporal_stores_are_off_on_amd(tmp_path, monkeypatch):
+    """On AMD a load matching a non-temporal store in flight in its low 12
+    bits waits for it to reach memory, so large outputs are stored plainly
+    there (and by EINLOCAL_NONTEMPORAL's choice anywhere); the streamed
+    output's kernel follows the switch."""
+    from einlocal.backends import numba_simd, numba_tiling
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n")
+    assert numba_simd._vendor(str(info)) == "AuthenticAMD"
+    assert numba_simd._vendor(str(tmp_path / "absent")) == ""
+    monkeypatch.delenv("EINLOCAL_NONTEMPORAL", raising=False)
+    for vendor, want in (("AuthenticAMD", False), ("GenuineIntel", True), ("", True)):
+        monkeypatch.setattr(numba_simd, "_vendor", lambda v=vendor: v)
+        assert numba_simd._nontemporal_stores() is want, vendor
+    monkeypatch.setenv("EINLOCAL_NONTEMPORAL", "1")
+    assert numba_simd._nontemporal_stores() is True
+    monkeypatch.setenv("EINLOCAL_NONTEMPORAL", "yes")
+    with pytest.raises(ValueError, match="EINLOCAL_NONTEMPORAL must be 0 or 1"):
+        numba_simd._nontemporal_stores()
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL", False)
+    plan = _plans(el.locally_connected2d, x=(32, 4, 128, 64), weight=(2, 4, 1, 1, 128, 64))["forward"]
+    src = registry.get(NAME).source(plan, dtype="float32")
+    assert "vstore_nt(" not in src and "vstore(a_" in src
+
+
+def test_a_kernel_module_is_keyed_by_the_intrinsics_it_is_built_with(tmp_path, monkeypatch):
+    """numba's file cache keeps machine code by the module's source, so the
+    module's name also holds the intrinsics' code: a change to them builds
+    every kernel again instead of loading one built by the old code."""
+    from einlocal.backends import loops_numba, numba_simd
+    before = loops_numba._module_path("kernel = None\n")[1]
+    changed = tmp_path / "numba_simd.py"
+    changed.write_text(open(numba_simd.__file__).read() + "\n# changed\n")
+    monkeypatch.setattr(numba_simd, "__file__", str(changed))
+    loops_numba._codegen_salt.cache_clear()
+    try:
+        assert loops_numba._module_path("kernel = None\n")[1] != before
+    finally:
+        monkeypatch.undo()
+        loops_numba._codegen_salt.cache_clear()
+    assert loops_numba._module_path("kernel = None\n")[1] == before

@@ -10,7 +10,7 @@ import itertools
 import math
 import re
 
-__all__ = ["linear", "plus", "tile_start", "carrays", "points", "key", "panel", "aligned_panel", "line_starts",
+__all__ = ["linear", "plus", "tile_start", "carrays", "points", "key", "panel", "namer", "aligned_panel", "line_starts",
            "next_block", "write_table", "write_ahead", "multiply_adds"]
 
 
@@ -60,6 +60,18 @@ def panel(members, taps, P, loops, live: dict, V: int) -> tuple[list, dict, int]
     for n in reversed(loops):
         coef[n], size = size, size * live[n]
     return pkeys, coef, size
+
+
+def namer(emit, prefix: str):
+    """``named(expr)``: a name for ``expr``, emitted once (``emit``) and reused."""
+    names: dict[str, str] = {}
+
+    def named(expr):
+        if expr not in names:
+            names[expr] = f"{prefix}{len(names)}"
+            emit(f"{names[expr]} = {expr}")
+        return names[expr]
+    return named
 
 
 def aligned_panel(emit, size: int, V: int, dtype: str) -> None:

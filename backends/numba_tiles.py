@@ -43,8 +43,8 @@ import math
 
 from . import numba_rows, numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
-from .numba_step import aligned_panel, carrays, key, line_starts, linear as _linear, multiply_adds, next_block, \
-    panel, plus as _plus, points, tile_start, write_ahead, write_table
+from .numba_step import aligned_panel, carrays, key, line_starts, linear as _linear, multiply_adds, namer, \
+    next_block, panel, plus as _plus, points, tile_start, write_ahead, write_table
 from .numba_tiling import Tiling, flat_offsets as _flat, sum_slots, tiling
 
 __all__ = ["Tiling", "tiling", "sum_slots", "generate"]
@@ -53,13 +53,12 @@ SUM = "sum_"    # the optional last argument of a kernel that also sums an opera
 
 
 def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strides=None, sum_of=None) -> Kernel:
-    """The tiled kernel's source for ``plan`` under tiling ``t``.
-    ``init_strides``: the kernel takes one more array (last), indexed like
-    the output with these strides (0 or 1 along the vector), that the sums
-    start from instead of zero (a bias, broadcast).  ``sum_of``: (operand,
-    strides) where `sum_slots` allows: the kernel takes one more array
-    (last) into which it writes that operand summed over the statement's
-    sums, from the loads it makes anyway (no second pass over it)."""
+    """The tiled kernel's source for ``plan`` under tiling ``t``.  ``init_strides``:
+    the kernel takes one more array (last), indexed like the output with these
+    strides (0 or 1 along the vector), that the sums start from instead of zero
+    (a bias, broadcast).  ``sum_of``: (operand, strides) where `sum_slots`
+    allows: one more array (last) into which the kernel writes that operand
+    summed over the statement's sums, from the loads it makes anyway."""
     if t.rows is not None:      # lanes across rows: its own writer
         k = numba_rows.generate(plan, t, strides, out_strides, dtype, init_strides) if sum_of is None else None
         if k is not None:
@@ -95,21 +94,14 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     tail = t.form == "reduce" and R % V != 0
     itemsize = 4 if dtype == "float32" else 8
 
-    def namer(prefix):
-        """``named(expr)``: a name for ``expr``, emitted once."""
-        names: dict[str, str] = {}
-
-        def named(expr):
-            if expr not in names:
-                names[expr] = f"{prefix}{len(names)}"
-                emit(f"{names[expr]} = {expr}")
-            return names[expr]
-        return named
-
     # the packed operand's panel: per step of the summed loops, per tap, per distinct vector of a tile
     P = next((a for a in stmt.operands if a.name == t.pack), None)
     pkeys, pk_coef, panel_size = panel(members, tap_values, P, t.loops, live, V) if P else ([], {}, 0)
-
+    # streaming: a panel a tile, a position per step of its inner blocks, rows and vectors (`STREAM_PACK`)
+    spread = [(f"t_{u}", math.ceil(live[u] / blocks.get(u, 1))) for u in t.outer[2:]] + \
+        ([("r", t.chunk)] if t.chunk > 1 else []) + [(f"t_{v}", math.ceil(R / V))]
+    stream_pk = " + ".join(f"{panel_size * math.prod(c for _, c in spread[k + 1:])}*{n}" for k, (n, _) in
+                           enumerate(spread))
     # the axes a read can leave (pad=0): each with its coefficients, constant and size
     def axis(ax):
         return {n: a for n, a in ax.terms if n in live}, ax.const
@@ -208,7 +200,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         carrays(emit, arrays, dtype)
         emit(start(p, psize) if t.chunk == 1 and not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
         if t.pack:
-            aligned_panel(emit, panel_size, V, dtype)
+            aligned_panel(emit, panel_size * (math.prod(c for _, c in spread) if t.streaming else 1), V, dtype)
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
     out_coef, out_const = flat[out.name]
@@ -232,25 +224,31 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(start(v, V))
             emit(f"b_acc = {W * R}*r + i_{v}")
 
-    def pack_panel():
+    def pack_panel(stream=False):
         """This tile's slice of the packed operand, copied into the panel in
-        the order the body reads it (reads outside the operand: zeros)."""
+        the order the body reads it (reads outside the operand: zeros); a
+        streaming tile's, its positions looped here (`stream_pk`)."""
         nonlocal ind
         emit(f"# {P.name}'s slice for the tiles below, packed")
-        for n in t.loops:
-            emit(f"for i_{n} in range({live[n]}):")
+        heads = [(f"for {n} in range({c}):", start(n[2:], V if n[2:] == v else blocks.get(n[2:], 1))
+                  if n != "r" else f"i_{t.parallel} = i_{t.parallel}0 + r") for n, c in spread] if stream else \
+            [(f"for i_{n} in range({live[n]}):", None) for n in t.loops]
+        for head, first in heads:
+            emit(head)
             ind += 1
-        known = set(order[:order.index(v) + 1]) | set(t.loops)
+            if first:
+                emit(first)
+        known = set(order) | {v} if stream else set(order[:order.index(v) + 1]) | set(t.loops)
         coef, const = flat[P.name]
         emit(f"b_{P.name} = {_plus(_linear(coef, known), const)}")
-        emit(f"b_pk = {_plus(_linear(pk_coef, known), 0)}")
-        named = namer("p")
+        emit(f"b_pk = {stream_pk if stream else _plus(_linear(pk_coef, known), 0)}")
+        named = namer(emit, "p")
         firsts = {key(m, P): m for m in reversed(members)}
         for k, tap in enumerate(tap_values):
             for j, kk in enumerate(pkeys):
                 src = load(P, {**firsts[kk], **tap}, bool(bounded[P.name]), named, known)
                 emit(f"vstore(pk, b_pk + {(k * len(pkeys) + j) * V}, {src})")
-        ind -= len(t.loops)
+        ind -= len(heads)
 
     def prefetch_ahead():
         """The other operand's lines ``t.ahead`` steps of the last summed loop ahead."""
@@ -262,6 +260,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * coef[t.loops[-1]]})")
 
     for n, size in loops:
+        if t.streaming and t.pack and n == t.outer[1]:
+            pack_panel(stream=True)
         if n == v and t.sums_outside:
             for s_ in t.sums_outside:
                 emit(f"for i_{s_} in range({live[s_]}):")
@@ -275,7 +275,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(f"for t_{n} in range({count(n, size)}):")
         ind += 1
         emit(start(n, size))
-        if n == v and t.pack:
+        if n == v and t.pack and not t.streaming:
             pack_panel()
 
     def start_sums():
@@ -322,7 +322,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         back at the end."""
         nonlocal ind
         count = itertools.count()
-        named = namer("e")
+        named = namer(emit, "e")
         looped = edge is True and bool(t.taps)
         if looped:
             for n in t.taps:
@@ -335,7 +335,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"if not ({' and '.join(inside)}):\n{'    ' * (ind + 1)}continue")
         for acc in (res, stream):
             coef, const = flat[acc.name]
-            emit(f"b_pk = {_plus(_linear(pk_coef, known), 0)}" if acc is P
+            emit((f"b_pk = {stream_pk}" if t.streaming else f"b_pk = {_plus(_linear(pk_coef, known), 0)}") if acc is P
                  else f"b_{acc.name} = {_plus(_linear(coef, known), const)}")
         if t.ahead and edge is not True:
             prefetch_ahead()

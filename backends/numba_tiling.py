@@ -53,6 +53,16 @@ NONTEMPORAL_BYTES = 4 * 2 ** 20
 # in one run of 8 KB, not 1 KB (W1's forward 4.6 -> 3.4 ms, its input
 # gradient 6.9 -> 4.3 ms of one core's time).
 STREAM_ROWS = 8
+# An operand that a streaming tile reads again for every value of its first
+# inner index (a 1x1 layer's weight, once per image) is copied once a tile
+# into a panel, in the order the body reads it, where the panel is at most
+# STREAM_PACK_BYTES.  numpy's large arrays all lie 16 bytes past a page, so
+# x's, the weight's and y's planes, each 256 KB apart, meet in one L1 and one
+# L2 set at every position: W1's forward (bias, out=) took 4.0-4.2 ms
+# against 1.7-1.9 with the arrays at spread page offsets (AMD Zen 3, whose
+# caches are 8-way); a panel removes the weight's 8 planes from those sets.
+STREAM_PACK = True
+STREAM_PACK_BYTES = 128 * 1024
 # A compute-bound tile whose operand does not depend on the innermost tile
 # loops (a locally connected layer's weight, the same for every batch block)
 # reads that operand's slice once per tile, from rows kilobytes apart that no
@@ -124,6 +134,8 @@ class Tiling:
         outside = (f", {', '.join(self.sums_outside)} summed outside the vector into a scratch of {self.chunk} "
                    f"{self.parallel}" if self.sums_outside else "")
         rows = f", {self.chunk} {self.parallel} a tile" if self.chunk > 1 and not self.sums_outside else ""
+        if self.streaming and self.pack:
+            rows += f"; {self.pack} packed per tile, read from there for every {self.outer[1]}"
         kind = f" (streaming: memory-bound{outside}{rows})" if self.streaming else ""
         ahead = f", {other} prefetched {self.ahead} {self.loops[-1]} ahead" if self.ahead else ""
         tile = (f"blocks {', '.join(f'{n}x{s}' for n, s in self.blocks) or '-'}; taps unrolled: "
@@ -135,7 +147,7 @@ class Tiling:
                     f"{pitch} apart, the lanes past a row's end idle); {tile}; prange over: "
                     f"{u}*{pitch}+{self.vector} in vectors; {self.pack} packed per tile of {', '.join(own)}{ahead}")
         packed = (f"; {self.pack} packed per tile of {', '.join((*self.outer[:self.vector_at], self.vector))}{ahead}"
-                  if self.pack else "")
+                  if self.pack and not self.streaming else "")
         return (f"{self.form} form{kind}: {self.lanes} lanes along {self.vector}; {tile}; prange over: "
                 f"{self.parallel or '-'}{packed}")
 
@@ -276,11 +288,13 @@ def tiling(plan, dtype: str, strides: dict, out_strides) -> Tiling | None:
             chunk -= 1
     lanes = _lanes(dtype, live[v])
     pack, vector_at, ahead = None, None, 0
+    if streaming and not outside and len(outer) > 1 and STREAM_PACK:
+        pack = _stream_pack(plan, ops, outer, dict(blocks), taps, live, v, lanes, chunk, item)
     if form == "map" and not streaming and parallel is not None and PACK:
         pack, outer, vector_at = _packing(plan, ops, outer, dict(blocks), taps, loops, tiles, live, v, lanes * item)
         ahead = _ahead(ops, pack, flat, loops, blocks, taps, live, item)
     rows = _rows(plan, ops, pack, dict(blocks), outer[:vector_at], v, taps, live, flat, dtype, lanes) \
-        if pack and ROWS else None
+        if pack and ROWS and not streaming else None
     return Tiling(form, v, lanes, blocks, tuple(taps), loops, outer, parallel, streaming, outside,
                   chunk, pack, vector_at, ahead, rows)
 
@@ -314,6 +328,24 @@ def _rows(plan, ops, pack, blocks, own, v, taps, live, flat, dtype, lanes) -> tu
         if tiles >= 4 and useful >= ROWS_GAIN * now and (best is None or useful > best[0]):
             best = (useful, u, pitch)
     return None if best is None else (best[1], best[2], top)
+
+
+def _stream_pack(plan, ops, outer, blocks, taps, live, v, lanes, chunk, item) -> str | None:
+    """The operand a streaming tile packs (`STREAM_PACK`): one read along the
+    vector, inside its bounds, that lacks the tile's first inner index
+    (read again for each of its values, at least PACK_MIN_REUSE), whose
+    panel (the tile's rows, vectors and inner blocks) fits STREAM_PACK_BYTES."""
+    again = outer[1]
+    for a in ops:
+        if again in a.names or v not in a.names or any(p != (0, 0) for p in plan.windows[a.name].pads):
+            continue
+        keys = math.prod(s for u, s in blocks.items() if u in a.names)
+        per = math.prod(live[n] for n in taps) * keys * lanes
+        tiles = math.prod(math.ceil(live[u] / blocks.get(u, 1)) for u in outer[2:])
+        if live[again] >= PACK_MIN_REUSE and per * tiles * chunk * math.ceil(live[v] / lanes) * item \
+                <= STREAM_PACK_BYTES:
+            return a.name
+    return None
 
 
 def _packing(plan, ops, outer, blocks, taps, loops, tiles, live, v, vector_bytes):

@@ -129,14 +129,16 @@ def test_memory_bound_statements_stream(numba_backend):
         plan = lc1[name]
         assert plan.flops() < plan.min_elements() * 4
         head = _header(numba_backend.kernel(plan, dtype="float32"))
-        assert f"map form (streaming: memory-bound): {LANES['float32']} lanes along w" in head, (name, head)
+        assert "map form (streaming: memory-bound" in head and f"): {LANES['float32']} lanes along w" in head, \
+            (name, head)
         assert ("blocks ox2" if name == "forward" else "blocks cx4") in head and "prange over: h" in head, head
         assert "vstore_nt" not in numba_backend.source(plan, dtype="float32")     # 16 KB: stays in cache
     # taller: a tile takes rows of h (at least 8 tiles), inside the batch
     plan = _plans(el.locally_connected2d, x=(16, 4, 24, 16), weight=(2, 4, 1, 1, 24, 16))["forward"]
     src = numba_backend.source(plan, dtype="float32")
     assert "3 h a tile" in _header(numba_backend.kernel(plan, dtype="float32")), src[:400]
-    assert src.index("for t_n in") < src.index("for r in range(3):") < src.index("for t_w in"), src
+    body = src[src.index("for t_n in"):]       # (the weight's panel is filled before it)
+    assert body.index("for r in range(3):") < body.index("for t_w in"), src
     # a batch of 20 is too long to unroll: dW sums it outside the vector, into a scratch of rows
     plan = _plans(el.locally_connected2d, x=(20, 3, 64, 32), weight=(2, 3, 1, 1, 64, 32))["dwt"]
     head = _header(numba_backend.kernel(plan, dtype="float32"))
@@ -644,3 +646,35 @@ def test_a_kernel_module_is_keyed_by_the_intrinsics_it_is_built_with(tmp_path, m
         monkeypatch.undo()
         loops_numba._codegen_salt.cache_clear()
     assert loops_numba._module_path("kernel = None\n")[1] == before
+
+
+# A streaming tile's operand read again for every image (a 1x1 layer's weight), packed
+# once a tile into a panel (numba_tiling.STREAM_PACK): output-channel blocks and a last
+# vector that overlap the ones before, a bias, the input read outside its bounds.
+STREAM_PACKED = {
+    "lc1x1-bias": (el.locally_connected2d, dict(x=(9, 3, 16, 20), weight=(5, 3, 1, 1, 16, 20), bias=(5, 16, 20))),
+    "lc1x1-pad": (el.locally_connected2d, dict(x=(9, 2, 16, 20), weight=(3, 2, 1, 1, 18, 22), padding=1)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(STREAM_PACKED), ids=str)
+def test_streaming_panel_against_the_reference(numba_backend, case, dtype):
+    op, kw = STREAM_PACKED[case]
+    head = _header(numba_backend.kernel(_case_plans(op, kw)["forward"], dtype=dtype))
+    assert "streaming" in head and "packed per tile, read from there for every n" in head, head
+    _check(op, dtype, "tiled", **kw)
+
+
+def test_streaming_panel_only_where_it_is_read_again(numba_backend, monkeypatch):
+    """W1's weight, read again for each of 32 images, is packed; with a batch
+    under PACK_MIN_REUSE, or the switch off, it is read where it lies."""
+    from einlocal.backends import numba_tiling
+    for batch, packed in ((32, True), (4, False)):
+        plan = _plans(el.locally_connected2d, x=(batch, 4, 64, 64), weight=(2, 4, 1, 1, 64, 64))["forward"]
+        src = numba_backend.source(plan, dtype="float32")
+        assert ("vload(pk, b_pk" in src) is packed and ("wt packed per tile" in _header(
+            numba_backend.kernel(plan, dtype="float32"))) is packed, src[:500]
+    monkeypatch.setattr(numba_tiling, "STREAM_PACK", False)
+    plan = _plans(el.locally_connected2d, x=(32, 4, 64, 32), weight=(2, 4, 1, 1, 64, 32))["forward"]
+    assert "vload(pk" not in numba_backend.source(plan, dtype="float32")

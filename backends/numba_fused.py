@@ -183,6 +183,12 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         *([f"    one = vsplat({ty}(1), {L})"] if bcoef is not None else []),
         f"    for e in range(0, {T}, {L}):",
         *(f"        vstore(acc, e + {k * pitch}, z)" for k in range(K)),
+        # the tile's weight, read again for every image: copied into a panel like the scratch
+        # (its planes a power of two apart would share cache sets with x's, dy's and dx's)
+        f"    wp = np.empty({len(pairs) * pitch}, np.{dtype})",
+        f"    for e in range(0, {T}, {L}):",
+        *(f"        vstore(wp, e + {k * pitch}, vload(a_{r.w}, q0 + e + {off(coef[r.w], {**os_[i], **cs_[j]})}, {L}))"
+          for k, (i, j) in enumerate(pairs)),
     ]
     ind = "    "
     for n, extent in r.s:
@@ -211,7 +217,7 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
     for j, pc in enumerate(cs_):
         expr = "z"
         for i, po in enumerate(os_):
-            expr = f"vfma(r{i}, vload(a_{r.w}, q0 + e + {off(coef[r.w], {**po, **pc})}, {L}), {expr})"
+            expr = f"vfma(r{i}, vload(wp, e + {pairs.index((i, j)) * pitch}, {L}), {expr})"
         lines.append(f"{body}{store}(a_{dx_n}, b_dx + e + {off(gcoef[r.x], pc)}, {expr})")
     lines.append(f"    for e in range(0, {T}, {L}):")
     for k, (i, j) in enumerate(pairs):

@@ -55,11 +55,8 @@ VECTOR_BITS = _vector_bits()
 
 def _vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The CPU's vendor id ("GenuineIntel", "AuthenticAMD"), or "" where unknown."""
-    try:
-        with open(cpuinfo) as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("vendor_id")), "")
-    except OSError:
-        return ""
+    from ..machine import cpu_fields
+    return cpu_fields(cpuinfo).get("vendor_id", "")
 
 
 def _nontemporal_stores() -> bool:

@@ -94,14 +94,16 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     tail = t.form == "reduce" and R % V != 0
     itemsize = 4 if dtype == "float32" else 8
 
-    # the packed operand's panel: per step of the summed loops, per tap, per distinct vector of a tile
+    # the packed operand's panel: per step of the summed loops, per tap, per distinct vector of a tile; a
+    # streaming tile's holds that per step of its inner blocks, rows and vectors (`STREAM_PACK`): `stream_pk`
     P = next((a for a in stmt.operands if a.name == t.pack), None)
     pkeys, pk_coef, panel_size = panel(members, tap_values, P, t.loops, live, V) if P else ([], {}, 0)
-    # streaming: a panel a tile, a position per step of its inner blocks, rows and vectors (`STREAM_PACK`)
-    spread = [(f"t_{u}", math.ceil(live[u] / blocks.get(u, 1))) for u in t.outer[2:]] + \
-        ([("r", t.chunk)] if t.chunk > 1 else []) + [(f"t_{v}", math.ceil(R / V))]
-    stream_pk = " + ".join(f"{panel_size * math.prod(c for _, c in spread[k + 1:])}*{n}" for k, (n, _) in
-                           enumerate(spread))
+    spread = [(f"t_{u}", math.ceil(live[u] / blocks.get(u, 1)), tile_start(u, blocks.get(u, 1), live[u]))
+              for u in t.outer[2:]] + ([("r", t.chunk, f"i_{t.parallel} = i_{t.parallel}0 + r")] if t.chunk > 1
+                                       else []) + [(f"t_{v}", math.ceil(R / V), tile_start(v, V, R))]
+    radix = [math.prod(c for _, c, _ in spread[k + 1:]) for k in range(len(spread))]
+    stream_pk = " + ".join(f"{panel_size * r}*{n}" for r, (n, _, _) in zip(radix, spread)) if t.streaming else ""
+
     # the axes a read can leave (pad=0): each with its coefficients, constant and size
     def axis(ax):
         return {n: a for n, a in ax.terms if n in live}, ax.const
@@ -181,10 +183,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     def start(n, size):
         return tile_start(n, size, live[n])
 
-    # The nest for one parallel tile is a function of its own, compiled alone
-    # and called by numba_drive's shared parallel loop (numba's parallel
-    # passes are slow on a large loop body, and a prange loop calling the
-    # tiles would compile them a second time).
+    # The nest for one parallel tile is a function of its own, compiled alone and called by numba_drive's
+    # shared parallel loop (numba's parallel passes are slow on a large loop body, and a prange loop calling
+    # the tiles would compile them a second time).
     order = list(t.outer)
     if t.form == "map":
         order.insert(len(order) if t.vector_at is None else t.vector_at, v)
@@ -200,7 +201,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         carrays(emit, arrays, dtype)
         emit(start(p, psize) if t.chunk == 1 and not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
         if t.pack:
-            aligned_panel(emit, panel_size * (math.prod(c for _, c in spread) if t.streaming else 1), V, dtype)
+            aligned_panel(emit, panel_size * (math.prod(c for _, c, _ in spread) if t.streaming else 1), V, dtype)
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
     out_coef, out_const = flat[out.name]
@@ -224,14 +225,13 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(start(v, V))
             emit(f"b_acc = {W * R}*r + i_{v}")
 
-    def pack_panel(stream=False):
-        """This tile's slice of the packed operand, copied into the panel in
-        the order the body reads it (reads outside the operand: zeros); a
-        streaming tile's, its positions looped here (`stream_pk`)."""
+    def pack_panel():
+        """This tile's slice of the packed operand, copied into the panel in the order the body reads it
+        (reads outside the operand: zeros); a streaming tile's whole slice, its positions looped here."""
         nonlocal ind
+        stream = t.streaming
         emit(f"# {P.name}'s slice for the tiles below, packed")
-        heads = [(f"for {n} in range({c}):", start(n[2:], V if n[2:] == v else blocks.get(n[2:], 1))
-                  if n != "r" else f"i_{t.parallel} = i_{t.parallel}0 + r") for n, c in spread] if stream else \
+        heads = [(f"for {n} in range({c}):", first) for n, c, first in spread] if stream else \
             [(f"for i_{n} in range({live[n]}):", None) for n in t.loops]
         for head, first in heads:
             emit(head)
@@ -241,7 +241,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         known = set(order) | {v} if stream else set(order[:order.index(v) + 1]) | set(t.loops)
         coef, const = flat[P.name]
         emit(f"b_{P.name} = {_plus(_linear(coef, known), const)}")
-        emit(f"b_pk = {stream_pk if stream else _plus(_linear(pk_coef, known), 0)}")
+        emit(f"b_pk = {stream_pk or _plus(_linear(pk_coef, known), 0)}")
         named = namer(emit, "p")
         firsts = {key(m, P): m for m in reversed(members)}
         for k, tap in enumerate(tap_values):
@@ -261,7 +261,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
 
     for n, size in loops:
         if t.streaming and t.pack and n == t.outer[1]:
-            pack_panel(stream=True)
+            pack_panel()
         if n == v and t.sums_outside:
             for s_ in t.sums_outside:
                 emit(f"for i_{s_} in range({live[s_]}):")
@@ -335,7 +335,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"if not ({' and '.join(inside)}):\n{'    ' * (ind + 1)}continue")
         for acc in (res, stream):
             coef, const = flat[acc.name]
-            emit((f"b_pk = {stream_pk}" if t.streaming else f"b_pk = {_plus(_linear(pk_coef, known), 0)}") if acc is P
+            emit(f"b_pk = {stream_pk or _plus(_linear(pk_coef, known), 0)}" if acc is P
                  else f"b_{acc.name} = {_plus(_linear(coef, known), const)}")
         if t.ahead and edge is not True:
             prefetch_ahead()

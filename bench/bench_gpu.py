@@ -187,7 +187,8 @@ def main(argv=None) -> int:
                 "| --- | --- | --- | --- | --- | --- | --- |\n")
         for r in rows:
             fm, bm = r.get("forward_ms"), r.get("backward_ms")
-            cells = [r["workload"], f"`{r['backend']}`", r["check"] + (f" ({r['worst']:.2f})" if r.get("worst") else ""),
+            check = r["check"] + (f" ({r['worst']:.2f})" if r.get("worst") else "")
+            cells = [r["workload"], f"`{r['backend']}`", check,
                      f"{fm:.3f}" if fm else "", f"{bm:.3f}" if bm else "", f"{bm / fm:.2f}" if fm and bm else "",
                      r["note"].replace("|", "/")[:160]]
             f.write("| " + " | ".join(cells) + " |\n")

@@ -44,10 +44,8 @@ def cache_dir() -> Path:
     return _root()
 
 
-def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's name, with its family, model and widest x86 vector unit where
-    /proc/cpuinfo says (a VM may show only "AMD EPYC" for hosts of different
-    generations, whose memory-bound kernels run 2-3x apart)."""
+def cpu_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ({} where there is none)."""
     fields: dict[str, str] = {}
     try:
         with open(cpuinfo) as f:
@@ -58,6 +56,14 @@ def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name, with its family, model and widest x86 vector unit where
+    /proc/cpuinfo says (a VM may show only "AMD EPYC" for hosts of different
+    generations, whose memory-bound kernels run 2-3x apart)."""
+    fields = cpu_fields(cpuinfo)
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     extra = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields else []

@@ -151,6 +151,12 @@ class Jax(Namespace):
     def pad(self, a, pads):
         return self.mod.pad(a, pads)
 
+    def named_precision(self):
+        """float32 matmuls as float32: with no precision named, jax's rounds
+        their inputs to TF32 or bfloat16 on a GPU."""
+        import jax
+        return jax.default_matmul_precision("highest")
+
     def einsum(self, spec, *ops, out=None):
         return self.mod.einsum(spec, *ops, precision="highest")
 

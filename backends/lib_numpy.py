@@ -17,7 +17,7 @@ class NumpyLike(Namespace):
         return tuple(s // a.itemsize for s in a.strides)
 
     def unwritable(self, a) -> str | None:
-        if not a.flags.writeable:
+        if not getattr(a.flags, "writeable", True):      # cupy's arrays have no read-only flag
             return "is read-only"
         return super().unwritable(a)
 

@@ -145,6 +145,12 @@ class Namespace:
         the library has no such switch."""
         return contextlib.nullcontext()
 
+    def named_precision(self):
+        """A context in which calls another package makes into this library
+        for einlocal (opt_einsum's tensordot and einsum) compute at the
+        precision einlocal's own calls name; the default: its calls name none."""
+        return contextlib.nullcontext()
+
     def from_numpy(self, a, device: str = "cpu"):
         """A new array of this library holding numpy array ``a`` (used by the
         harness to create inputs; never called on user data)."""

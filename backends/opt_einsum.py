@@ -30,7 +30,8 @@ class OptEinsumBackend(ArrayBackend):
         arrays = [v for v, _ in views]
         if out is not None and xp.opt_einsum_backend == "numpy":    # the one backend that takes out=
             return expr(*arrays, out=out)
-        result = expr(*arrays, backend=xp.opt_einsum_backend)
+        with xp.named_precision():
+            result = expr(*arrays, backend=xp.opt_einsum_backend)
         return xp.assign(out, result) if out is not None else result
 
     def contraction_elements(self, plan):

@@ -167,21 +167,27 @@ def main(argv=None) -> int:
 
     progress(f"{gpu}; {_versions()}")
     progress(f"{'id':<4} {'backend':<42} {'check':<8} {'worst':>6} {'fwd ms':>10} {'bwd ms':>10} {'bwd/fwd':>7}  note")
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, "gpu_" + "".join(c if c.isalnum() else "_" for c in gpu))
+    command = "python bench/bench_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     for wid in args.workloads.split(","):
         rows += _workload_rows(WORKLOADS[wid], el, registry, args.budget, measure, CudaEventClock, progress)
         if wid == "W2":
             rows += _w2_extra(el, registry, args.budget, measure, CudaEventClock, progress)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "gpu_" + "".join(c if c.isalnum() else "_" for c in gpu))
-    command = "python bench/bench_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        _write(stem, command.strip(), gpu, rows)      # after each workload: a run cut short keeps what it measured
+    print(f"wrote {stem}.csv, {stem}.md")
+    return 0
+
+
+def _write(stem, command, gpu, rows):
     keys = ("workload", "backend", "library", "check", "worst", "forward_ms", "backward_ms", "note")
     with open(stem + ".csv", "w") as f:
-        f.write(f"# {command.strip()}\n# {gpu}; {_versions()}\n" + ",".join(keys) + "\n")
+        f.write(f"# {command}\n# {gpu}; {_versions()}\n" + ",".join(keys) + "\n")
         for r in rows:
             f.write(",".join(_csv(r.get(k)) for k in keys) + "\n")
     with open(stem + ".md", "w") as f:
-        f.write(f"# The report workloads on {gpu}\n\n`{command.strip()}`; {_versions()}. float32 (TF32 off), "
+        f.write(f"# The report workloads on {gpu}\n\n`{command}`; {_versions()}. float32 (TF32 off), "
                 "medians; check: at full size against the float64 reference (worst error / tolerance).\n\n"
                 "| workload | backend | check | forward ms | backward ms | bwd/fwd | note |\n"
                 "| --- | --- | --- | --- | --- | --- | --- |\n")
@@ -192,8 +198,6 @@ def main(argv=None) -> int:
                      f"{fm:.3f}" if fm else "", f"{bm:.3f}" if bm else "", f"{bm / fm:.2f}" if fm and bm else "",
                      r["note"].replace("|", "/")[:160]]
             f.write("| " + " | ".join(cells) + " |\n")
-    print(f"wrote {stem}.csv, {stem}.md")
-    return 0
 
 
 def _csv(v) -> str:

@@ -72,3 +72,18 @@ def test_a_check_runs_each_backend_in_full_precision(monkeypatch):
     monkeypatch.setattr(xp, "full_precision", recording)
     report = el.check(el.depthwise_conv2d, backends=["bmm:numpy"], dtype="float32", seed=1, **SHAPES)
     assert report.ok and seen == ["in", "out"]
+
+
+@pytest.mark.parametrize("name", ["opt_einsum:jax", "einsum:jax", "bmm:jax"])
+def test_jax_contractions_name_the_highest_precision(name):
+    """With no precision named, jax's float32 matmuls round to TF32 or
+    bfloat16 on a GPU; every contraction einlocal makes (opt_einsum's too)
+    names "highest", as the lowered program shows."""
+    jax = pytest.importorskip("jax")
+    if el.registry.get(name).unavailable():
+        pytest.skip(el.registry.get(name).unavailable())
+    import numpy as np
+    x, w = np.ones((2, 3, 5, 5), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    program = jax.jit(lambda x, w: el.conv2d(x, w, backend=name)).lower(x, w).as_text()
+    dots = [line for line in program.splitlines() if "dot_general" in line]
+    assert dots and all("precision = [HIGHEST, HIGHEST]" in line for line in dots), dots

@@ -108,12 +108,18 @@ class KernelPlan:
     def group_size(self, vars_) -> int:
         return math.prod(self.extent[v] for v in vars_)
 
-    def grid(self) -> tuple[int, int, int]:
-        """Programs along (rows, cols, batch)."""
+    def tiles(self) -> tuple[int, int, int]:
+        """Programs along rows, cols and the batch."""
         b = self.blocks
         br, bc = (b["BR"], b["BC"]) if self.form == "fma" else (b["BM"], b["BN"])
         return (_cdiv(self.group_size(self.rows), br), _cdiv(self.group_size(self.cols), bc),
                 self.group_size(self.batch))
+
+    def grid(self) -> tuple[int]:
+        """The launch grid: every program on its first axis (CUDA allows at
+        most 65535 along the other two), row tiles fastest, then column
+        tiles, then the batch."""
+        return (math.prod(self.tiles()),)
 
     def __str__(self) -> str:
         lines = [f"kernel plan for {self.plan}",
@@ -123,7 +129,8 @@ class KernelPlan:
                  f"batch {', '.join(self.batch) or '-'}",
                  f"  loop {', '.join(f'{n}<{r}' for n, r in self.loop) or '-'}",
                  f"  solved {', '.join(s.name or s.coord for s in self.solved) or '-'}",
-                 f"  blocks {dict(self.block)}, grid {self.grid()}, warps {self.num_warps}"]
+                 f"  blocks {dict(self.block)}, tiles {' x '.join(map(str, self.tiles()))} (rows, cols, batch), "
+                 f"warps {self.num_warps}"]
         return "\n".join(lines)
 
 
@@ -357,11 +364,13 @@ def _triton_fma(kp: KernelPlan) -> str:
     b = kp.blocks
     ext = kp.extent
     R, C = kp.group_size(kp.rows), kp.group_size(kp.cols)
+    nr = kp.tiles()[0]
     lines = _triton_header(kp)
     ind = "    "
     lines += [f"{ind}BR: tl.constexpr = {b['BR']}", f"{ind}BC: tl.constexpr = {b['BC']}",
-              f"{ind}offs_r = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]",
-              f"{ind}offs_c = tl.program_id(1) * BC + tl.arange(0, BC)[None, :]",
+              f"{ind}pid = tl.program_id(0)",
+              f"{ind}offs_r = (pid % {nr}) * BR + tl.arange(0, BR)[:, None]",
+              f"{ind}offs_c = (pid // {nr}) * BC + tl.arange(0, BC)[None, :]",
               f"{ind}rmask = offs_r < {R}", f"{ind}cmask = offs_c < {C}"]
     lines += _decode(kp.rows, ext, "offs_r", ind) + _decode(kp.cols, ext, "offs_c", ind)
     coord_of = {}
@@ -410,14 +419,16 @@ def _triton_dot(kp: KernelPlan) -> str:
     b = kp.blocks
     ext = kp.extent
     R, C, K = kp.group_size(kp.rows), kp.group_size(kp.cols), math.prod(n for _, n in kp.loop)
+    nr, nc, _ = kp.tiles()
     a_op, b_op = kp.plan.stmt.operands
     lines = _triton_header(kp)
     ind = "    "
     lines += [f"{ind}BM: tl.constexpr = {b['BM']}", f"{ind}BN: tl.constexpr = {b['BN']}",
               f"{ind}BK: tl.constexpr = {b['BK']}",
-              f"{ind}offs_r = tl.program_id(0) * BM + tl.arange(0, BM)[:, None]",
-              f"{ind}offs_c = tl.program_id(1) * BN + tl.arange(0, BN)[None, :]",
-              f"{ind}offs_b = tl.program_id(2)",
+              f"{ind}pid = tl.program_id(0)",
+              f"{ind}offs_r = (pid % {nr}) * BM + tl.arange(0, BM)[:, None]",
+              f"{ind}offs_c = (pid // {nr} % {nc}) * BN + tl.arange(0, BN)[None, :]",
+              f"{ind}offs_b = pid // {nr * nc}",
               f"{ind}rmask = offs_r < {R}", f"{ind}cmask = offs_c < {C}",
               f"{ind}zero_a = tl.zeros([BM, BK], dtype=tl.int32)",
               f"{ind}zero_b = tl.zeros([BK, BN], dtype=tl.int32)"]

@@ -52,6 +52,10 @@ class Cupy(NumpyLike):
     def to_numpy(self, a):
         return a.get()
 
+    def einsum(self, spec, *ops, out=None):
+        result = self.mod.einsum(spec, *ops)        # cupy's einsum takes no out=
+        return result if out is None else self.assign(out, result)
+
     def overlaps(self, a, b) -> bool:
         return bool(self.mod.shares_memory(a, b))
 

@@ -4,6 +4,8 @@ the differential check for every catalogue op and user statements, forward
 and both backward statements; the atomics-or-gather decision as data;
 options and errors.  Small grids only: the interpreter runs each program
 instance in Python."""
+import math
+
 import pytest
 
 import einlocal as el
@@ -196,3 +198,19 @@ def test_deterministic_from_environment(monkeypatch):
     assert backend.kernel_plan(dx).mode == "atomic"
     monkeypatch.setenv("EINLOCAL_DETERMINISTIC", "1")
     assert backend.kernel_plan(dx).mode == "gather"
+
+
+def test_launch_grids_fit_cuda():
+    """CUDA launches at most 2**31 - 1 programs along a grid's first axis and
+    65535 along the others: every kernel of every report workload at full
+    size fits (W3b's depthwise forward has 254016 tiles of 64 columns)."""
+    import numpy as np
+    from einlocal.workloads import WORKLOADS
+    for w in WORKLOADS.values():
+        arrays = [np.broadcast_to(np.float32(0), s) for s in dict(w.shapes).values()]
+        plan = w.op_fn().bind(*arrays, **dict(w.params)).plan
+        for p in [plan, *plan.backward.values()]:
+            kp = kernel_plan(p, "float32")
+            grid = kp.grid()
+            assert grid[0] < 2**31 and all(g <= 65535 for g in grid[1:]), (w.id, str(kp))
+            assert math.prod(grid) == math.prod(kp.tiles()), (w.id, str(kp))

@@ -1,6 +1,7 @@
 """``loops:triton``: Triton kernels generated from the bound statement (see
-``gpu_codegen``), forward and every backward statement, for CUDA torch
-tensors (CPU tensors only under the Triton interpreter, TRITON_INTERPRET=1).
+``gpu_codegen`` and ``gpu_triton``), forward and every backward statement,
+for CUDA torch tensors (CPU tensors only under the Triton interpreter,
+TRITON_INTERPRET=1).
 
 Options, read at each call:
 
@@ -26,7 +27,8 @@ import tempfile
 from .. import cachedir
 from ..errors import BackendError, CacheDirError
 from .base import Backend, missing_modules
-from .gpu_codegen import INT32_LIMIT, kernel_plan, triton_source
+from .gpu_codegen import INT32_LIMIT, kernel_plan
+from .gpu_triton import triton_source
 
 __all__ = ["TritonLoops", "make", "compile_for", "compile_many", "resource_usage", "load_kernel"]
 

@@ -17,7 +17,8 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.triton
 
 from einlocal.backends import gpu_codegen  # noqa: E402
-from einlocal.backends.gpu_codegen import choose_mode, kernel_plan, triton_source  # noqa: E402
+from einlocal.backends.gpu_codegen import choose_mode, kernel_plan  # noqa: E402
+from einlocal.backends.gpu_triton import triton_source  # noqa: E402
 
 PAD_OP = el.Op("y[b,o,t] += x[b,c,2*t+3*k-2] * w[o,c,k,t]", pad=0)
 THREE_OP = el.Op("y[n,h] += x[n,h*2+i-1] * a[i] * b[h]", pad=0)

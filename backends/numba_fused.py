@@ -30,7 +30,13 @@ __all__ = ["Roles", "pointwise", "roles", "bias_fits", "generate", "FUSED_BYTES"
 # images: W1's backward (its data in memory) 4.1 ms with 512 positions a tile
 # (36 KB), 4.8 with 256 or 1024, 5.0 with 2048.
 FUSED_BYTES = 40 * 1024
+AWAY = 512
 ONE_PASS = True       # False: every gradient statement runs on its own (for comparisons)
+# On a CPU where a load waits for a non-temporal store in flight at its page
+# offset (AMD, `numba_simd.NONTEMPORAL_STORES`), the input gradient's stores
+# are non-temporal all the same when its pass loads nothing within AWAY bytes
+# of that offset: it reads dy's rows from a copy made in the first pass, and
+# the copy and the weight's panel start AWAY bytes past dx's offset.
 OUT = "@out"          # the output's key among the operands' (no operand is named so)
 
 
@@ -121,6 +127,16 @@ def bias_fits(plan, r: Roles, bias_strides, dy_strides) -> bool:
     return not const and kept == qs | set(r.o) and all(coef[n] == dy[n] for n in qs)
 
 
+def _away_buffers(dx_n: str, item: int, dtype: str, sizes: dict) -> list[str]:
+    """Lines that make each buffer (name -> elements) start AWAY bytes past
+    the page offset of the tile's first element of dx."""
+    lines = [f"    d0 = (a_{dx_n}.ctypes.data + {item} * q0) % 4096"]
+    for name, n in sizes.items():
+        lines += [f"    {name}_ = np.empty({n + 4096 // item}, np.{dtype})",
+                  f"    {name} = {name}_[((d0 + {AWAY} - {name}_.ctypes.data) % 4096) // {item}:][:{n}]"]
+    return lines
+
+
 def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias_strides=None) -> Kernel:
     """The kernel ``tiles(dx, dw[, db], dy, x, w, t)`` for roles ``r``:
     ``strides`` of the forward's operands and of ``dy`` (key `OUT`),
@@ -136,18 +152,25 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
     bcoef = _coefs(stmt.out, bias_strides, live)[0] if bias_strides is not None else None
     L, T = LANES[dtype], r.tile
     item = 4 if dtype == "float32" else 8
-    nt = numba_tiling.NONTEMPORAL and \
-        math.prod(plan.shape[r.x]) * item >= numba_tiling.NONTEMPORAL_BYTES
-    store = "vstore_nt" if nt else "vstore"
     os_ = [dict(zip(r.o, p)) for p in itertools.product(*(range(live[n]) for n in r.o))]
     cs_ = [dict(zip(r.c, p)) for p in itertools.product(*(range(live[n]) for n in r.c))]
 
     def off(cf, point):
         return sum(cf.get(n, 0) * v for n, v in point.items())
+    big = math.prod(plan.shape[r.x]) * item >= numba_tiling.NONTEMPORAL_BYTES
+    # where a load at a non-temporal store's page offset would wait for it (AMD): the input
+    # gradient's pass reads its weight panel and a copy of dy's rows AWAY bytes and more off
+    # that offset, which needs every plane of dx at one offset mod 1024 bytes
+    away = big and not numba_tiling.NONTEMPORAL and numba_tiling.AWAY and \
+        len({off(gcoef[r.x], p) * item % 1024 for p in cs_}) == 1
+    nt = big and (numba_tiling.NONTEMPORAL or away)
+    store = "vstore_nt" if nt else "vstore"
 
     pairs = [(i, j) for i in range(len(os_)) for j in range(len(cs_))]
     K = len(pairs) + (len(os_) if bcoef is not None else 0)
     pitch = T + L                 # scratch rows one vector apart more than a tile: not all in one L1 set
+    # away: the panel's and the copy's rows 1024 bytes apart mod 4096 (offsets AWAY + 1024 k off dx's)
+    wpitch = (-(-T * item // 1024) + 1) * 1024 // item if away else pitch
     dx_n, dw_n = f"d{r.x}", f"d{r.w}"
     size = {k: math.prod(plan.shape[k]) for k in (r.x, r.w)}
     size[OUT] = math.prod(plan.out_shape)
@@ -158,7 +181,9 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         f"#   {stmt}  with {', '.join(f'{n}={v}' for n, v in plan.ranges)}",
         f"# one pass: {T} positions a tile, {', '.join(n for n, _ in r.s)} looped: {dw_n}"
         f"{' and the bias' if bcoef is not None else ''} summed in a scratch, then {dx_n} from the rows of dy "
-        f"just read{' (non-temporal stores)' if nt else ''}; prange over the tiles",
+        f"just read{' (non-temporal stores)' if nt and not away else ''}"
+        f"{f' (non-temporal stores; its loads {AWAY} bytes and more off their page offset)' if away else ''}"
+        "; prange over the tiles",
         "import numba",
         "import numpy as np",
         "from einlocal.backends.numba_drive import Tiled",
@@ -185,9 +210,10 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         *(f"        vstore(acc, e + {k * pitch}, z)" for k in range(K)),
         # the tile's weight, read again for every image: copied into a panel like the scratch
         # (its planes a power of two apart would share cache sets with x's, dy's and dx's)
-        f"    wp = np.empty({len(pairs) * pitch}, np.{dtype})",
+        *(_away_buffers(dx_n, item, dtype, {"wp": len(pairs) * wpitch, "dyb": len(os_) * wpitch}) if away else
+          [f"    wp = np.empty({len(pairs) * pitch}, np.{dtype})"]),
         f"    for e in range(0, {T}, {L}):",
-        *(f"        vstore(wp, e + {k * pitch}, vload(a_{r.w}, q0 + e + {off(coef[r.w], {**os_[i], **cs_[j]})}, {L}))"
+        *(f"        vstore(wp, e + {k * wpitch}, vload(a_{r.w}, q0 + e + {off(coef[r.w], {**os_[i], **cs_[j]})}, {L}))"
           for k, (i, j) in enumerate(pairs)),
     ]
     ind = "    "
@@ -204,6 +230,7 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
               f"{ind}for e in range(0, {T}, {L}):"]
     body = ind + "    "
     lines += [f"{body}r{i} = vload(a_dy, b_dy + e + {off(coef[OUT], p)}, {L})" for i, p in enumerate(os_)]
+    lines += [f"{body}vstore(dyb, e + {i * wpitch}, r{i})" for i in range(len(os_)) if away]
     lines += [f"{body}x{j} = vload(a_{r.x}, b_x + e + {off(coef[r.x], p)}, {L})" for j, p in enumerate(cs_)]
     for k, (i, j) in enumerate(pairs):
         lines.append(f"{body}vstore(acc, e + {k * pitch}, vfma(r{i}, x{j}, vload(acc, e + {k * pitch}, {L})))")
@@ -213,11 +240,12 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
             lines.append(f"{body}vstore(acc, e + {k * pitch}, vfma(r{i}, one, vload(acc, e + {k * pitch}, {L})))")
     lines += [f"{ind}# {dx_n}: dy times {r.w}, summed over {', '.join(r.o) or '-'}",
               f"{ind}for e in range(0, {T}, {L}):"]
-    lines += [f"{body}r{i} = vload(a_dy, b_dy + e + {off(coef[OUT], p)}, {L})" for i, p in enumerate(os_)]
+    lines += [f"{body}r{i} = vload(dyb, e + {i * wpitch}, {L})" if away else
+              f"{body}r{i} = vload(a_dy, b_dy + e + {off(coef[OUT], p)}, {L})" for i, p in enumerate(os_)]
     for j, pc in enumerate(cs_):
         expr = "z"
         for i, po in enumerate(os_):
-            expr = f"vfma(r{i}, vload(wp, e + {pairs.index((i, j)) * pitch}, {L}), {expr})"
+            expr = f"vfma(r{i}, vload(wp, e + {pairs.index((i, j)) * wpitch}, {L}), {expr})"
         lines.append(f"{body}{store}(a_{dx_n}, b_dx + e + {off(gcoef[r.x], pc)}, {expr})")
     lines.append(f"    for e in range(0, {T}, {L}):")
     for k, (i, j) in enumerate(pairs):

@@ -28,7 +28,7 @@ from numba.extending import intrinsic, models, register_model
 
 __all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vload_bits", "vstore", "vstore_lanes", "vstore_nt",
            "sfence", "sload", "sstore", "vfma", "vsum", "prefetch", "prefetchw", "LANES", "REGISTERS", "VECTOR_BITS",
-           "NONTEMPORAL_STORES"]
+           "NONTEMPORAL_STORES", "NONTEMPORAL_AWAY"]
 
 
 def _vector_bits() -> int:
@@ -76,6 +76,10 @@ def _nontemporal_stores() -> bool:
 
 
 NONTEMPORAL_STORES = _nontemporal_stores()
+# Non-temporal stores for a kernel that keeps its loads 512 bytes and more off
+# the stores' page offset (`numba_fused`), where the loads would otherwise
+# wait: everywhere but where EINLOCAL_NONTEMPORAL=0 says none.
+NONTEMPORAL_AWAY = os.environ.get("EINLOCAL_NONTEMPORAL") != "0"
 # lanes in one register, per dtype (the width the generator uses), and how many registers
 LANES = {"float32": VECTOR_BITS // 32, "float64": VECTOR_BITS // 64}
 REGISTERS = 32 if VECTOR_BITS == 512 else 16

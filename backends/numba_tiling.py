@@ -8,7 +8,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from .numba_simd import LANES, NONTEMPORAL_STORES, REGISTERS
+from .numba_simd import LANES, NONTEMPORAL_AWAY, NONTEMPORAL_STORES, REGISTERS
 
 __all__ = ["Tiling", "tiling", "sum_slots", "flat_offsets"]
 
@@ -48,6 +48,7 @@ MIN_TILES = 8
 STREAM_SHARED_FIRST = True
 NONTEMPORAL = NONTEMPORAL_STORES
 NONTEMPORAL_BYTES = 4 * 2 ** 20
+AWAY = NONTEMPORAL_AWAY      # where NONTEMPORAL is off: for kernels whose loads keep off the stores' page offset
 # ... and a tile takes STREAM_ROWS consecutive rows of that index (at least
 # MIN_TILES tiles), run inside the other indices, so each image's rows are read
 # in one run of 8 KB, not 1 KB (W1's forward 4.6 -> 3.4 ms, its input

@@ -175,3 +175,52 @@ def test_a_failing_pass_carries_its_source(monkeypatch):
         with pytest.raises(BackendError, match="the one-pass backward of") as e:
             el.vjp(op, dy, *args, backend=NAME)
         assert "RuntimeError: no" in str(e.value) and k.source in str(e.value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_input_gradient_non_temporal_with_its_loads_away(dtype, monkeypatch, one_pass):
+    """Where a load at a non-temporal store's page offset would wait for it
+    (AMD: `numba_tiling.NONTEMPORAL` off), the one pass stores dx
+    non-temporally all the same: its second pass reads dy's rows from a copy
+    and the weight's panel, not the arrays; results against the reference.
+    Not where dx's planes lie at different offsets mod 1024 bytes (the
+    first case's, 32 elements apart): plain stores there."""
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL", False)
+    monkeypatch.setattr(numba_tiling, "AWAY", True)
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL_BYTES", 0)
+    backend = registry.get(NAME)
+    monkeypatch.setattr(backend, "_one_passes", {})
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    seen = set()
+    cases = {"lc2d-1x1-bias": CASES["lc2d-1x1-bias"], "lc2d-1x1-8-tiles": CASES["lc2d-1x1-8-tiles"],
+             "planes-4-KiB": (LC2, ((3, 2, 4, 256), (2, 2, 1, 1, 4, 256), (2, 4, 256)))}
+    for case, (op, shapes) in cases.items():
+        args = _arrays(shapes)
+        dy = np.random.default_rng(4).standard_normal(op(*args, backend="einsum:numpy").shape)
+        want = el.vjp(op, dy, *args, backend="einsum:numpy")
+        got = el.vjp(op, dy.astype(dtype), *(None if a is None else a.astype(dtype) for a in args), backend=NAME)
+        for g, ref, name in zip(got, want, ("x", "weight", "bias")):
+            if ref is not None:
+                np.testing.assert_allclose(g, ref, rtol=tol, atol=tol, err_msg=f"{case} {name}")
+        (k, _), = [v for v in backend._one_passes.values() if v is not None and v[0].source not in seen]
+        seen.add(k.source)
+        away = case != "lc2d-1x1-bias"
+        assert ("vstore_nt(a_dx" in k.source and "r0 = vload(dyb" in k.source and "sfence()" in k.source) == away
+        assert ("vstore(a_dx" in k.source and "r0 = vload(a_dy" in k.source) != away
+
+
+@pytest.mark.parametrize("item", [4, 8])
+def test_the_away_buffers_start_away_from_dx(item):
+    """The copy of dy's rows and the weight's panel start `numba_fused.AWAY`
+    bytes past the page offset of the tile's first element of dx, wherever
+    numpy put each array."""
+    lines = numba_fused._away_buffers("dx", item, f"float{8 * item}", {"wp": 1000, "dyb": 300})
+    for shift in range(0, 4096, 4 * item + 4):
+        a_dx = np.empty(4096 + 4096 // item, f"float{8 * item}")[shift // item:]
+        for q0 in (0, 512, 777):
+            env = {"np": np, "a_dx": a_dx, "q0": q0}
+            exec("\n".join(ln.strip() for ln in lines), env)
+            d0 = (a_dx.ctypes.data + item * q0) % 4096
+            for name, n in (("wp", 1000), ("dyb", 300)):
+                assert len(env[name]) == n
+                assert (env[name].ctypes.data - d0) % 4096 == numba_fused.AWAY, (shift, q0, name)

@@ -165,6 +165,8 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         len({off(gcoef[r.x], p) * item % 1024 for p in cs_}) == 1
     nt = big and (numba_tiling.NONTEMPORAL or away)
     store = "vstore_nt" if nt else "vstore"
+    how = f" (non-temporal stores; its loads {AWAY} bytes and more off their page offset)" if away else \
+        " (non-temporal stores)" if nt else ""
 
     pairs = [(i, j) for i in range(len(os_)) for j in range(len(cs_))]
     K = len(pairs) + (len(os_) if bcoef is not None else 0)
@@ -181,9 +183,7 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         f"#   {stmt}  with {', '.join(f'{n}={v}' for n, v in plan.ranges)}",
         f"# one pass: {T} positions a tile, {', '.join(n for n, _ in r.s)} looped: {dw_n}"
         f"{' and the bias' if bcoef is not None else ''} summed in a scratch, then {dx_n} from the rows of dy "
-        f"just read{' (non-temporal stores)' if nt and not away else ''}"
-        f"{f' (non-temporal stores; its loads {AWAY} bytes and more off their page offset)' if away else ''}"
-        "; prange over the tiles",
+        f"just read{how}; prange over the tiles",
         "import numba",
         "import numpy as np",
         "from einlocal.backends.numba_drive import Tiled",

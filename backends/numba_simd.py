@@ -59,27 +59,25 @@ def _vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     return cpu_fields(cpuinfo).get("vendor_id", "")
 
 
-def _nontemporal_stores() -> bool:
+def _nontemporal_stores() -> tuple[bool, bool]:
     """Whether non-temporal stores serve outputs written once (`vstore_nt`):
-    on Intel they save the read-for-ownership of every line, but on AMD
-    (measured on Zen 3) a load whose address matches a non-temporal store
-    still in flight in its low 12 bits waits for it to reach memory: W1's
-    forward took 1.1 to 24 ms by the arrays' addresses mod 4096 (numpy's
-    large arrays all lie 16 bytes past a page: 8 ms), against 1.6 to
-    2.7 ms with plain stores.  ``EINLOCAL_NONTEMPORAL=0|1`` overrides."""
+    anywhere, and in a kernel that keeps its loads 512 bytes and more off
+    the stores' page offset (`numba_fused`).  On Intel they save the
+    read-for-ownership of every line, but on AMD (measured on Zen 3) a load
+    whose address matches a non-temporal store still in flight in its low
+    12 bits waits for it to reach memory: W1's forward took 1.1 to 24 ms by
+    the arrays' addresses mod 4096 (numpy's large arrays all lie 16 bytes
+    past a page: 8 ms), against 1.6 to 2.7 ms with plain stores; so there
+    only the second.  ``EINLOCAL_NONTEMPORAL=0|1`` says none or both."""
     env = os.environ.get("EINLOCAL_NONTEMPORAL")
     if env:
         if env not in ("0", "1"):
             raise ValueError(f"EINLOCAL_NONTEMPORAL must be 0 or 1, got {env!r}")
-        return env == "1"
-    return _vendor() != "AuthenticAMD"
+        return env == "1", env == "1"
+    return _vendor() != "AuthenticAMD", True
 
 
-NONTEMPORAL_STORES = _nontemporal_stores()
-# Non-temporal stores for a kernel that keeps its loads 512 bytes and more off
-# the stores' page offset (`numba_fused`), where the loads would otherwise
-# wait: everywhere but where EINLOCAL_NONTEMPORAL=0 says none.
-NONTEMPORAL_AWAY = os.environ.get("EINLOCAL_NONTEMPORAL") != "0"
+NONTEMPORAL_STORES, NONTEMPORAL_AWAY = _nontemporal_stores()
 # lanes in one register, per dtype (the width the generator uses), and how many registers
 LANES = {"float32": VECTOR_BITS // 32, "float64": VECTOR_BITS // 64}
 REGISTERS = 32 if VECTOR_BITS == 512 else 16

@@ -229,16 +229,15 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         """This tile's slice of the packed operand, copied into the panel in the order the body reads it
         (reads outside the operand: zeros); a streaming tile's whole slice, its positions looped here."""
         nonlocal ind
-        stream = t.streaming
         emit(f"# {P.name}'s slice for the tiles below, packed")
-        heads = [(f"for {n} in range({c}):", first) for n, c, first in spread] if stream else \
+        heads = [(f"for {n} in range({c}):", first) for n, c, first in spread] if t.streaming else \
             [(f"for i_{n} in range({live[n]}):", None) for n in t.loops]
         for head, first in heads:
             emit(head)
             ind += 1
             if first:
                 emit(first)
-        known = set(order) | {v} if stream else set(order[:order.index(v) + 1]) | set(t.loops)
+        known = set(order) | {v} if t.streaming else set(order[:order.index(v) + 1]) | set(t.loops)
         coef, const = flat[P.name]
         emit(f"b_{P.name} = {_plus(_linear(coef, known), const)}")
         emit(f"b_pk = {stream_pk or _plus(_linear(pk_coef, known), 0)}")

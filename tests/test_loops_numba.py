@@ -618,9 +618,11 @@ def test_non_temporal_stores_are_off_on_amd(tmp_path, monkeypatch):
     monkeypatch.delenv("EINLOCAL_NONTEMPORAL", raising=False)
     for vendor, want in (("AuthenticAMD", False), ("GenuineIntel", True), ("", True)):
         monkeypatch.setattr(numba_simd, "_vendor", lambda v=vendor: v)
-        assert numba_simd._nontemporal_stores() is want, vendor
+        assert numba_simd._nontemporal_stores() == (want, True), vendor     # (anywhere, loads kept away)
     monkeypatch.setenv("EINLOCAL_NONTEMPORAL", "1")
-    assert numba_simd._nontemporal_stores() is True
+    assert numba_simd._nontemporal_stores() == (True, True)
+    monkeypatch.setenv("EINLOCAL_NONTEMPORAL", "0")
+    assert numba_simd._nontemporal_stores() == (False, False)
     monkeypatch.setenv("EINLOCAL_NONTEMPORAL", "yes")
     with pytest.raises(ValueError, match="EINLOCAL_NONTEMPORAL must be 0 or 1"):
         numba_simd._nontemporal_stores()

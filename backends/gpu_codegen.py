@@ -21,6 +21,16 @@ Every statement, forward or backward, becomes one of two modes:
   waste most of its loop on failed divisibility tests (strides >= 2x2), and
   never with ``deterministic=True``.
 
+A reduction too long for the programs (threads) there are is split: when
+the output gives fewer than ``SPLIT_TARGET`` of them, the outermost summed
+indices are taken one value a program (``KernelPlan.split``), each program
+writes its partial sums to its own slice of a ``(parts, *out)`` buffer, and
+the caller sums that buffer over its first axis, in a fixed order, into the
+output (deterministic).  The inner loop keeps at least ``SPLIT_MIN_INNER``
+iterations and the buffer at most ``SPLIT_MAX_PARTIALS`` elements.  A
+depthwise weight gradient (576 outputs, each a sum over 508032 products) is
+the case this serves.
+
 A program owns a tile of the output: rows x cols, where the rows are the
 output coordinates that the largest operand (the weight, for a locally
 connected layer) does not read, so each of its elements is loaded once per
@@ -33,16 +43,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-__all__ = ["KernelPlan", "Coord", "Solved", "kernel_plan", "cuda_source",
-           "ATOMIC_WASTE", "INT32_LIMIT"]
+__all__ = ["KernelPlan", "Coord", "Solved", "kernel_plan", "cuda_source", "choose_split",
+           "ATOMIC_WASTE", "INT32_LIMIT", "SPLIT_TARGET", "SPLIT_MIN_INNER", "SPLIT_MAX_PARTIALS"]
 
 # Use atomics instead of the inverse-map gather when the gather would test
 # at least this many candidate taps per valid one (the product of the solved
 # coefficients, i.e. of the strides).
 ATOMIC_WASTE = 4
 INT32_LIMIT = 2 ** 31 - 1
+# Split a reduction when the output gives fewer programs (Triton) or threads
+# (CUDA C) than this: enough to fill a large GPU several times over.
+SPLIT_TARGET = {"program": 1024, "thread": 1 << 17}
+SPLIT_MIN_INNER = 64            # iterations each program still loops
+SPLIT_MAX_PARTIALS = 1 << 24    # elements of the partial-sum buffer
 
 _C_DTYPE = {"float32": "float", "float64": "double"}
 
@@ -90,6 +105,7 @@ class KernelPlan:
     num_warps: int
     precision: str = "ieee"           # tl.dot input_precision for float32
     reason: str = ""
+    split: tuple[tuple[str, int], ...] = ()  # summed indices taken one value a program (outermost first)
     name: str = field(default="", compare=False)
 
     @property
@@ -107,17 +123,37 @@ class KernelPlan:
     def group_size(self, vars_) -> int:
         return math.prod(self.extent[v] for v in vars_)
 
-    def tiles(self) -> tuple[int, int, int]:
-        """Programs along rows, cols and the batch."""
+    @property
+    def parts(self) -> int:
+        """Partial sums per output element: 1 unless the reduction is split."""
+        return math.prod(e for _, e in self.split)
+
+    @property
+    def out_dtype(self) -> str:
+        """What the kernel writes: the accumulation dtype where it adds into
+        a buffer (atomics, partial sums), else the output's dtype."""
+        return self.acc_dtype if self.mode == "atomic" or self.parts > 1 else self.dtype
+
+    def workspace(self) -> tuple[int, str]:
+        """(elements, description) of the buffer a launch needs besides the output."""
+        out = self.plan.out_shape
+        if self.parts > 1:
+            return self.parts * math.prod(out), f"{self.out_dtype} partial sums {(self.parts, *out)}"
+        if self.mode == "atomic":
+            return math.prod(out), f"{self.out_dtype} accumulation buffer {out}"
+        return 0, "none"
+
+    def tiles(self) -> tuple[int, int, int, int]:
+        """Programs along rows, cols, the batch and the split reduction."""
         b = self.blocks
         br, bc = (b["BR"], b["BC"]) if self.form == "fma" else (b["BM"], b["BN"])
         return (_cdiv(self.group_size(self.rows), br), _cdiv(self.group_size(self.cols), bc),
-                self.group_size(self.batch))
+                self.group_size(self.batch), self.parts)
 
     def grid(self) -> tuple[int]:
         """The launch grid: every program on its first axis (CUDA allows at
         most 65535 along the other two), row tiles fastest, then column
-        tiles, then the batch."""
+        tiles, the batch, then the reduction's parts."""
         return (math.prod(self.tiles()),)
 
     def __str__(self) -> str:
@@ -126,9 +162,11 @@ class KernelPlan:
                  f"(accumulate {self.acc_dtype})",
                  f"  rows {', '.join(self.rows) or '-'}; cols {', '.join(self.cols) or '-'}; "
                  f"batch {', '.join(self.batch) or '-'}",
-                 f"  loop {', '.join(f'{n}<{r}' for n, r in self.loop) or '-'}",
+                 f"  loop {', '.join(f'{n}<{r}' for n, r in self.loop) or '-'}"
+                 + (f"; split {', '.join(f'{n}<{r}' for n, r in self.split)} ({self.parts} partial sums)"
+                    if self.split else ""),
                  f"  solved {', '.join(s.name or s.coord for s in self.solved) or '-'}",
-                 f"  blocks {dict(self.block)}, tiles {' x '.join(map(str, self.tiles()))} (rows, cols, batch), "
+                 f"  blocks {dict(self.block)}, tiles {' x '.join(map(str, self.tiles()))} (rows, cols, batch, parts), "
                  f"warps {self.num_warps}"]
         return "\n".join(lines)
 
@@ -166,9 +204,27 @@ def choose_mode(plan, deterministic: bool = False) -> tuple[str, str]:
     return "gather", "overlapping windows, unit strides: inverse map without atomics"
 
 
+def choose_split(loop, units: int, out_elements: int, unit: str = "program") -> int:
+    """How many of the outermost loop entries to take one value a program
+    (thread), given the ``units`` the output alone gives: none when those
+    reach ``SPLIT_TARGET[unit]``; else outermost first, while the units fall
+    short, the inner loop keeps ``SPLIT_MIN_INNER`` iterations, the partial
+    sums stay within ``SPLIT_MAX_PARTIALS`` and one entry is left to loop."""
+    k, parts, inner = 0, 1, math.prod(e for _, e in loop)
+    while (k < len(loop) - 1 and units * parts < SPLIT_TARGET[unit]
+           and inner // loop[k][1] >= SPLIT_MIN_INNER
+           and parts * loop[k][1] * out_elements <= SPLIT_MAX_PARTIALS):
+        parts *= loop[k][1]
+        inner //= loop[k][1]
+        k += 1
+    return k
+
+
 def kernel_plan(plan, dtype: str, *, deterministic: bool = False, precision: str = "ieee",
-                allow_dot: bool = True) -> KernelPlan:
-    """The kernel for one bound statement and dtype (see the module doc)."""
+                allow_dot: bool = True, unit: str = "program") -> KernelPlan:
+    """The kernel for one bound statement and dtype (see the module doc);
+    ``unit`` is what runs one tile: a Triton "program" (a tile of outputs)
+    or a CUDA "thread" (one output element)."""
     stmt, r = plan.stmt, plan.range
     mode, reason = choose_mode(plan, deterministic)
     coords, solved, taps = [], [], []
@@ -230,7 +286,13 @@ def kernel_plan(plan, dtype: str, *, deterministic: bool = False, precision: str
         warps = 4
     kp = KernelPlan(plan, dtype, mode, form, coords, rows, cols, batch, loop, tuple(solved), block, warps,
                     precision, reason)
-    digest = hashlib.sha1(repr((str(plan), plan.out_shape, dtype, mode, form, block, precision)).encode()).hexdigest()
+    if mode == "gather":
+        units = math.prod(kp.tiles()) if unit == "program" else math.prod(c.extent for c in coords)
+        k = choose_split(loop, units, math.prod(plan.out_shape), unit)
+        if k:
+            kp = replace(kp, loop=loop[k:], split=loop[:k])
+    digest = hashlib.sha1(repr((str(plan), plan.out_shape, dtype, mode, form, block, precision,
+                                kp.split)).encode()).hexdigest()
     object.__setattr__(kp, "name", f"einlocal_{mode}_{form}_{digest[:12]}")
     return kp
 
@@ -253,8 +315,10 @@ def _bounds_needed(ax, size: int, ranges) -> bool:
 
 def cuda_source(kp: KernelPlan) -> str:
     """CUDA C for ``cupy.RawKernel``: one thread per output coordinate point
-    (all coordinates flattened, the last fastest), the summed loop inside.
-    ``kernel(p_<operand>..., p_out)`` on ``cdiv(total, 256)`` blocks of 256."""
+    (all coordinates flattened, the last fastest) and part of a split
+    reduction (slowest), the summed loop inside.  ``kernel(p_<operand>...,
+    p_out)`` on ``cdiv(total * parts, 256)`` blocks of 256; with parts > 1,
+    ``p_out`` is the ``(parts, *out)`` buffer of partial sums."""
     if kp.dtype not in _C_DTYPE:
         raise ValueError(f"CUDA C kernels are generated for {', '.join(_C_DTYPE)}, not {kp.dtype}")
     T = _C_DTYPE[kp.dtype]
@@ -263,17 +327,21 @@ def cuda_source(kp: KernelPlan) -> str:
     ops = [a.name for a in stmt.operands]
     args = ", ".join([f"const {T}* __restrict__ p_{n}" for n in ops] + [f"{T}* __restrict__ p_out"])
     total = math.prod(c.extent for c in kp.coords)
-    ext = kp.extent
-    lines = [f"// {stmt}   mode={kp.mode} dtype={kp.dtype}",
+    lines = [f"// {stmt}   mode={kp.mode} dtype={kp.dtype}"
+             + (f" split={','.join(n for n, _ in kp.split)} ({kp.parts} partial sums)" if kp.split else ""),
              f'extern "C" __global__ void {kp.name}({args}) {{',
              "    long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;",
-             f"    if (e >= {total}LL) return;"]
-    stride = 1
+             f"    if (e >= {total * kp.parts}LL) return;"]
     decode = []
-    for c in reversed(kp.coords):
-        decode.append(f"    const long long {c.var} = (e / {stride}LL) % {c.extent}LL;")
-        stride *= c.extent
-    lines += list(reversed(decode))
+    ext = {**kp.extent, **{f"i_{n}": e for n, e in kp.split}}
+    for vars_, of in (([c.var for c in kp.coords], "e"), ([f"i_{n}" for n, _ in kp.split], "part")):
+        stride = 1
+        for v in reversed(vars_):
+            decode.append(f"    const long long {v} = ({of} / {stride}LL) % {ext[v]}LL;")
+            stride *= ext[v]
+    if kp.split:
+        decode.insert(len(kp.coords), f"    const long long part = e / {total}LL;")
+    lines += decode
     solved_coord = {s.name: s for s in kp.solved if s.name}
     var = lambda n: f"s_{n}" if n in solved_coord else f"i_{n}"   # noqa: E731
     lines.append(f"    {T} acc = 0;")
@@ -317,6 +385,8 @@ def cuda_source(kp: KernelPlan) -> str:
     strides = _strides(plan.out_shape)
     if kp.mode == "gather":
         addr = " + ".join(f"{st}LL * {c.var}" for c, st in zip(kp.coords, strides))
+        if kp.split:
+            addr = f"{total}LL * part + {addr}"
         lines.append(f"    p_out[{addr}] = acc;")
     else:
         ivar = lambda n: f"i_{n}"   # noqa: E731
@@ -329,5 +399,4 @@ def cuda_source(kp: KernelPlan) -> str:
         guard = f"if ({' && '.join(conds)}) " if conds else ""
         lines.append(f"    {guard}atomicAdd(&p_out[{addr}], acc);")
     lines.append("}")
-    _ = ext
     return "\n".join(lines) + "\n"

@@ -38,13 +38,17 @@ def _triton_header(kp: KernelPlan) -> list[str]:
 
 
 def _program_tile(kp: KernelPlan, ind: str, rows: str, cols: str) -> list[str]:
-    """The program's rows, columns and batch element from its index, every
-    program on the grid's first axis (`KernelPlan.grid`)."""
-    nr, nc, _ = kp.tiles()
+    """The program's rows, columns, batch element and part of a split
+    reduction (its split indices' values) from its index, every program on
+    the grid's first axis (`KernelPlan.grid`)."""
+    nr, nc, nb, _ = kp.tiles()
+    split = {f"i_{n}": e for n, e in kp.split}
     return [f"{ind}pid = tl.program_id(0)",
             f"{ind}offs_r = (pid % {nr}) * {rows} + tl.arange(0, {rows})[:, None]",
             f"{ind}offs_c = (pid // {nr} % {nc}) * {cols} + tl.arange(0, {cols})[None, :]",
-            *([f"{ind}offs_b = pid // {nr * nc}"] if kp.batch else [])]
+            *([f"{ind}offs_b = pid // {nr * nc} % {nb}"] if kp.batch else []),
+            *([f"{ind}part = pid // {nr * nc * nb}"] if split else []),
+            *_decode(list(split), split, "part", ind)]
 
 
 def triton_source(kp: KernelPlan) -> str:
@@ -121,6 +125,8 @@ def _store_lines(kp: KernelPlan, ind: str, mask: str) -> list[str]:
     strides = _strides(plan.out_shape)
     if kp.mode == "gather":
         addr = " + ".join(f"{st} * {c.var}" for c, st in zip(kp.coords, strides))
+        if kp.split:   # this program's slice of the (parts, *out) partial sums
+            addr = f"{math.prod(plan.out_shape)} * part + {addr}"
         return [f"{ind}tl.store(p_out + {addr}, acc.to(p_out.dtype.element_ty), mask={mask})"]
     var = lambda n: f"i_{n}"   # noqa: E731
     masks = [mask]

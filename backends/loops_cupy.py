@@ -1,7 +1,8 @@
 """``loops:cupy``: the kernel plan of ``gpu_codegen`` emitted as CUDA C and run
 with ``cupy.RawKernel`` on cupy arrays (float32, float64): one thread per
 output element (gather) or per output-index point (atomics), the summed
-loop inside.  Unavailable without a CUDA device.
+loop inside; a long reduction over few outputs is split across threads
+into partial sums, added up afterwards (``gpu_codegen``).  Unavailable without a CUDA device.
 
 Options: ``deterministic`` as for ``loops:triton`` (the attribute, else
 ``EINLOCAL_DETERMINISTIC=1``).  ``backend.source(plan, dtype)`` prints the
@@ -74,7 +75,10 @@ class CupyLoops(Backend):
         return ("vjp",)
 
     def kernel_plan(self, plan, dtype: str = "float32"):
-        return kernel_plan(plan, dtype, deterministic=self.is_deterministic(), allow_dot=False)
+        return kernel_plan(plan, dtype, deterministic=self.is_deterministic(), allow_dot=False, unit="thread")
+
+    def workspace(self, plan) -> tuple[int, str]:
+        return self.kernel_plan(plan).workspace()
 
     def source(self, plan, dtype: str = "float32") -> str:
         """The generated CUDA C for ``plan`` and ``dtype``."""
@@ -91,10 +95,13 @@ class CupyLoops(Backend):
         ops = [cupy.ascontiguousarray(operands[a.name]) for a in plan.stmt.operands]
         if out is None:
             out = cupy.empty(plan.out_shape, dtype=first.dtype)
-        buf = out if out.flags.c_contiguous else cupy.empty(plan.out_shape, dtype=first.dtype)
+        if kp.parts > 1:
+            buf = cupy.empty((kp.parts, *plan.out_shape), dtype=first.dtype)
+        else:
+            buf = out if out.flags.c_contiguous else cupy.empty(plan.out_shape, dtype=first.dtype)
         if kp.mode == "atomic":
             buf.fill(0)
-        total = math.prod(c.extent for c in kp.coords)
+        total = math.prod(c.extent for c in kp.coords) * kp.parts
         try:
             kernel = self._kernels.get(kp)
             if kernel is None:
@@ -103,6 +110,8 @@ class CupyLoops(Backend):
         except Exception as e:
             raise BackendError(f"loops:cupy: kernel {kp.name} for {plan} failed: {type(e).__name__}: {e}\n"
                                f"--- generated source ---\n{src}") from e
+        if kp.parts > 1:   # the partial sums, in a fixed order
+            buf = buf.sum(axis=0)
         if buf is not out:
             out[...] = buf
         return out

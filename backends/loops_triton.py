@@ -95,10 +95,7 @@ class TritonLoops(Backend):
         return ("vjp",)
 
     def workspace(self, plan) -> tuple[int, str]:
-        kp = kernel_plan(plan, "float16", deterministic=self.is_deterministic())
-        if kp.mode == "atomic":
-            return math.prod(plan.out_shape), f"float32 accumulation buffer {plan.out_shape}"
-        return 0, "none"
+        return kernel_plan(plan, "float16", deterministic=self.is_deterministic()).workspace()
 
     # -- kernels ----------------------------------------------------------------
 
@@ -134,17 +131,21 @@ class TritonLoops(Backend):
         ops = [operands[a.name].contiguous() for a in plan.stmt.operands]
         if out is None:
             out = torch.empty(plan.out_shape, dtype=first.dtype, device=first.device)
-        direct = out.is_contiguous() and (kp.mode == "gather" or dtype in ("float32", "float64"))
-        if kp.mode == "atomic":
-            buf = out.zero_() if direct else torch.zeros(plan.out_shape, dtype=torch.float32 if dtype != "float64"
-                                                         else torch.float64, device=first.device)
+        buf_dtype = getattr(torch, kp.out_dtype)
+        direct = out.is_contiguous() and out.dtype == buf_dtype and kp.parts == 1
+        if kp.parts > 1:
+            buf = torch.empty((kp.parts, *plan.out_shape), dtype=buf_dtype, device=first.device)
+        elif kp.mode == "atomic":
+            buf = out.zero_() if direct else torch.zeros(plan.out_shape, dtype=buf_dtype, device=first.device)
         else:
-            buf = out if direct else torch.empty(plan.out_shape, dtype=first.dtype, device=first.device)
+            buf = out if direct else torch.empty(plan.out_shape, dtype=buf_dtype, device=first.device)
         try:
             kernel[kp.grid()](*ops, buf, num_warps=kp.num_warps)
         except Exception as e:
             raise BackendError(f"loops:triton: kernel {kp.name} for {plan} failed: {type(e).__name__}: {e}\n"
                                f"--- generated source ---\n{src}") from e
+        if kp.parts > 1:   # the partial sums, in a fixed order
+            buf = buf.sum(0)
         if buf is not out:
             out.copy_(buf)
         return out
@@ -198,9 +199,8 @@ def compile_many(items) -> list[dict]:
     for kp, cc in items:
         src = triton_source(kp)
         path = write_kernel(kp.name, src)
-        out_dtype = "float32" if kp.mode == "atomic" and kp.dtype in ("float16", "bfloat16") else kp.dtype
         sig = {f"p_{a.name}": _TL_SIG[kp.dtype] for a in kp.plan.stmt.operands}
-        sig["p_out"] = _TL_SIG[out_dtype]
+        sig["p_out"] = _TL_SIG[kp.out_dtype]
         jobs.append({"name": kp.name, "path": path, "signature": sig, "capability": int(cc),
                      "num_warps": kp.num_warps})
         sources.append(src)

@@ -19,7 +19,8 @@ export EINLOCAL_TEST_DEVICE=cuda TRITON_INTERPRET=0 JAX_ENABLE_X64=1 XLA_PYTHON_
 workers=""
 $py -c "import xdist" 2>/dev/null && workers="-n 8"      # compiling kernels is most of the time
 timeout "$limit" $py -m pytest -q -p no:cacheprovider $workers -rfs --junitxml="$out/gpu_tests.xml" \
-    tests/test_backends.py tests/test_loops_triton.py "tests/test_torch_layers.py::test_cuda"
+    tests/test_backends.py tests/test_loops_triton.py tests/test_split_reduction.py \
+    "tests/test_torch_layers.py::test_cuda"
 tests=$?
 timeout "$limit" $py bench/bench_gpu.py --out "$out"
 bench=$?

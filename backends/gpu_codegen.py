@@ -217,7 +217,7 @@ def choose_split(loop, units: int, out_elements: int, unit: str = "program") -> 
         parts *= loop[k][1]
         inner //= loop[k][1]
         k += 1
-    return k
+    return k if parts > 1 else 0
 
 
 def kernel_plan(plan, dtype: str, *, deterministic: bool = False, precision: str = "ieee",

@@ -20,6 +20,12 @@ per row (``vstore_lanes``)::
             ... s0 = vfma(vload(pk, ...), vload(a_x, b_x + 29, 16), s0) ...
             vstore_lanes(a_y, b_y + 26*u0 + c0, s0, l0, h0); vstore_lanes(..., l1, h1)
 
+A parallel tile takes several vectors (`chunk`; W2: 10 of them, 80
+positions, on 2 threads), each with its own packed panel; for each block of
+the shared loops their sums run one after another, so that the block's
+slice of the streamed operand (x's rows for 3 images) comes from far once
+for the tile, not once a vector.
+
 The last vector is moved back to end at the last output's position (its
 lanes that the vector before covers are not stored), so no read leaves x and
 x's loads are plain vectors: every lane lies between two positions the
@@ -49,6 +55,30 @@ def _sum(terms) -> str:
     return " + ".join(parts).replace("+ -", "- ") if parts else "0"
 
 
+# Vectors a parallel tile (None: `chunk` picks).  The tile's vectors share
+# the packed panel's loops, and for each block of the shared loops their
+# sums run one vector after another, so that the block's slice of the other
+# operand (W2: x's rows for 3 images) comes from far once for all of them,
+# then from L1.  W2's forward, 2 threads, Zen 3, interleaved in one process:
+# 1 vector a tile 6.6-7.5 ms, 4 4.8-5.3, 8 3.9-4.5, 12 3.9-4.5, 16 4.3.
+CHUNK = None
+CHUNK_PANELS_BYTES = 256 * 1024     # the tile's packed panels stay in L2
+CHUNK_BALANCE = 0.9                 # vectors / (threads x the most vectors a thread runs)
+
+
+def chunk(V: int, pitch: int, T: int, panel_bytes: int, threads: int) -> int:
+    """Vectors a tile, of ``T``: at most about three rows of positions
+    (``3 * pitch / V``), panels within ``CHUNK_PANELS_BYTES``, two tiles a
+    thread or more; the most of those that keeps the threads' shares of
+    vectors within ``CHUNK_BALANCE`` of even (tiles are split evenly
+    between the threads)."""
+    top = max(1, min(math.ceil(3 * pitch / V), CHUNK_PANELS_BYTES // max(1, panel_bytes), T // (2 * threads)))
+    for k in range(top, 1, -1):
+        if T / (threads * math.ceil(math.ceil(T / k) / threads) * k) >= CHUNK_BALANCE:
+            return k
+    return 1
+
+
 def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strides=None) -> Kernel | None:
     """The kernel's source, or None where ``init_strides`` (a bias) varies
     across a row but not along it (then the row's own vectors serve)."""
@@ -73,6 +103,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     end = (U - 1) * pitch + R                    # one past the last output's position
     segments = math.ceil((V - 1) / pitch) + 1    # rows a vector can span
     itemsize = 4 if dtype == "float32" else 8
+    T = math.ceil(end / V)                       # vectors
     zero = f"numba.{dtype}(0)"
     # the next block's output lines, owned during this block's sums (numba_step.write_ahead)
     ahead_w = numba_tiling.WRITE_AHEAD and bool(t.loops) and bool(t.outer[t.vector_at:])
@@ -100,6 +131,11 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     bounds = [({n: a for n, a in ax.terms if n in live}, ax.const, plan.shape[Q.name][k])
               for k, ax in enumerate(Q.axes) if plan.windows[Q.name].pads[k] != (0, 0)]
     pkeys, pk_coef, size = panel(members, taps, P, t.loops, live, V)
+    if CHUNK is None:
+        import numba
+        K = chunk(V, pitch, T, size * itemsize, numba.get_num_threads())   # vectors a tile
+    else:
+        K = max(1, min(CHUNK, T))
 
     arrays = [(f"a_{out.name}", plan.out_shape, out_strides)] + \
         [(f"a_{a.name}", plan.shape[a.name], strides[a.name]) for a in stmt.operands] + \
@@ -108,7 +144,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
              "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vload_into, vstore, vstore_lanes, "
              "sload, vfma" + (", vload_bits" if bounds else "") + (", prefetch" if t.ahead else "")
              + (", prefetchw" if ahead_w else ""), "", "",
-             f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, t_p):"]
+             f"def tiles({', '.join(f'p_{k}' for k, _, _ in arrays)}, {'t_q' if K > 1 else 't_p'}):"]
     ind = 1
 
     def emit(text):
@@ -121,32 +157,50 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(tile_start(n, size, live[n]))
 
     carrays(emit, arrays, dtype)
-    aligned_panel(emit, size, V, dtype)
+    aligned_panel(emit, size * K, V, dtype)
     if ahead_w:
         write_table(emit, [value(flat[out.name][0], m) for m in members])
-    if bounds:
-        emit(f"p0 = t_p * {V}")
-    else:   # the last vector ends at the last position, its lanes before t_p * V (the tile before's) not stored
-        emit(f"p0 = min(t_p * {V}, {end - V})")
-        emit(f"q0 = t_p * {V} - p0")
-    emit(f"u0 = p0 // {pitch}")
-    emit(f"# row u0 + s: {v} = c_s + lane, its outputs in lanes l_s <= lane < h_s")
-    for s in range(segments):
-        emit(f"c{s} = p0 - (u0 + {s}) * {pitch}")
-        emit(f"l{s} = min({V}, max({'0' if bounds else 'q0'}, -c{s}))")
-        emit(f"h{s} = max(l{s}, min({V}, {R} - c{s})) if u0 + {s} < {U} else l{s}")
-    if ahead_w:         # the output a member writes: one span where its rows follow each other, else each row
-        firsts = [f"{row_offset(out.name, s)} + l{s}" for s in range(segments)]
-        lasts = [f"{row_offset(out.name, s)} + h{s} - 1" for s in range(segments)]
-        if flat[out.name][0].get(u) == R:       # from the first row written to the last
-            emit("w_lo = " + " else ".join(f"{firsts[s]} if h{s} > l{s}" for s in range(segments)) + " else 0")
-            emit("w_hi = " + " else ".join(f"{lasts[s]} if h{s} > l{s}" for s in reversed(range(segments)))
-                 + " else 0")
-            ends = ["w_lo", "w_hi"]
-        else:
-            ends = [x for pair in zip(firsts, lasts) for x in pair]
+    ends: list[str] = []
     # Q read outside its bounds (padding): per tap, the lanes inside, as bits of one mask
     masks: dict[tuple, str] = {}
+
+    def vector_start():
+        """The vector's first position p0 and, per row it spans, its lanes."""
+        if bounds:
+            emit(f"p0 = t_p * {V}")
+        else:   # the last vector ends at the last position, its lanes before t_p * V (the tile before's) not stored
+            emit(f"p0 = min(t_p * {V}, {end - V})")
+            emit(f"q0 = t_p * {V} - p0")
+        emit(f"u0 = p0 // {pitch}")
+        emit(f"# row u0 + s: {v} = c_s + lane, its outputs in lanes l_s <= lane < h_s")
+        for s in range(segments):
+            emit(f"c{s} = p0 - (u0 + {s}) * {pitch}")
+            emit(f"l{s} = min({V}, max({'0' if bounds else 'q0'}, -c{s}))")
+            emit(f"h{s} = max(l{s}, min({V}, {R} - c{s})) if u0 + {s} < {U} else l{s}")
+        if ahead_w:         # the output a member writes: one span where its rows follow each other, else each row
+            firsts = [f"{row_offset(out.name, s)} + l{s}" for s in range(segments)]
+            lasts = [f"{row_offset(out.name, s)} + h{s} - 1" for s in range(segments)]
+            if flat[out.name][0].get(u) == R:       # from the first row written to the last
+                emit("w_lo = " + " else ".join(f"{firsts[s]} if h{s} > l{s}" for s in range(segments)) + " else 0")
+                emit("w_hi = " + " else ".join(f"{lasts[s]} if h{s} > l{s}" for s in reversed(range(segments)))
+                     + " else 0")
+                ends[:] = ["w_lo", "w_hi"]
+            else:
+                ends[:] = [x for pair in zip(firsts, lasts) for x in pair]
+        masks.clear()
+        if bounds:
+            for tap in taps:
+                mask(tap)
+
+    def each_vector():
+        """Open the loop over the chunk's vectors (none for one vector a
+        tile), then the vector's start."""
+        nonlocal ind
+        if K > 1:
+            emit(f"for k_p in range(min({K}, {T} - t_q * {K})):")
+            ind += 1
+            emit(f"t_p = t_q * {K} + k_p")
+        vector_start()
 
     def mask(tap):
         """The name of the lanes a read of Q at ``tap`` may load (emitted once)."""
@@ -169,11 +223,11 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
                              + " and ".join([f"{name}_{s}hi > {name}_{s}lo", *ok]) + " else 0)")
             emit(f"{name} = {' | '.join(parts)}")
         return masks[point]
-    if bounds:
-        for tap in taps:
-            mask(tap)
+    if K == 1:
+        vector_start()
     for n in own:
         loop(n, blocks.get(n, 1))
+    panel_at = f"{size}*k_p" if K > 1 else ""
 
     # the packed operand's slice for this vector, in the order the body reads it
     def sums(writes=False):     # the summed loops
@@ -184,20 +238,24 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             if writes and k == 0:
                 write_ahead(emit, out.name, len(members), ends, n, live[n])
 
-    emit(f"# {P.name}'s slice for the tiles below, packed")
+    emit(f"# {P.name}'s slice for the tiles below, packed" + (f", one panel a vector of the {K}" if K > 1 else ""))
+    if K > 1:
+        each_vector()
     sums()
     known = set(own) | set(t.loops)
     emit(f"b_{P.name} = {base(P.name, known)}")
-    emit(f"b_pk = {_sum(f'{c}*i_{n}' for n, c in pk_coef.items())}")
+    emit(f"b_pk = {_sum([*(f'{c}*i_{n}' for n, c in pk_coef.items()), panel_at])}")
     firsts = {key(m, P): m for m in reversed(members)}
     for k, tap in enumerate(taps):
         for j, kk in enumerate(pkeys):
             at = _sum([f"b_{P.name}", value(flat[P.name][0], {**firsts[kk], **tap})])
             emit(f"vstore(pk, b_pk + {(k * len(pkeys) + j) * V}, {gathered(P.name, at, True)})")
-    ind -= len(t.loops)
+    ind -= len(t.loops) + (K > 1)
 
     for n in shared:
         loop(n, blocks.get(n, 1))
+    if K > 1:
+        each_vector()
     known = set(own) | set(shared)
     if init_strides is not None:
         emit(f"b_{INIT} = {base(INIT, known)}")
@@ -209,7 +267,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     if ahead_w:
         next_block(emit, out.name, base(out.name, known), shared[-1], blocks.get(shared[-1], 1), live[shared[-1]])
     sums(ahead_w)
-    emit(f"b_pk = {_sum(f'{c}*i_{n}' for n, c in pk_coef.items())}")
+    emit(f"b_pk = {_sum([*(f'{c}*i_{n}' for n, c in pk_coef.items()), panel_at])}")
     emit(f"b_{Q.name} = {base(Q.name, known | set(t.loops), ['p0'])}")
     if t.ahead:     # its lines t.ahead steps of the last loop ahead, one prefetch a line or so
         ahead_at = {value(flat[Q.name][0], {**m, **tap}) + d for m in members for tap in taps for d in (0, V - 1)}
@@ -240,8 +298,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         for s in range(segments):
             emit(f"vstore_lanes(a_{out.name}, {at} + {row_offset(out.name, s)}, s{k}, l{s}, h{s})"
                  .replace("+ -", "- "))
-    lines += ["", "", f"{KERNEL_NAME} = Tiled(tiles, {math.ceil(end / V)}, {dtype!r})"]
+    lines += ["", "", f"{KERNEL_NAME} = Tiled(tiles, {math.ceil(T / K)}, {dtype!r})"]
     header = (f"# generated by einlocal.backends.numba_rows for\n#   {plan}\n# {t.describe(Q.name)}"
-              f"{f'; {out.name} written ahead a block' if ahead_w else ''}\n")
+              f"{f'; {out.name} written ahead a block' if ahead_w else ''}"
+              f"{f'; {K} vectors a tile, one panel each' if K > 1 else ''}\n")
     return Kernel(header + "\n".join(lines) + "\n", tuple(a.name for a in stmt.operands),
                   (u, *own, *shared, *t.loops), u, v, False)

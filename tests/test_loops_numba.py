@@ -253,16 +253,21 @@ ROWS = {
 }
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype, chunk", [("float32", None), ("float64", None), ("float32", 3)],
+                         ids=["float32", "float64", "float32-3-vectors-a-tile"])
 @pytest.mark.parametrize("case", list(ROWS), ids=str)
-def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, monkeypatch):
+def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, chunk, monkeypatch):
     """A packed tile over rows shorter than the vector runs its lanes across
     rows: the packed slice gathered and the sums stored one masked piece a
     row, the lanes past a row's end never stored, the last vector's reads
     of the other operand masked (and where it is read outside its bounds,
-    each tap's lanes inside them).  Forward and both gradients (with the
-    bias) against the reference."""
-    from einlocal.backends import numba_tiling
+    each tap's lanes inside them); with ``chunk``, 3 vectors a tile, each
+    its own panel (the last tile short where they do not divide).  Forward
+    and both gradients (with the bias) against the reference."""
+    from einlocal.backends import numba_rows, numba_tiling
+    if chunk is not None:
+        monkeypatch.setattr(numba_rows, "CHUNK", chunk)
+        monkeypatch.setattr(numba_backend, "_kernels", {})    # built afresh, with the chunk
     monkeypatch.setattr(numba_tiling, "PACK_MIN_REUSE", 4)
     monkeypatch.setattr(numba_tiling, "PACK_MIN_BYTES", 0)
     # whether the form pays depends on the host's vector width (rows of 12
@@ -273,7 +278,21 @@ def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, mon
     head = _header(numba_backend.kernel(plans["forward"], dtype=dtype))
     assert "numba_rows" in numba_backend.source(plans["forward"], dtype=dtype) and " lanes along " in head \
         and "+" in head.split(" lanes along ")[1].split()[0], head
+    if chunk is not None:
+        assert "; 3 vectors a tile" in head, head
     _check(op, dtype, "tiled", **kw)
+
+
+def test_vectors_a_tile():
+    """W2's forward: 91 vectors of 8, rows 28 apart, a 18 KB panel each: 10
+    a tile on 2 threads (5 tiles each), 8 on 4 (3 tiles each), fewer
+    where the vectors are few; one where the panels would not fit in L2."""
+    from einlocal.backends.numba_rows import chunk
+    assert chunk(8, 28, 91, 18432, 2) == 10
+    assert chunk(8, 28, 91, 18432, 4) == 8
+    assert chunk(8, 28, 12, 18432, 2) == 3
+    assert chunk(8, 28, 91, 200 * 1024, 2) == 1
+    assert chunk(8, 28, 3, 18432, 2) == 1
 
 
 def test_report_layer_packs_where_it_pays(numba_backend):

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.triton
 from einlocal.backends import gpu_codegen  # noqa: E402
 from einlocal.backends.gpu_codegen import choose_mode, kernel_plan  # noqa: E402
 from einlocal.backends.gpu_triton import triton_source  # noqa: E402
+from statements import statement_plans  # noqa: E402
 
 PAD_OP = el.Op("y[b,o,t] += x[b,c,2*t+3*k-2] * w[o,c,k,t]", pad=0)
 THREE_OP = el.Op("y[n,h] += x[n,h*2+i-1] * a[i] * b[h]", pad=0)
@@ -36,15 +37,6 @@ CASES = [
 ]
 
 
-def _plans(op, kw):
-    """The forward plan and every backward plan of a case."""
-    import numpy as np
-    if isinstance(op, el.Op):
-        plan = op.bind(**kw)
-    else:
-        arrays = {k: np.zeros(v) for k, v in kw.items() if k in ("x", "weight")}
-        plan = op.bind(arrays["x"], arrays["weight"], **{k: v for k, v in kw.items() if k not in arrays}).plan
-    return [plan, *plan.backward.values()]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -60,7 +52,7 @@ def test_differential_check_deterministic(device):
     """The atomic-free path for a statement that would use atomics."""
     _, op, kw = CASES[1]
     backend = registry.get("loops:triton")
-    plans = _plans(op, kw)
+    plans = statement_plans(op, kw)
     assert any(backend.kernel_plan(p).mode == "atomic" for p in plans)
     backend.deterministic = True
     try:
@@ -75,7 +67,7 @@ def test_float16_accumulates_in_float32(device):
     report = el.check(el.locally_connected1d, backends=["loops:triton"], dtype="float16", device=device,
                       x=(2, 3, 9), weight=(2, 3, 3, 7))
     assert report.ok, str(report)
-    plan = _plans(el.locally_connected1d, dict(x=(2, 3, 9), weight=(2, 3, 3, 7)))[0]
+    plan = statement_plans(el.locally_connected1d, dict(x=(2, 3, 9), weight=(2, 3, 3, 7)))[0]
     src = triton_source(kernel_plan(plan, "float16"))
     assert "dtype=tl.float32" in src and ".to(tl.float32)" in src
 
@@ -85,7 +77,7 @@ def test_every_case_covers_every_statement_kind():
     and tl.dot kernels."""
     seen = set()
     for _, op, kw in CASES:
-        for p in _plans(op, kw):
+        for p in statement_plans(op, kw):
             kp = kernel_plan(p, "float32")
             seen.add((kp.mode, kp.form, p.scatter))
     assert {("gather", "fma", False), ("gather", "fma", True), ("atomic", "fma", True), ("gather", "dot", False)} <= seen
@@ -140,7 +132,7 @@ def test_atomic_kernel_uses_atomics_and_gather_does_not():
 
 def test_every_load_is_masked():
     for _, op, kw in CASES:
-        for p in _plans(op, kw):
+        for p in statement_plans(op, kw):
             src = triton_source(kernel_plan(p, "float32"))
             loads = [ln for ln in src.splitlines() if "tl.load(" in ln]
             assert loads and all("mask=" in ln and "other=0.0" in ln for ln in loads), src
@@ -149,7 +141,7 @@ def test_every_load_is_masked():
 def test_weight_read_once_per_batch_tile():
     """The locally connected forward: the weight's load does not depend on
     the rows (the batch), so it is a [1, BC] vector."""
-    plan = _plans(el.locally_connected2d, CASES[0][2])[0]
+    plan = statement_plans(el.locally_connected2d, CASES[0][2])[0]
     kp = kernel_plan(plan, "float32")
     assert kp.rows == ("i_n",)
     src = triton_source(kp)
@@ -158,7 +150,7 @@ def test_weight_read_once_per_batch_tile():
 
 
 def test_dot_input_precision():
-    plan = _plans(el.conv2d, CASES[4][2])[0]
+    plan = statement_plans(el.conv2d, CASES[4][2])[0]
     backend = registry.get("loops:triton")
     kp = backend.kernel_plan(plan, "float32")
     assert kp.form == "dot"
@@ -172,7 +164,7 @@ def test_dot_input_precision():
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
     backend = registry.get("loops:triton")
-    plan = _plans(el.locally_connected2d, CASES[0][2])[0]
+    plan = statement_plans(el.locally_connected2d, CASES[0][2])[0]
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert backend.cannot(plan, library="torch", device="cpu") is None
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -184,7 +176,7 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
 def test_errors_carry_the_source(monkeypatch):
     import torch
     backend = registry.get("loops:triton")
-    plan = _plans(el.locally_connected1d, dict(x=(2, 3, 9), weight=(2, 3, 3, 7)))[0]
+    plan = statement_plans(el.locally_connected1d, dict(x=(2, 3, 9), weight=(2, 3, 3, 7)))[0]
     kp = backend.kernel_plan(plan, "float32")
     monkeypatch.setattr(backend, "_kernels", {kp: object()})    # not a kernel: the launch fails
     ops = {a.name: torch.ones(s) for a, (_, s) in zip(plan.stmt.operands, plan.shapes)}

@@ -13,6 +13,7 @@ from einlocal import registry
 from einlocal.backends import gpu_codegen
 from einlocal.backends.gpu_codegen import kernel_plan
 from einlocal.workloads import WORKLOADS
+from statements import statement_plans
 
 BACKENDS = ["loops:triton", "loops:cupy"]
 
@@ -32,13 +33,6 @@ def _full_size(wid):
     return w.op_fn().bind(*arrays, **dict(w.params)).plan
 
 
-def _plans(op, kw):
-    if isinstance(op, el.Op):
-        plan = op.bind(**kw)
-    else:
-        arrays = {k: np.zeros(v) for k, v in kw.items() if k in ("x", "weight")}
-        plan = op.bind(arrays["x"], arrays["weight"], **{k: v for k, v in kw.items() if k not in arrays}).plan
-    return [plan, *plan.backward.values()]
 
 
 @pytest.mark.parametrize("unit", ["program", "thread"])
@@ -87,7 +81,7 @@ def test_every_split_kernel_against_the_reference(name, case, device, monkeypatc
     monkeypatch.setattr(gpu_codegen, "SPLIT_MIN_INNER", 1)
     _, op, kw = case
     backend = registry.get(name)
-    kps = [backend.kernel_plan(p, "float32") for p in _plans(op, kw)]
+    kps = [backend.kernel_plan(p, "float32") for p in statement_plans(op, kw)]
     split = [kp for kp in kps if kp.parts > 1]
     assert split and all(kp.mode == "atomic" or len(kp.loop) == 1 for kp in kps if kp not in split)
     report = el.check(op, backends=[name], dtype="float32", device=device, **kw)
@@ -103,6 +97,6 @@ def test_half_partial_sums_accumulate_in_float32(device, monkeypatch):
     monkeypatch.setattr(gpu_codegen, "SPLIT_TARGET", {"program": 1 << 30, "thread": 1 << 30})
     monkeypatch.setattr(gpu_codegen, "SPLIT_MIN_INNER", 1)
     _, op, kw = CASES[0]
-    assert registry.get("loops:triton").kernel_plan(_plans(op, kw)[2], "float16").out_dtype == "float32"
+    assert registry.get("loops:triton").kernel_plan(statement_plans(op, kw)[2], "float16").out_dtype == "float32"
     report = el.check(op, backends=["loops:triton"], dtype="float16", device=device, **kw)
     assert report.ok, str(report)

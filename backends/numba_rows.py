@@ -42,7 +42,7 @@ import math
 
 from . import numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
-from .numba_step import aligned_panel, carrays, key, line_starts, linear, multiply_adds, next_block, panel, points, \
+from .numba_step import aligned_panel, carrays, key, linear, multiply_adds, next_block, panel, points, prefetch_lines, \
     tile_start, write_ahead, write_table
 from .numba_tiling import Tiling, flat_offsets
 
@@ -270,9 +270,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     emit(f"b_pk = {_sum([*(f'{c}*i_{n}' for n, c in pk_coef.items()), panel_at])}")
     emit(f"b_{Q.name} = {base(Q.name, known | set(t.loops), ['p0'])}")
     if t.ahead:     # its lines t.ahead steps of the last loop ahead, one prefetch a line or so
-        ahead_at = {value(flat[Q.name][0], {**m, **tap}) + d for m in members for tap in taps for d in (0, V - 1)}
-        for x in line_starts(ahead_at, itemsize):
-            emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * flat[Q.name][0][t.loops[-1]]})")
+        at = {value(flat[Q.name][0], {**m, **tap}) + d for m in members for tap in taps for d in (0, V - 1)}
+        prefetch_lines(emit, Q.name, at, itemsize, t.ahead * flat[Q.name][0][t.loops[-1]])
     # the operand with fewer loads per tap keeps them in registers; the other streams
     n_loads = {a.name: len({key(m, a) for m in members}) for a in (P, Q)}
     res, stream = (P, Q) if n_loads[P.name] <= n_loads[Q.name] else (Q, P)

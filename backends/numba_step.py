@@ -11,7 +11,7 @@ import math
 import re
 
 __all__ = ["linear", "plus", "tile_start", "carrays", "points", "key", "panel", "namer", "aligned_panel", "line_starts",
-           "next_block", "write_table", "write_ahead", "multiply_adds"]
+           "prefetch_lines", "next_block", "write_table", "write_ahead", "multiply_adds"]
 
 
 def linear(coef: dict, variables) -> str:
@@ -88,6 +88,13 @@ def line_starts(points, itemsize: int) -> list[int]:
         if not kept or x - kept[-1] >= 64 // itemsize:
             kept.append(x)
     return kept
+
+
+def prefetch_lines(emit, name: str, offsets, itemsize: int, step: int) -> None:
+    """Prefetch ``a_<name>`` at ``b_<name>`` plus ``step`` plus each of
+    ``offsets``, one a cache line or so."""
+    for x in line_starts(offsets, itemsize):
+        emit(f"prefetch(a_{name}, b_{name} + {x + step})")
 
 
 def next_block(emit, out: str, base: str, n: str, size: int, total: int) -> None:

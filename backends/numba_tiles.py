@@ -5,34 +5,26 @@ whole reduction and stored once (``numba_simd`` spells the vectors).
 For ``y[n,o,h,w] += x[n,c,h+i,w+j] * wt[o,c,i,j,h,w]`` (float32, AVX2)::
 
     for t_h in numba.prange(26):              # the parallel index (numba_drive: a tile a call)
-      for t_n in range(34):                   # a block of 3 n ...
-        i_n = min(t_n * 3, 97)                #   (the last block overlaps: '=' writes)
+      for t_n in range(34):                   # a block of 3 n (the last overlaps: '=' writes) ...
         for t_o in range(4):                  # ... by 4 o: 12 accumulators
-          for t_w in range(4):                # the vector index, 8 lanes
-            i_w = min(t_w * 8, 18)
+          for t_w in range(4):                # the vector index, 8 lanes: i_w = min(t_w * 8, 18)
             s0 = vsplat(0, 8) ... s11
-            for i_c in range(16):             # reduction loops
-              b_x = 12544*i_n + 784*i_c + ...  # one base offset per operand
+            for i_c in range(16):             # reduction loops; one base offset per operand
               r0 = vload(a_x, b_x + 0, 8)     # taps i, j unrolled: constant offsets
-              ...
-              q = vload(a_wt, b_wt + 6084, 8)
-              s0 = vfma(r0, q, s0) ...
+              s0 = vfma(r0, vload(a_wt, b_wt + 6084, 8), s0) ...
             vstore(a_y, b_y + 0, s0) ...
 
-Two forms:
-- ``map``: the vector runs along the output's unit-stride index; tiles at
-  the edge are shifted back to overlap the previous one (every output is a
-  complete sum, written with '=', so writing one twice is harmless).
-- ``reduce``: the output's unit-stride axis is short (a depthwise weight's
-  gradient, 3x3) and a summed index is long: the vector runs along the sum,
-  the last partial vector is a masked load, and each accumulator is summed
-  across its lanes at the end.
-
-Blocks (the output indices unrolled into the tile) are chosen to maximise
-multiply-adds per load within the register file; summed indices of small
-range (kernel taps) are unrolled so every load is a base plus a constant.
-Reads outside an operand (``pad=0``) load only the lanes inside it, and an
-edge tile skips a tap whose reads of an operand all lie outside it.  Strides
+Two forms: ``map``, the vector along the output's unit-stride index (edge
+tiles shifted back to overlap: every output is a complete sum, written with
+'='); ``reduce``, where that axis is short and a summed index long (a
+depthwise weight's gradient): the vector runs along the sum, each
+accumulator summed across its lanes at the end.  An operand's slice shared
+by the loops inside is packed into a panel (`numba_tiling.PACK`), one a
+vector, and the vectors run inside those loops (``VECTORS_INSIDE``).
+Blocks (output indices unrolled into the tile) maximise multiply-adds per
+load within the register file; taps are unrolled, so every load is a base
+plus a constant.  Reads outside an operand (``pad=0``) load only the lanes
+inside it; an edge tile skips a tap whose reads all lie outside.  Strides
 are baked into the source: a kernel is generated per layout.
 """
 from __future__ import annotations
@@ -43,13 +35,16 @@ import math
 
 from . import numba_rows, numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
-from .numba_step import aligned_panel, carrays, key, line_starts, linear as _linear, multiply_adds, namer, \
-    next_block, panel, plus as _plus, points, tile_start, write_ahead, write_table
+from .numba_step import aligned_panel, carrays, key, linear as _linear, multiply_adds, namer, next_block, panel, \
+    plus as _plus, points, prefetch_lines, tile_start, write_ahead, write_table
 from .numba_tiling import Tiling, flat_offsets as _flat, sum_slots, tiling
 
 __all__ = ["Tiling", "tiling", "sum_slots", "generate"]
 
 SUM = "sum_"    # the optional last argument of a kernel that also sums an operand (`sum_slots`)
+# A packed tile's vectors inside the loops that share the panels, one panel each (W2's input gradient,
+# 2 threads, Zen 3: 8.2-8.8 -> 6.5-7.2 ms); within numba_rows.CHUNK_PANELS_BYTES of panels.
+VECTORS_INSIDE = True
 
 
 def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strides=None, sum_of=None) -> Kernel:
@@ -187,11 +182,14 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     # shared parallel loop (numba's parallel passes are slow on a large loop body, and a prange loop calling
     # the tiles would compile them a second time).
     order = list(t.outer)
+    inside = VECTORS_INSIDE and P and not (t.streaming or t.sums_outside) and t.chunk == 1 and \
+        (t.vector_at if t.vector_at is not None else len(t.outer)) < len(t.outer) and \
+        1 < count(v, V) <= numba_rows.CHUNK_PANELS_BYTES // panel_size // itemsize
+    pk_at = f" + {panel_size}*t_{v}" if inside else ""
     if t.form == "map":
-        order.insert(len(order) if t.vector_at is None else t.vector_at, v)
+        order.insert(len(order) if t.vector_at is None or inside else t.vector_at, v)
     loops = [(n, V if n == v else blocks.get(n, 1)) for n in order]
     if t.parallel is not None:
-        # the parallel index's tiles: a C callback run by ``numba_drive.Tiled`` (compiled once, not twice)
         p, psize = loops.pop(0)
         arrays = [(f"a_{out.name}", plan.out_shape, out_strides)] + \
             [(f"a_{a.name}", plan.shape[a.name], strides[a.name]) for a in stmt.operands] + \
@@ -201,7 +199,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         carrays(emit, arrays, dtype)
         emit(start(p, psize) if t.chunk == 1 and not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
         if t.pack:
-            aligned_panel(emit, panel_size * (math.prod(c for _, c, _ in spread) if t.streaming else 1), V, dtype)
+            aligned_panel(emit, panel_size * (math.prod(c for _, c, _ in spread) if t.streaming
+                                              else math.ceil(R / V) if inside else 1), V, dtype)
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
     out_coef, out_const = flat[out.name]
@@ -225,12 +224,14 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(start(v, V))
             emit(f"b_acc = {W * R}*r + i_{v}")
 
-    def pack_panel():
+    def pack_panel(every=False):
         """This tile's slice of the packed operand, copied into the panel in the order the body reads it
-        (reads outside the operand: zeros); a streaming tile's whole slice, its positions looped here."""
+        (reads outside the operand: zeros); ``every``: each vector's, one panel each; a streaming tile's
+        whole slice, its positions looped here."""
         nonlocal ind
         emit(f"# {P.name}'s slice for the tiles below, packed")
         heads = [(f"for {n} in range({c}):", first) for n, c, first in spread] if t.streaming else \
+            [(f"for t_{v} in range({count(v, V)}):", start(v, V))] * every + \
             [(f"for i_{n} in range({live[n]}):", None) for n in t.loops]
         for head, first in heads:
             emit(head)
@@ -240,7 +241,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         known = set(order) | {v} if t.streaming else set(order[:order.index(v) + 1]) | set(t.loops)
         coef, const = flat[P.name]
         emit(f"b_{P.name} = {_plus(_linear(coef, known), const)}")
-        emit(f"b_pk = {stream_pk or _plus(_linear(pk_coef, known), 0)}")
+        emit(f"b_pk = {stream_pk or _plus(_linear(pk_coef, known), 0)}{pk_at}")
         named = namer(emit, "p")
         firsts = {key(m, P): m for m in reversed(members)}
         for k, tap in enumerate(tap_values):
@@ -253,14 +254,15 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         """The other operand's lines ``t.ahead`` steps of the last summed loop ahead."""
         Q = next(a for a in stmt.operands if a is not P)
         coef = flat[Q.name][0]
-        ends = (0, V - 1) if v in Q.names else (0,)
-        ahead_at = {value(coef, 0, {**m, **tap}) + d for m in members for tap in tap_values for d in ends}
-        for x in line_starts(ahead_at, itemsize):
-            emit(f"prefetch(a_{Q.name}, b_{Q.name} + {x + t.ahead * coef[t.loops[-1]]})")
+        at = {value(coef, 0, {**m, **tap}) + d for m in members for tap in tap_values
+              for d in ((0, V - 1) if v in Q.names else (0,))}
+        prefetch_lines(emit, Q.name, at, itemsize, t.ahead * coef[t.loops[-1]])
 
     for n, size in loops:
         if t.streaming and t.pack and n == t.outer[1]:
             pack_panel()
+        if inside and n == t.outer[t.vector_at]:     # every vector's panel, before the loops sharing them
+            pack_panel(every=True)
         if n == v and t.sums_outside:
             for s_ in t.sums_outside:
                 emit(f"for i_{s_} in range({live[s_]}):")
@@ -274,7 +276,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(f"for t_{n} in range({count(n, size)}):")
         ind += 1
         emit(start(n, size))
-        if n == v and t.pack and not t.streaming:
+        if n == v and t.pack and not t.streaming and not inside:
             pack_panel()
 
     def start_sums():
@@ -315,10 +317,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
 
     def body(edge):
         """One step of the reduction: every tap's loads and multiply-adds,
-        the taps unrolled (at an edge, looped: edge tiles are few and their
-        bound tests long).  Each value gets its own name (numba's SSA pass
-        is slow on names assigned many times); the accumulators are renamed
-        back at the end."""
+        the taps unrolled (looped at an edge: few tiles, long bound tests).
+        Each value has its own name (numba's SSA pass is slow on names
+        assigned many times); the accumulators are renamed back at the end."""
         nonlocal ind
         count = itertools.count()
         named = namer(emit, "e")
@@ -334,7 +335,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"if not ({' and '.join(inside)}):\n{'    ' * (ind + 1)}continue")
         for acc in (res, stream):
             coef, const = flat[acc.name]
-            emit(f"b_pk = {stream_pk or _plus(_linear(pk_coef, known), 0)}" if acc is P
+            emit(f"b_pk = {stream_pk or _plus(_linear(pk_coef, known), 0)}{pk_at}" if acc is P
                  else f"b_{acc.name} = {_plus(_linear(coef, known), const)}")
         if t.ahead and edge is not True:
             prefetch_ahead()
@@ -371,14 +372,12 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             ind -= len(t.taps)
 
     def tile_body():
-        """The body for tiles that read inside every operand, and for the
-        others (edge tiles).  Where an operand is read past its edge along
-        the vector (padding along a row: every tile of a row as wide as a
-        few vectors) in a tile that loops over a sum, the first body masks
-        those lanes, taps unrolled, and the looped edge body is left to
-        tiles past another axis's edge (W2's input gradient 7.9 -> 5.6 ms
-        on one core; a tile without a loop, a depthwise layer's, ran its
-        unrolled masked body 3-10% slower than the looped one)."""
+        """The body for tiles that read inside every operand, and for edge
+        tiles.  Reads past an edge along the vector (padding along a row) in
+        a tile that loops over a sum mask those lanes, taps unrolled; the
+        looped edge body is left to tiles past another axis's edge (W2's
+        input gradient 7.9 -> 5.6 ms on one core; without a loop, a
+        depthwise layer's unrolled masked body ran 3-10% slower)."""
         cond, rows = interior()
         if not cond:
             body(False)
@@ -444,6 +443,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     order = (*order, *t.loops)
     header = (f"# generated by einlocal.backends.numba_tiles for\n#   {plan}\n"
               f"# {t.describe(next(a.name for a in stmt.operands if a is not P) if P else None)}"
-              f"{f'; {out.name} written ahead a block' if ahead_w else ''}\n")
+              f"{f'; {out.name} written ahead a block' if ahead_w else ''}"
+              f"{f'; {count(v, V)} vectors inside, one panel each' if inside else ''}\n")
     return Kernel(header + "\n".join(lines) + "\n", tuple(a.name for a in stmt.operands), order, t.parallel, v,
                   False)

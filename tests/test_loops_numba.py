@@ -219,7 +219,8 @@ PACKED = {
 def test_packed_panels_against_the_reference(numba_backend, case, dtype, monkeypatch):
     """Where a tile's operand slice is shared by the tiles inside it (a
     weight by every batch block), it is copied once into a panel the tiles
-    read, reads outside the operand as zeros, and the other operand is
+    read, one panel a vector with the vectors inside the sharing loops,
+    reads outside the operand as zeros, and the other operand is
     prefetched ahead: forward and both gradients against the reference
     (shapes too small for the thresholds, lowered here)."""
     from einlocal.backends import numba_tiling
@@ -229,7 +230,7 @@ def test_packed_panels_against_the_reference(numba_backend, case, dtype, monkeyp
     plans = _case_plans(op, kw)
     heads = {k: _header(numba_backend.kernel(p, dtype=dtype)) for k, p in plans.items()}
     for name in packed:
-        assert "packed per tile of" in heads[name], (name, heads[name])
+        assert "packed per tile of" in heads[name] and "one panel each" in heads[name], (name, heads[name])
     assert not case.startswith("lc2d") or any("prefetched" in h for h in heads.values()), heads
     _check(op, dtype, "tiled", **kw)
 

@@ -182,8 +182,8 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     # shared parallel loop (numba's parallel passes are slow on a large loop body, and a prange loop calling
     # the tiles would compile them a second time).
     order = list(t.outer)
-    inside = VECTORS_INSIDE and P and not (t.streaming or t.sums_outside) and t.chunk == 1 and \
-        (t.vector_at if t.vector_at is not None else len(t.outer)) < len(t.outer) and \
+    inside = VECTORS_INSIDE and P is not None and not (t.streaming or t.sums_outside) and t.chunk == 1 and \
+        t.vector_at is not None and t.vector_at < len(t.outer) and \
         1 < count(v, V) <= numba_rows.CHUNK_PANELS_BYTES // panel_size // itemsize
     pk_at = f" + {panel_size}*t_{v}" if inside else ""
     if t.form == "map":
@@ -200,7 +200,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         emit(start(p, psize) if t.chunk == 1 and not t.sums_outside else f"i_{p}0 = t_{p} * {t.chunk}")
         if t.pack:
             aligned_panel(emit, panel_size * (math.prod(c for _, c, _ in spread) if t.streaming
-                                              else math.ceil(R / V) if inside else 1), V, dtype)
+                                              else count(v, V) if inside else 1), V, dtype)
     else:
         lines += ["@numba.njit(cache=True, boundscheck=False)", f"def {KERNEL_NAME}({args}):"]
     out_coef, out_const = flat[out.name]

@@ -26,9 +26,6 @@ def _decode(vars_, ext, offs: str, prefix: str = "") -> list[str]:
     return list(reversed(lines))
 
 
-# -- Triton -------------------------------------------------------------------------
-
-
 def _triton_header(kp: KernelPlan) -> list[str]:
     ops = [a.name for a in kp.plan.stmt.operands]
     args = ", ".join([f"p_{n}" for n in ops] + ["p_out"])
@@ -99,7 +96,7 @@ def _operand_load(kp: KernelPlan, acc, var, ind: str, group_mask, suffix: str = 
     shape = plan.shape[acc.name]
     strides = _strides(shape)
     solved_names = {s.name: s for s in kp.solved if s.name}
-    addr = " + ".join(f"{st} * {_affine(ax, var)}" for ax, st in zip(acc.axes, strides) if st or True)
+    addr = " + ".join(f"{st} * {_affine(ax, var)}" for ax, st in zip(acc.axes, strides))
     masks = list(group_mask(acc))
     for n in acc.names:
         if n in solved_names:
@@ -153,8 +150,6 @@ def _triton_fma(kp: KernelPlan) -> str:
             coord_of[n] = c.var
     row_set, col_set = set(kp.rows), set(kp.cols)
     solved_coord = {s.name: s.coord for s in kp.solved if s.name}
-    for c in kp.coords:   # plain coordinates are the index itself
-        pass
 
     def var(n):
         if n in solved_coord:
@@ -236,6 +231,3 @@ def _triton_dot(kp: KernelPlan) -> str:
     lines.append(f"{ind2}acc = tl.dot(val_{a_op.name}, val_{b_op.name}, acc{prec})")
     lines += _store_lines(kp, ind, "rmask & cmask")
     return "\n".join(lines) + "\n"
-
-
-# -- CUDA C -------------------------------------------------------------------------

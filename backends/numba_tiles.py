@@ -207,7 +207,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     out_base = f"b_{out.name} = " + _plus(_linear(out_coef, set(t.outer) | ({v} if t.form == 'map' else set())),
                                           out_const)
     if ahead_w:
-        write_table(emit, [value(out_coef, 0, m) for m in members])
+        write_table(lines, [value(out_coef, 0, m) for m in members])
     if t.sums_outside:
         # scratch[r, k, v]: row r of the parallel chunk, block member k (then the sum's slots), along the vector
         M = len(members)

@@ -245,6 +245,8 @@ ROWS = {
     "user-op": (el.Op("y[n,o,a,b] += x[n,c,a+i,b] * k[o,c,i,a,b]"), dict(x=(26, 6, 8, 12), k=(6, 6, 3, 6, 12))),
     # the operand not packed read outside its bounds: per tap, the lanes inside as one mask
     "lc2d-same": (el.locally_connected2d, dict(x=(26, 6, 7, 9), weight=(4, 6, 3, 3, 7, 9), padding=1)),
+    # rows of 20, y's and the weight's rows one span: interior vectors read x unmasked
+    "lc2d-same-wide": (el.locally_connected2d, dict(x=(26, 6, 5, 20), weight=(4, 6, 3, 3, 5, 20), padding=1)),
     "lc2d-pad-dilation": (el.locally_connected2d, dict(x=(26, 6, 9, 7), weight=(4, 6, 3, 3, 9, 7), padding=2,
                                                        dilation=2)),
     "lc2d-pad-h-bias": (el.locally_connected2d, dict(x=(26, 4, 12, 6), weight=(4, 4, 3, 2, 12, 5), padding=(1, 0),
@@ -282,6 +284,25 @@ def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, chu
     if chunk is not None:
         assert "; 3 vectors a tile" in head, head
     _check(op, dtype, "tiled", **kw)
+
+
+@pytest.mark.parametrize("dtype, full", [("float32", 255), ("float64", 15)])
+def test_rows_one_span_and_plain_interior(numba_backend, dtype, full, monkeypatch):
+    """Where y's and the weight's rows follow each other (padding 'same'), a
+    vector over two rows is stored and gathered as one span; the vectors
+    whose taps all lie inside x run a copy of the loops with plain loads
+    (the reference test above runs this case: lc2d-same-wide)."""
+    from einlocal.backends import numba_tiling
+    monkeypatch.setattr(numba_tiling, "PACK_MIN_REUSE", 4)
+    monkeypatch.setattr(numba_tiling, "PACK_MIN_BYTES", 0)
+    monkeypatch.setattr(numba_tiling, "ROWS_GAIN", 0.0)
+    op, kw = ROWS["lc2d-same-wide"]
+    src = numba_backend.source(_case_plans(op, kw)["forward"], dtype=dtype)
+    assert "numba_rows" in src and "hm = max(h0" in src, src
+    assert "vstore_lanes(a_y, " in src and "+ p0, s0, l0, hm)" in src and "l1, h1)" not in src, src
+    assert f"if (m0 & m1 & " in src and f") == {full}:" in src, src
+    interior = src.split(f") == {full}:")[1].split("else:")[0]
+    assert "vload(a_x, " in interior and "vload_bits" not in interior, interior
 
 
 def test_vectors_a_tile():

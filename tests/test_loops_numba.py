@@ -117,6 +117,22 @@ def test_tiles_for_the_report_layers(numba_backend, dtype):
     assert "vload_lanes" in src and "if " in src          # padding: edge tiles load the lanes inside
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_interior_tiles_read_plainly(numba_backend, dtype):
+    """An input gradient's tile whose reads of dy all lie inside it (along
+    the vector too) loads plain vectors; one past an edge along the vector
+    only masks those lanes; one past another axis's edge tests each tap
+    (the reference tests run all three)."""
+    plan = _plans(el.locally_connected2d, x=(10, 3, 18, 18), weight=(4, 3, 3, 3, 16, 16))["dx"]
+    src = numba_backend.source(plan, dtype=dtype)
+    inside, rest = src.split("\n                    elif ", 1)
+    inside = inside.split("\n                    if i_h >= ", 1)[1]
+    lanes, edge = rest.split("\n                    else:", 1)
+    assert "vload(a_dy, " in inside and "vload_lanes" not in inside, inside
+    assert "vload_lanes(a_dy, " in lanes and "continue" not in lanes, lanes
+    assert "vload_lanes(a_dy, " in edge and "continue" in edge, edge
+
+
 def test_memory_bound_statements_stream(numba_backend):
     """Under one flop per byte each element is used about once.  A 1x1
     layer's sum unrolls: a streaming tile reads the input once for every

@@ -30,6 +30,11 @@ __all__ = ["Roles", "pointwise", "roles", "bias_fits", "generate", "FUSED_BYTES"
 # images: W1's backward (its data in memory) 4.1 ms with 512 positions a tile
 # (36 KB), 4.8 with 256 or 1024, 5.0 with 2048.
 FUSED_BYTES = 40 * 1024
+# Where non-temporal stores stall loads (AMD: the input gradient's pass reads
+# a copy of dy's rows, below) longer rows served better: W1's backward 4.65 /
+# 5.24 / 5.35 ms at 512 positions a tile, 4.24 / 4.34 / 4.97 at 1024 (80 KB),
+# paired, Zen 3.
+FUSED_BYTES_AMD = 80 * 1024
 AWAY = 512
 ONE_PASS = True       # False: every gradient statement runs on its own (for comparisons)
 # On a CPU where a load waits for a non-temporal store in flight at its page
@@ -108,7 +113,8 @@ def roles(plan, dtype: str, strides: dict, out_strides) -> Roles | None:
         return None
     item = 4 if dtype == "float32" else 8
     per = (2 * O * C + O) * item          # a position's weight, its sums and the bias's
-    tile = max(lanes, FUSED_BYTES // per // lanes * lanes)
+    budget = FUSED_BYTES if numba_tiling.NONTEMPORAL else FUSED_BYTES_AMD
+    tile = max(lanes, budget // per // lanes * lanes)
     while step % tile or (step // tile < numba_tiling.MIN_TILES and tile > lanes):
         tile -= lanes
     return Roles(x, w, step, s, o, c, tile)

@@ -102,6 +102,16 @@ def _roles(statement, dtype="float32", pad=None, **shapes):
     return numba_fused.roles(plan, dtype, strides, _c_strides(plan.out_shape))
 
 
+@pytest.mark.parametrize("nontemporal, tile", [(True, 512), (False, 1024)], ids=["plain-nt-stores", "amd-away"])
+def test_a_tile_of_w1s_backward(nontemporal, tile, monkeypatch):
+    """W1's backward: 72 bytes a position (its weight, sums and the bias's):
+    512 positions a tile within FUSED_BYTES; 1024 within FUSED_BYTES_AMD
+    where non-temporal stores stall loads (the pass reads a copy of dy)."""
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL", nontemporal)
+    r = _roles("y[n,o,h,w] += x[n,c,h,w] * wt[o,c,h,w]", x=(32, 4, 256, 256), wt=(2, 4, 256, 256))
+    assert r.tile == tile
+
+
 def test_the_roles_of_a_statements_indices():
     r = _roles("y[b,o,t] += x[b,c,t] * w[o,c,t]", x=(4, 3, 64), w=(2, 3, 64))
     assert (r.x, r.w, r.positions, r.s, r.o, r.c) == ("x", "w", 64, (("b", 4),), ("o",), ("c",))

@@ -384,9 +384,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             return
         nonlocal ind
         lanes = t.form == "map" and rows != cond and bool(t.loops)
-        # every read inside: plain loads (W2's input gradient, half its vectors: 0.8x); else masked lanes
-        cases = [(cond, False)] + ([(rows, "lanes")] if lanes and rows else []) + [(None, "lanes" if lanes and not rows
-                                                                                     else True)]
+        # every read inside: plain loads (W3b's input gradient 0.70x, paired); else masked lanes, else each tap tested
+        last = "lanes" if lanes and not rows else True
+        cases = [(cond, False), *([(rows, "lanes")] if lanes and rows else []), (None, last)]
         for k, (test, kind) in enumerate(cases):
             emit("else:" if test is None else f"{'el' if k else ''}if {test}:")
             ind += 1

@@ -28,7 +28,7 @@ from numba.extending import intrinsic, models, register_model
 
 __all__ = ["Vec", "vsplat", "vload", "vload_lanes", "vload_into", "vload_bits", "vstore", "vstore_lanes", "vstore_nt",
            "sfence", "sload", "sstore", "vfma", "vsum", "prefetch", "prefetchw", "LANES", "REGISTERS", "VECTOR_BITS",
-           "NONTEMPORAL_STORES", "NONTEMPORAL_AWAY"]
+           "NONTEMPORAL_STORES", "NONTEMPORAL_AWAY", "L2_BYTES"]
 
 
 def _vector_bits() -> int:
@@ -78,6 +78,15 @@ def _nontemporal_stores() -> tuple[bool, bool]:
 
 
 NONTEMPORAL_STORES, NONTEMPORAL_AWAY = _nontemporal_stores()
+
+
+def _l2_bytes() -> int:
+    """A core's L2 (`einlocal.machine.cache_bytes`), 512 KB where the system does not say."""
+    from ..machine import cache_bytes
+    return cache_bytes(2) or 512 * 2**10
+
+
+L2_BYTES = _l2_bytes()
 # lanes in one register, per dtype (the width the generator uses), and how many registers
 LANES = {"float32": VECTOR_BITS // 32, "float64": VECTOR_BITS // 64}
 REGISTERS = 32 if VECTOR_BITS == 512 else 16

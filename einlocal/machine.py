@@ -20,6 +20,7 @@ __all__ = [
     "copy_bandwidth",
     "cache_copy_bandwidth",
     "llc_bytes",
+    "cache_bytes",
     "matmul_rate",
     "roof",
     "machine_info",
@@ -159,18 +160,23 @@ def copy_bandwidth(nbytes: int = 256 * 2**20, *, repeats: int = 5, refresh: bool
     return _cached(f"copy_bandwidth:{nbytes}", run, refresh)
 
 
-def llc_bytes() -> int | None:
-    """The last-level cache's size (Linux's index3, else index2), or None where the system does not say."""
-    for index in ("index3", "index2"):
+def cache_bytes(level: int, sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The size of cpu0's level-``level`` data (or unified) cache, as Linux's
+    sysfs gives it, or None where it does not say."""
+    for index in sorted(Path(sysfs).glob("index*")):
         try:
-            text = Path(f"/sys/devices/system/cpu/cpu0/cache/{index}/size").read_text().strip()
-        except OSError:
-            continue
-        try:
+            if int((index / "level").read_text()) != level or (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip()
             return int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]] if text[-1] in "KMG" else int(text)
-        except (ValueError, IndexError):
+        except (OSError, ValueError, IndexError):
             continue
     return None
+
+
+def llc_bytes() -> int | None:
+    """The last-level cache's size (level 3, else level 2), or None where the system does not say."""
+    return cache_bytes(3) or cache_bytes(2)
 
 
 def cache_copy_bandwidth(*, repeats: int = 50, refresh: bool = False) -> float | None:

@@ -269,24 +269,34 @@ ROWS = {
                                                      bias=(4, 12, 5))),
     "user-op-pad": (el.Op("y[n,o,a,b] += x[n,c,a+i-1,b] * k[o,c,i,a,b]", pad=0),
                     dict(x=(26, 6, 8, 12), k=(6, 6, 3, 8, 12))),
+    # several tiles of o: every tile's panels packed first, o looped inside n (numba_rows.OWN_INSIDE)
+    "lc2d-many-o": (el.locally_connected2d, dict(x=(26, 3, 10, 14), weight=(13, 3, 3, 3, 8, 12), bias=(13, 8, 12))),
+    "lc2d-same-many-o": (el.locally_connected2d, dict(x=(26, 4, 7, 9), weight=(13, 4, 3, 3, 7, 9), padding=1)),
 }
 
 
-@pytest.mark.parametrize("dtype, chunk", [("float32", None), ("float64", None), ("float32", 3)],
-                         ids=["float32", "float64", "float32-3-vectors-a-tile"])
-@pytest.mark.parametrize("case", list(ROWS), ids=str)
-def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, chunk, monkeypatch):
+_ROWS_RUNS = {"float32": ("float32", None, True), "float64": ("float64", None, True),
+              "float32-3-vectors-a-tile": ("float32", 3, True), "float32-own-tiles-outside": ("float32", 3, False)}
+
+
+@pytest.mark.parametrize("case, dtype, chunk, inside",
+                         [(c, *run) for c in ROWS for k, run in _ROWS_RUNS.items() if run[2] or "many-o" in c],
+                         ids=[f"{c}-{k}" for c in ROWS for k, run in _ROWS_RUNS.items() if run[2] or "many-o" in c])
+def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, chunk, inside, monkeypatch):
     """A packed tile over rows shorter than the vector runs its lanes across
     rows: the packed slice gathered and the sums stored one masked piece a
     row, the lanes past a row's end never stored, the last vector's reads
     of the other operand masked (and where it is read outside its bounds,
     each tap's lanes inside them); with ``chunk``, 3 vectors a tile, each
-    its own panel (the last tile short where they do not divide).  Forward
-    and both gradients (with the bias) against the reference."""
+    its own panel (the last tile short where they do not divide); with
+    several tiles of o, every tile's panels packed first and o looped
+    inside n, or (``inside`` off) each tile's panel packed in turn.
+    Forward and both gradients (with the bias) against the reference."""
     from einlocal.backends import numba_rows, numba_tiling
     if chunk is not None:
         monkeypatch.setattr(numba_rows, "CHUNK", chunk)
         monkeypatch.setattr(numba_backend, "_kernels", {})    # built afresh, with the chunk
+    monkeypatch.setattr(numba_rows, "OWN_INSIDE", inside)
     monkeypatch.setattr(numba_tiling, "PACK_MIN_REUSE", 4)
     monkeypatch.setattr(numba_tiling, "PACK_MIN_BYTES", 0)
     # whether the form pays depends on the host's vector width (rows of 12
@@ -299,11 +309,12 @@ def test_lanes_across_rows_against_the_reference(numba_backend, case, dtype, chu
         and "+" in head.split(" lanes along ")[1].split()[0], head
     if chunk is not None:
         assert "; 3 vectors a tile" in head, head
+    assert ("packed first, looped inside n" in head) == (inside and "many-o" in case), head
     _check(op, dtype, "tiled", **kw)
 
 
-@pytest.mark.parametrize("dtype, full", [("float32", 255), ("float64", 15)])
-def test_rows_one_span_and_plain_interior(numba_backend, dtype, full, monkeypatch):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_one_span_and_plain_interior(numba_backend, dtype, monkeypatch):
     """Where y's and the weight's rows follow each other (padding 'same'), a
     vector over two rows is stored and gathered as one span; the vectors
     whose taps all lie inside x run a copy of the loops with plain loads
@@ -313,6 +324,7 @@ def test_rows_one_span_and_plain_interior(numba_backend, dtype, full, monkeypatc
     monkeypatch.setattr(numba_tiling, "PACK_MIN_BYTES", 0)
     monkeypatch.setattr(numba_tiling, "ROWS_GAIN", 0.0)
     op, kw = ROWS["lc2d-same-wide"]
+    full = (1 << LANES[dtype]) - 1          # every lane's bit: 255 or 65535 for float32 (AVX2 or AVX-512)
     src = numba_backend.source(_case_plans(op, kw)["forward"], dtype=dtype)
     assert "numba_rows" in src and "hm = max(h0" in src, src
     assert "vstore_lanes(a_y, " in src and "+ p0, s0, l0, hm)" in src and "l1, h1)" not in src, src

@@ -178,3 +178,16 @@ def test_the_cpu_is_named_with_its_family_model_and_vector_unit(tmp_path):
     info.write_text("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: avx2 avx512f\n")
     assert _cpu_model(str(info)) == "AMD EPYC (family 25 model 17, AVX-512)"
     assert _cpu_model(str(tmp_path / "missing"))        # no /proc: the platform's name
+
+
+def test_cache_sizes_are_read_by_level_and_type(tmp_path):
+    """Each cache level's size from sysfs: the data (or unified) cache, not
+    the instruction cache of the same level; None where sysfs does not say."""
+    from einlocal.machine import cache_bytes
+    for k, (level, kind, size) in enumerate([(1, "Instruction", "32K"), (1, "Data", "48K"), (2, "Unified", "2048K"),
+                                             (3, "Unified", "480M")]):
+        (tmp_path / f"index{k}").mkdir()
+        for name, text in (("level", f"{level}\n"), ("type", f"{kind}\n"), ("size", f"{size}\n")):
+            (tmp_path / f"index{k}" / name).write_text(text)
+    assert [cache_bytes(n, str(tmp_path)) for n in (1, 2, 3, 4)] == [48 * 2**10, 2 * 2**20, 480 * 2**20, None]
+    assert cache_bytes(2, str(tmp_path / "missing")) is None

@@ -103,8 +103,8 @@ class _Run:
 CASES = {
     # lanes across rows (numba_rows): 5 blocks of 6 images a tile, a vector over up to 4 rows of 5
     "rows-forward": (el.locally_connected2d, dict(x=(26, 4, 12, 7), weight=(4, 4, 3, 3, 10, 5)), "forward"),
-    # the row's own vectors (numba_tiles): W2's input gradient, smaller
-    "tiles-dx": (el.locally_connected2d, dict(x=(26, 8, 6, 20), weight=(8, 8, 3, 3, 4, 18)), "dx"),
+    # the row's own vectors (numba_tiles): W2's input gradient, smaller; rows of 36, three or more vectors
+    "tiles-dx": (el.locally_connected2d, dict(x=(26, 8, 6, 36), weight=(8, 8, 3, 3, 4, 34)), "dx"),
 }
 
 

@@ -77,7 +77,10 @@ CHUNK_BALANCE = 0.9                 # vectors / (threads x the most vectors a th
 # forward: 4 tiles of o, 885 KB of panels).  2-core AVX-512 Xeon, 2 MB L2,
 # medians of 15 in one process, three runs: back to back 2.10 / 1.94 / 2.07
 # -> 1.96 / 1.80 / 1.93 ms, after a 2048 matmul 2.92 / 2.85 / 2.94 -> 2.71 /
-# 2.67 / 2.78.  Zen 3's 512 KB keeps the other order.
+# 2.67 / 2.78.  They run inside the tile's vectors too, so that a vector's
+# rows of that block are read again from L1: back to back 1.86 / 1.97 /
+# 1.97 -> 1.77 / 1.91 / 1.90 ms (after a matmul within 1.5%; the weight
+# gradient within 3%).  Zen 3's 512 KB keeps the other order.
 OWN_INSIDE = True
 OWN_INSIDE_L2 = 0.5
 
@@ -288,12 +291,14 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"vstore(pk, b_pk + {(k * len(pkeys) + j) * V}, {gathered(P.name, at, True)})")
     ind -= len(t.loops) + (K > 1)
 
-    if inside:      # every own tile's panel packed: the own loops again, inside the shared ones
+    if inside:      # every own tile's panel packed: the own loops again, inside the shared ones and the vector's
         ind -= len(own)
-    for n in shared + (own if inside else []):
+    for n in shared:
         loop(n, blocks.get(n, 1))
     if K > 1:
         each_vector()
+    for n in own if inside else ():
+        loop(n, blocks.get(n, 1))
     known = set(own) | set(shared)
     if init_strides is not None:
         emit(f"b_{INIT} = {base(INIT, known)}")

@@ -87,6 +87,7 @@ def _l2_bytes() -> int:
 
 
 L2_BYTES = _l2_bytes()
+
 # lanes in one register, per dtype (the width the generator uses), and how many registers
 LANES = {"float32": VECTOR_BITS // 32, "float64": VECTOR_BITS // 64}
 REGISTERS = 32 if VECTOR_BITS == 512 else 16

@@ -139,11 +139,13 @@ class Backend:
             grads[name] = self.execute(plan, ops, outs.get(name))
         return grads
 
-    def vjp_and_bias(self, call, dy, operands: dict, wrt, outs: dict, bias_shape) -> tuple | None:
+    def vjp_and_bias(self, call, dy, operands: dict, wrt, outs: dict, bias_shape, bias_out=None) -> tuple | None:
         """(`vjp`'s gradients, ``dy`` summed to ``bias_shape``: the bias's
         gradient) with fewer passes over ``dy`` than running them apart, or
         None where this backend has no such way (``dy`` is then summed on
-        its own)."""
+        its own).  ``bias_out``: the caller's array for the bias's gradient,
+        viewed as ``bias_shape``, or None; a backend that writes the sum
+        into it returns that same object, and the caller copies nothing."""
         return None
 
     def __repr__(self) -> str:

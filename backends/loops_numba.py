@@ -191,19 +191,21 @@ class NumbaLoops(Backend):
         one = self._one_pass(call, dy, operands, wrt, outs)
         return one[0] if one is not None else super().vjp(call, dy, operands, wrt, outs)
 
-    def vjp_and_bias(self, call, dy, operands: dict, wrt, outs: dict, bias_shape):
+    def vjp_and_bias(self, call, dy, operands: dict, wrt, outs: dict, bias_shape, bias_out=None):
         """Every gradient of a pointwise layer in one pass over ``dy``
         (`numba_fused`); else the gradient whose kernel loads all of ``dy``
         (a locally connected layer's weight gradient, summed over the
         batch) also sums it into the bias's gradient: ``dy`` is read once
-        for both, not twice."""
+        for both, not twice.  The bias's sums go straight into
+        ``bias_out`` where it is C-ordered and of ``dy``'s dtype."""
         import numpy as np
         if not self.tiled or type(dy).__module__.startswith(("jax", "jaxlib")):
             return None
-        one = self._one_pass(call, dy, operands, wrt, outs, bias_shape)
-        if one is not None:
-            return one
         dy_np = _numpy(dy, "dy")
+        db_out = _in_place(bias_out, bias_shape, dy_np.dtype)
+        one = self._one_pass(call, dy, operands, wrt, outs, bias_shape, db_out)
+        if one is not None:
+            return one[0], (bias_out if db_out is not None and one[1] is not None else one[1])
         if dy_np.dtype.name not in _DTYPES:
             return None
         for name in wrt:
@@ -225,13 +227,14 @@ class NumbaLoops(Backend):
                     numba_tiles.sum_slots(plan, t, first, sum_strides) is not None
             if not fusable:
                 continue
-            db = np.empty(bias_shape, dy_np.dtype)
+            db = db_out if db_out is not None else np.empty(bias_shape, dy_np.dtype)
             grads = {name: self._run(plan, ops, out, None, (first, np.broadcast_to(db, plan.shape[first])))}
             for other in wrt:
                 if other != name:
                     grads.update(self.vjp(call, dy, operands, (other,), outs))
-            torch_in = type(dy).__module__.startswith("torch")
-            if torch_in:
+            if db_out is not None:
+                return grads, bias_out
+            if type(dy).__module__.startswith("torch"):
                 import torch
                 db = torch.from_numpy(db)
             return grads, db
@@ -272,10 +275,11 @@ class NumbaLoops(Backend):
         hit = self.one_pass(plan, dtype, strides, bias)
         return None if hit is None else hit[0].source
 
-    def _one_pass(self, call, dy, operands: dict, wrt, outs: dict, bias_shape=None):
+    def _one_pass(self, call, dy, operands: dict, wrt, outs: dict, bias_shape=None, db_out=None):
         """(gradients by operand, the bias's gradient or None) from
         `one_pass`'s kernel, where both operands' gradients are asked for
-        and it applies to these arrays; else None."""
+        and it applies to these arrays; else None.  ``db_out``: a numpy
+        array (C-ordered, ``bias_shape``) the bias's sums go into."""
         plan = call.plan
         names = tuple(a.name for a in plan.stmt.operands)
         if not self.tiled or set(wrt) != set(names) or type(dy).__module__.startswith(("jax", "jaxlib")):
@@ -286,22 +290,24 @@ class NumbaLoops(Backend):
         if not fits:
             return None
         if not type(dy).__module__.startswith("torch"):
-            return self._one_pass_numpy(plan, names, dy, operands, outs, bias_shape)
+            return self._one_pass_numpy(plan, names, dy, operands, outs, bias_shape, db_out)
         got = self._one_pass_numpy(plan, names, _numpy(dy, "dy"),     # CPU tensors: as numpy views of them
                                    {n: _numpy(a, n) for n, a in operands.items()},
-                                   {n: _numpy(o, "out") for n, o in outs.items() if o is not None}, bias_shape)
+                                   {n: _numpy(o, "out") for n, o in outs.items() if o is not None}, bias_shape,
+                                   db_out)
         if got is None:
             return None
         import torch
         grads, db = got
         return ({n: outs[n] if outs.get(n) is not None else torch.from_numpy(g) for n, g in grads.items()},
-                None if db is None else torch.from_numpy(db))
+                None if db is None else db if db is db_out else torch.from_numpy(db))
 
-    def _one_pass_numpy(self, plan, names, dy, operands: dict, outs: dict, bias_shape):
+    def _one_pass_numpy(self, plan, names, dy, operands: dict, outs: dict, bias_shape, db_out=None):
         """`_one_pass` on numpy arrays."""
         repeat = numba_repeat.one_pass_key(plan, dy, operands, outs, names, bias_shape)
         if repeat is not None and repeat in self._repeats:
-            return numba_repeat.launch_one_pass(self, self._repeats[repeat], dy, operands, outs, bias_shape)
+            return numba_repeat.launch_one_pass(self, self._repeats[repeat], dy, operands, outs, bias_shape,
+                                                db_out=db_out)
         arrays = {n: operands[n] for n in names}
         if dy.dtype.name not in _DTYPES or dy.shape != plan.out_shape or \
                 any(a.dtype != dy.dtype or a.shape != plan.shape[n] for n, a in arrays.items()):
@@ -315,7 +321,7 @@ class NumbaLoops(Backend):
         hit = None if hit is None else (plan, names, *hit)
         if repeat is not None:
             self._repeats[repeat] = hit
-        return numba_repeat.launch_one_pass(self, hit, dy, operands, outs, bias_shape, first=True)
+        return numba_repeat.launch_one_pass(self, hit, dy, operands, outs, bias_shape, first=True, db_out=db_out)
 
     def _run(self, plan, operands: dict, out, init, sums=None):
         first = next(iter(operands.values()))
@@ -408,6 +414,16 @@ class NumbaLoops(Backend):
         self.cache_hits[rec] = loaded
         self._ready.add(seen)
         STATS["loaded" if loaded else "compiled"] += 1
+
+
+def _in_place(out, shape, dtype):
+    """A numpy view of ``out`` (numpy or CPU torch) that a kernel can write
+    a C-ordered array of ``shape`` and ``dtype`` into, or None."""
+    if out is None or (type(out).__module__.startswith("torch") and out.device.type != "cpu"):
+        return None
+    a = _numpy(out, "out")
+    ok = tuple(a.shape) == tuple(shape) and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    return a if ok else None
 
 
 def _numpy(a, what: str):

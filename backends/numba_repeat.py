@@ -110,14 +110,15 @@ def one_pass_key(plan, dy, operands: dict, outs: dict, names, bias_shape):
             tuple(_layout(o) for o in outs))
 
 
-def launch_one_pass(backend, hit, dy, operands: dict, outs: dict, bias_shape, first: bool = False):
+def launch_one_pass(backend, hit, dy, operands: dict, outs: dict, bias_shape, first: bool = False, db_out=None):
     """The one-pass backward as its first run (keyed by `one_pass_key`) ran
     it: ``hit`` is (plan, operand names, Kernel, dispatcher), or None where
-    it did not apply (None again); ``first`` as `launch`'s."""
+    it did not apply (None again); ``first`` as `launch`'s; the bias's
+    sums into ``db_out`` where given (C-ordered, ``bias_shape``)."""
     if hit is None:
         return None
     plan, names, k, fn = hit
-    db = None if bias_shape is None else np.empty(bias_shape, dy.dtype)
+    db = None if bias_shape is None else db_out if db_out is not None else np.empty(bias_shape, dy.dtype)
     grads = {n: outs[n] if outs.get(n) is not None else np.empty(plan.shape[n], dy.dtype) for n in names}
     r_x, r_w = k.args
     args = (grads[r_x], grads[r_w]) + (() if db is None else (db,)) + (dy, operands[r_x], operands[r_w])

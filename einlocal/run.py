@@ -143,7 +143,10 @@ def run_vjp(call: Call, backend, dy, arrays: dict, wrt, outs: dict | None = None
     out_s = {op: view(lib, outs[arg], call.plan.shape[op], f"out[{arg!r}]", must_view=True)
              for op, arg in want.items() if outs.get(arg) is not None}
     want_bias = call.bias is not None and call.bias[0] in wrt and arrays.get(call.bias[0]) is not None
-    fused = backend.vjp_and_bias(call, dy_s, ops, tuple(want), out_s, call.bias[1]) if want and want_bias else None
+    b_out = outs.get(call.bias[0]) if want_bias else None
+    b_view = None if b_out is None else xp.view_as(b_out, tuple(call.bias[1]))     # None: it needs a copy
+    fused = backend.vjp_and_bias(call, dy_s, ops, tuple(want), out_s, call.bias[1], b_view) \
+        if want and want_bias else None
     grads = fused[0] if fused is not None else backend.vjp(call, dy_s, ops, tuple(want), out_s) if want else {}
     result = {}
     for op, arg in want.items():
@@ -152,9 +155,11 @@ def run_vjp(call: Call, backend, dy, arrays: dict, wrt, outs: dict | None = None
     if want_bias:
         bshape = call.bias[1]
         axes = tuple(k for k, s in enumerate(bshape) if s == 1)
-        db = xp.reshape(fused[1] if fused is not None else xp.sum(dy_s, axes), shapes[call.bias[0]])
-        o = outs.get(call.bias[0])
-        result[call.bias[0]] = xp.assign(o, db) if o is not None else db
+        if fused is not None and b_view is not None and fused[1] is b_view:    # summed in place
+            result[call.bias[0]] = b_out
+        else:
+            db = xp.reshape(fused[1] if fused is not None else xp.sum(dy_s, axes), shapes[call.bias[0]])
+            result[call.bias[0]] = xp.assign(b_out, db) if b_out is not None else db
     return result
 
 

@@ -674,6 +674,31 @@ def test_the_bias_gradient_from_the_weight_gradients_kernel(numba_backend, case,
         assert expect, f"{case} was meant to take the fused form: {t}"
 
 
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_the_weight_gradients_kernel_sums_the_bias_into_out(library, monkeypatch):
+    """Where the weight gradient's kernel sums the bias's gradient too, a
+    C-ordered ``out=`` entry for the bias takes the sums itself: nothing is
+    copied into it afterwards."""
+    from einlocal.backends.namespaces import namespace
+    if library == "torch":
+        pytest.importorskip("torch")
+    op, shapes = FUSED_CASES["lc2d-1x1-c3"]
+    rng = np.random.default_rng(6)
+    x, w, b = (rng.standard_normal(s) for s in shapes)
+    dy = rng.standard_normal(op(x, w, b, backend="einsum:numpy").shape)
+    want = el.vjp(op, dy, x, w, b, backend="einsum:numpy", wrt=("weight", "bias"))
+    xp = namespace(library)
+    copied = []
+    assign = xp.assign
+    monkeypatch.setattr(xp, "assign", lambda out, src: copied.append(out) or assign(out, src))
+    outs = (None, xp.from_numpy(np.full(w.shape, np.nan)), xp.from_numpy(np.full(b.shape, np.nan)))
+    got = el.vjp(op, *(xp.from_numpy(a) for a in (dy, x, w, b)), backend=NAME, wrt=("weight", "bias"), out=outs)
+    for g, o, ref, name in zip(got[1:], outs[1:], want[1:], ("weight", "bias")):
+        assert g is o, name
+        np.testing.assert_allclose(xp.to_numpy(g), ref, rtol=1e-10, atol=1e-10, err_msg=name)
+    assert not any(c is outs[2] for c in copied)
+
+
 def test_non_temporal_stores_are_off_on_amd(tmp_path, monkeypatch):
     """On AMD a load matching a non-temporal store in flight in its low 12
     bits waits for it to reach memory, so large outputs are stored plainly

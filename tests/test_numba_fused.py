@@ -48,17 +48,22 @@ def _arrays(shapes, seed=3):
     return [None if s is None else rng.standard_normal(s) for s in shapes]
 
 
-@pytest.mark.parametrize("library", ["numpy", "torch"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_every_gradient_in_one_pass(case, dtype, library, one_pass):
+def _case(case: str, library: str):
+    """(op, shapes, float64 arrays, dy, einsum's gradients, the library's
+    namespace) of a CASES entry; skipped where the library is missing."""
     if library == "torch":
         pytest.importorskip("torch")
     op, shapes = CASES[case]
     args = _arrays(shapes)
     dy = np.random.default_rng(4).standard_normal(op(*args, backend="einsum:numpy").shape)
-    want = el.vjp(op, dy, *args, backend="einsum:numpy")
-    xp = namespace(library)
+    return op, shapes, args, dy, el.vjp(op, dy, *args, backend="einsum:numpy"), namespace(library)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_gradient_in_one_pass(case, dtype, library, one_pass):
+    op, shapes, args, dy, want, xp = _case(case, library)
     given = [None if a is None else xp.from_numpy(a.astype(dtype)) for a in [dy, *args]]
     outs = tuple(None if a is None else xp.from_numpy(np.full(a.shape, np.nan, dtype)) for a in args)
     tol = 2e-5 if dtype == "float32" else 1e-12
@@ -235,3 +240,26 @@ def test_the_away_buffers_start_away_from_dx(item):
             for name, n in (("wp", 1000), ("dyb", 300)):
                 assert len(env[name]) == n
                 assert (env[name].ctypes.data - d0) % 4096 == numba_fused.AWAY, (shift, q0, name)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("case", ["lc2d-1x1-bias", "lc1d-1x1-bias"])
+def test_the_bias_gradient_summed_into_out_in_place(case, library, one_pass, monkeypatch):
+    """A C-ordered ``out=`` entry for the bias takes the pass's sums itself:
+    nothing is copied into it afterwards.  A strided one (a copy would be
+    needed to view it) gets the same values through a copy."""
+    op, shapes, args, dy, want, xp = _case(case, library)
+    copied = []
+    assign = xp.assign
+    monkeypatch.setattr(xp, "assign", lambda out, src: copied.append(out) or assign(out, src))
+    given = [xp.from_numpy(a) for a in (dy, *args)]
+    wide = xp.from_numpy(np.full(shapes[2][:-1] + (2 * shapes[2][-1],), np.nan))
+    for bias_out, in_place in ((xp.from_numpy(np.full(shapes[2], np.nan)), True), (wide[..., ::2], False)):
+        copied.clear()
+        outs = (xp.from_numpy(np.full(shapes[0], np.nan)), xp.from_numpy(np.full(shapes[1], np.nan)), bias_out)
+        got = el.vjp(op, *given, backend=NAME, out=outs)
+        for g, o, ref, name in zip(got, outs, want, ("x", "weight", "bias")):
+            assert g is o, name
+            np.testing.assert_allclose(xp.to_numpy(g), ref, rtol=1e-12, atol=1e-12, err_msg=name)
+        assert any(c is bias_out for c in copied) != in_place, (in_place, len(copied))
+    assert len(one_pass) == 2 and all(r is not None for r in one_pass)

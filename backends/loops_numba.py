@@ -300,7 +300,7 @@ class NumbaLoops(Backend):
         import torch
         grads, db = got
         return ({n: outs[n] if outs.get(n) is not None else torch.from_numpy(g) for n, g in grads.items()},
-                None if db is None else db if db is db_out else torch.from_numpy(db))
+                None if db is None else torch.from_numpy(db))
 
     def _one_pass_numpy(self, plan, names, dy, operands: dict, outs: dict, bias_shape, db_out=None):
         """`_one_pass` on numpy arrays."""

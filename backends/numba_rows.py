@@ -24,8 +24,9 @@ Where an array's rows follow each other (its row stride is ``pitch``, its
 rows ``pitch`` long: W2's y and weight), the pieces are one span: one masked
 load (``l0 <= lane < hm``) and one store, plain where every lane is in.
 
-A parallel tile takes several vectors (`chunk`; W2: 10 of them, 80
-positions, on 2 threads), each with its own packed panel; for each block of
+A parallel tile takes several vectors (`chunk`, spread evenly between the
+tiles by `spread`; W2 with 8 lanes on 2 threads: 9 or 10 of them), each
+with its own packed panel; for each block of
 the shared loops their sums run one after another, so that the block's
 slice of the streamed operand (x's rows for 3 images) comes from far once
 for the tile, not once a vector.  Where the panels of every tile of the

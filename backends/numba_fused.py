@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from . import numba_tiling
 from .numba_codegen import Kernel
 from .numba_simd import LANES
+from .numba_step import whole_vectors
 from .numba_tiling import flat_offsets as _coefs
 
 __all__ = ["Roles", "pointwise", "roles", "bias_fits", "generate", "FUSED_BYTES", "OUT"]
@@ -171,6 +172,9 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         len({off(gcoef[r.x], p) * item % 1024 for p in cs_}) == 1
     nt = big and (numba_tiling.NONTEMPORAL or away)
     store = "vstore_nt" if nt else "vstore"
+    # whole vector stores (`numba_step.whole_vectors`) where every plane of dx lies at one offset mod a
+    # vector's bytes
+    whole = nt and len({off(gcoef[r.x], p) % L for p in cs_}) == 1
     how = f" (non-temporal stores; its loads {AWAY} bytes and more off their page offset)" if away else \
         " (non-temporal stores)" if nt else ""
 
@@ -194,7 +198,7 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         "import numpy as np",
         "from einlocal.backends.numba_drive import Tiled",
         "from einlocal.backends.numba_simd import vsplat, vload, vstore, vfma"
-        + (", vstore_nt, sfence" if nt else ""),
+        + (", vstore_nt, sfence" if nt else "") + (", line_gap" if whole else ""),
         "",
         "",
         f"def tiles({', '.join(args)}, t_q):",
@@ -244,8 +248,11 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         for i in range(len(os_)):
             k = len(pairs) + i
             lines.append(f"{body}vstore(acc, e + {k * pitch}, vfma(r{i}, one, vload(acc, e + {k * pitch}, {L})))")
-    lines += [f"{ind}# {dx_n}: dy times {r.w}, summed over {', '.join(r.o) or '-'}",
-              f"{ind}for e in range(0, {T}, {L}):"]
+    lines.append(f"{ind}# {dx_n}: dy times {r.w}, summed over {', '.join(r.o) or '-'}")
+    if whole:
+        whole_vectors(lambda x: lines.append(ind + x), "e", L, T, f"a_{dx_n}", "b_dx", index="e")
+    else:
+        lines.append(f"{ind}for e in range(0, {T}, {L}):")
     lines += [f"{body}r{i} = vload(dyb, e + {i * wpitch}, {L})" if away else
               f"{body}r{i} = vload(a_dy, b_dy + e + {off(coef[OUT], p)}, {L})" for i, p in enumerate(os_)]
     for j, pc in enumerate(cs_):

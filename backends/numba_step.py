@@ -1,17 +1,20 @@
 """Source-writing pieces the register-tile writers share (``numba_tiles``,
-``numba_rows``): affine offsets, a tile's first index, the arrays from
-their pointers, a tile's block members and taps, the packed panel's layout,
-the lines to prefetch (an operand's ahead, the next block's outputs for a
-write), and one step of the reduction (the loads of both operands and every
-accumulator's multiply-add)."""
+``numba_rows``, ``numba_fused``): affine offsets, a tile's first index,
+the arrays from their pointers, a tile's block members and taps, the packed
+panel's layout (a streaming tile's too), the loop over vectors whose
+non-temporal stores start at a vector boundary, the lines to prefetch (an
+operand's ahead, the next block's outputs for a write), and one step of
+the reduction (the loads of both operands and every accumulator's
+multiply-add)."""
 from __future__ import annotations
 
 import itertools
 import math
 import re
 
-__all__ = ["linear", "plus", "tile_start", "carrays", "points", "key", "panel", "namer", "aligned_panel", "line_starts",
-           "prefetch_lines", "next_block", "write_table", "write_ahead", "multiply_adds"]
+__all__ = ["linear", "plus", "tile_start", "whole_vectors", "stream_panel", "carrays", "points", "key", "panel",
+           "namer", "aligned_panel", "line_starts", "prefetch_lines", "next_block", "write_table", "write_ahead",
+           "multiply_adds"]
 
 
 def linear(coef: dict, variables) -> str:
@@ -31,6 +34,34 @@ def tile_start(n: str, size: int, total: int) -> str:
     if size == 1:
         return f"i_{n} = t_{n}"
     return f"i_{n} = t_{n} * {size}" if total % size == 0 else f"i_{n} = min(t_{n} * {size}, {total - size})"
+
+
+def whole_vectors(emit, n: str, V: int, total: int, array: str, base: str, index: str = "") -> int:
+    """Open (``emit``) the loop over the vectors along ``n`` (``total`` long,
+    at least V) whose non-temporal stores go to ``array`` from element
+    ``base`` along n: h lanes in lies a vector boundary, so the vectors from
+    there store whole (`numba_simd.vstore_nt`), the first at 0 and the last
+    at ``total - V`` split; those write lanes the others write too, with the
+    same values.  ``index`` (``i_n`` by default) is the vector's first
+    index.  Returns the indent it adds (1)."""
+    emit(f"h = line_gap({array}, {base}, {V})   # lanes to the first vector boundary")
+    emit(f"for t_{n} in range({math.ceil(total / V)} + (h > 0)):")
+    emit(f"    {index or f'i_{n}'} = min(max(t_{n} * {V} + h - ({V} if h else 0), 0), {total - V})")
+    return 1
+
+
+def stream_panel(t, live: dict, blocks: dict, R: int, V: int, size: int) -> tuple[list, int, str]:
+    """A streaming tile's panel (`numba_tiling.STREAM_PACK`): its loops (each
+    ``(tile variable, count, first index line)``: the inner blocks, the
+    rows, the vectors along v, R long), the distance between its rows (one a
+    tap and distinct vector, all of v long, so a vector reads it at any
+    position: `whole_vectors`), and the panel's offset for a position."""
+    spread = [(f"t_{u}", math.ceil(live[u] / blocks.get(u, 1)), tile_start(u, blocks.get(u, 1), live[u]))
+              for u in t.outer[2:]] + ([("r", t.chunk, f"i_{t.parallel} = i_{t.parallel}0 + r")] if t.chunk > 1
+                                       else []) + [(f"t_{t.vector}", math.ceil(R / V), tile_start(t.vector, V, R))]
+    radix = [math.prod(c for _, c, _ in spread[k + 1:]) for k in range(len(spread))]
+    at = [f"{size * r}*{n}" for r, (n, _, _) in zip(radix, spread[:-1])] + [f"i_{t.vector}"]
+    return spread, math.ceil(R / V) * V, " + ".join(at)
 
 
 def carrays(emit, arrays, dtype: str) -> None:

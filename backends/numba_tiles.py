@@ -36,7 +36,7 @@ import math
 from . import numba_rows, numba_tiling
 from .numba_codegen import INIT, KERNEL_NAME, Kernel
 from .numba_step import aligned_panel, carrays, key, linear as _linear, multiply_adds, namer, next_block, panel, \
-    plus as _plus, points, prefetch_lines, tile_start, write_ahead, write_table
+    plus as _plus, points, prefetch_lines, stream_panel, tile_start, whole_vectors, write_ahead, write_table
 from .numba_tiling import Tiling, flat_offsets as _flat, sum_slots, tiling
 
 __all__ = ["Tiling", "tiling", "sum_slots", "generate"]
@@ -89,15 +89,11 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     tail = t.form == "reduce" and R % V != 0
     itemsize = 4 if dtype == "float32" else 8
 
-    # the packed operand's panel: per step of the summed loops, per tap, per distinct vector of a tile; a
-    # streaming tile's holds that per step of its inner blocks, rows and vectors (`STREAM_PACK`): `stream_pk`
+    # the packed operand's panel: per step of the summed loops, per tap, per distinct vector of a tile
+    # (`V` apart); a streaming tile's (`stream_panel`) holds that per step of its inner blocks and rows
     P = next((a for a in stmt.operands if a.name == t.pack), None)
     pkeys, pk_coef, panel_size = panel(members, tap_values, P, t.loops, live, V) if P else ([], {}, 0)
-    spread = [(f"t_{u}", math.ceil(live[u] / blocks.get(u, 1)), tile_start(u, blocks.get(u, 1), live[u]))
-              for u in t.outer[2:]] + ([("r", t.chunk, f"i_{t.parallel} = i_{t.parallel}0 + r")] if t.chunk > 1
-                                       else []) + [(f"t_{v}", math.ceil(R / V), tile_start(v, V, R))]
-    radix = [math.prod(c for _, c, _ in spread[k + 1:]) for k in range(len(spread))]
-    stream_pk = " + ".join(f"{panel_size * r}*{n}" for r, (n, _, _) in zip(radix, spread)) if t.streaming else ""
+    spread, pv, stream_pk = stream_panel(t, live, blocks, R, V, panel_size) if t.streaming else ([], V, "")
 
     # the axes a read can leave (pad=0): each with its coefficients, constant and size
     def axis(ax):
@@ -164,7 +160,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     lines = ["import numba", *(["import numpy as np"] if t.sums_outside or t.pack else []),
              *(["from einlocal.backends.numba_drive import Tiled"] if t.parallel is not None else []),
              "from einlocal.backends.numba_simd import vsplat, vload, vload_lanes, vstore, sload, sstore, vfma, vsum"
-             + (", vstore_nt, sfence" if nt else "") + (", prefetch" if t.ahead else "")
+             + (", vstore_nt, sfence, line_gap" if nt else "") + (", prefetch" if t.ahead else "")
              + (", prefetchw" if ahead_w else ""),
              "", ""]
     ind = 1
@@ -206,6 +202,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     out_coef, out_const = flat[out.name]
     out_base = f"b_{out.name} = " + _plus(_linear(out_coef, set(t.outer) | ({v} if t.form == 'map' else set())),
                                           out_const)
+    # the vector's loop the tile's innermost, every member's output at one offset mod a vector: `whole_vectors`
+    whole = nt and not t.sums_outside and loops[-1:] == [(v, V)] and out_coef.get(v) == 1 and R >= V and \
+        len({value(out_coef, 0, m) % V for m in members}) == 1
     if ahead_w:
         write_table(lines, [value(out_coef, 0, m) for m in members])
     if t.sums_outside:
@@ -247,7 +246,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         for k, tap in enumerate(tap_values):
             for j, kk in enumerate(pkeys):
                 src = load(P, {**firsts[kk], **tap}, bool(bounded[P.name]), named, known)
-                emit(f"vstore(pk, b_pk + {(k * len(pkeys) + j) * V}, {src})")
+                emit(f"vstore(pk, b_pk + {(k * len(pkeys) + j) * pv}, {src})")
         ind -= len(heads)
 
     def prefetch_ahead():
@@ -273,6 +272,9 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             emit(f"for r in range({t.chunk}):")
             ind += 1
             emit(f"i_{p} = i_{p}0 + r")
+        if n == v and whole:
+            ind += whole_vectors(emit, v, V, R, f"a_{out.name}", _plus(_linear(out_coef, set(t.outer)), out_const))
+            continue
         emit(f"for t_{n} in range({count(n, size)}):")
         ind += 1
         emit(start(n, size))
@@ -343,12 +345,12 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
         def read(acc, m, tap):
             if acc is not P:
                 return load(acc, {**m, **tap}, edge, named, known)
-            at = pkeys.index(key(m, P)) * V
+            at = pkeys.index(key(m, P)) * pv
             if looped:      # the tap's place from the loop variables
                 radix = [math.prod(live[u] for u in t.taps[k + 1:]) for k in range(len(t.taps))]
                 place = _linear(dict(zip(t.taps, radix)), t.taps)
-                return f"vload(pk, b_pk + ({place}) * {len(pkeys) * V} + {at}, {V})"
-            return f"vload(pk, b_pk + {tap_values.index(tap) * len(pkeys) * V + at}, {V})"
+                return f"vload(pk, b_pk + ({place}) * {len(pkeys) * pv} + {at}, {V})"
+            return f"vload(pk, b_pk + {tap_values.index(tap) * len(pkeys) * pv + at}, {V})"
         cur = [f"s{k}" for k in range(len(members))]
         cur_u = [f"u{j}" for j in range(len(slots))]
 

@@ -3,6 +3,8 @@ vector at once where its address is a multiple of the vector's bytes, and
 the streaming kernels (a memory-bound forward, the one-pass backward) start
 their vectors there (`numba_step.whole_vectors`), whatever the output's
 address: every offset of ``out`` against the reference."""
+import re
+
 import numpy as np
 import pytest
 
@@ -62,7 +64,6 @@ def test_line_gap_and_the_stores_at_every_offset(dtype):
 def fresh(monkeypatch):
     """Non-temporal stores for every streamed output, and kernels built anew."""
     backend = registry.get(NAME)
-    monkeypatch.setattr(numba_tiling, "NONTEMPORAL", True)
     monkeypatch.setattr(numba_tiling, "NONTEMPORAL_BYTES", 0)
     for cache in ("_kernels", "_one_passes", "_repeats"):
         monkeypatch.setattr(backend, cache, {})
@@ -70,17 +71,21 @@ def fresh(monkeypatch):
     return backend
 
 
-# rows a multiple of the vector (48) and not (36: the last vector moved back)
-@pytest.mark.parametrize("w", [48, 36])
+# rows a multiple of the vector (48) and not (36: the last vector moved back); on AMD (non-temporal
+# stores only in the one pass, its second loop reading a copy of dy: dx's planes at one offset mod 1 KiB)
+@pytest.mark.parametrize("w, amd", [(48, False), (36, False), (64, True)], ids=["rows-48", "rows-36", "amd-rows-64"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_streamed_outputs_at_every_offset(fresh, dtype, w):
+def test_streamed_outputs_at_every_offset(fresh, monkeypatch, dtype, w, amd):
     """W1's layer (1x1, a bias): the forward's y and the one pass's dx
     written through ``out=`` at each offset from a vector boundary, against
-    einsum; both kernels start their stores at the boundary (``line_gap``)."""
+    einsum; both kernels start their stores at the boundary (``line_gap``),
+    the one pass in its first loop (on AMD in a loop of its own)."""
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL", not amd)
+    monkeypatch.setattr(numba_tiling, "AWAY", True)
     op, rng = el.locally_connected2d, np.random.default_rng(5)
-    x, wt = rng.standard_normal((3, 2, 4, w)), rng.standard_normal((2, 2, 1, 1, 4, w))
-    b = rng.standard_normal((2, 4, w))
-    dy = rng.standard_normal((3, 2, 4, w))
+    x, wt = rng.standard_normal((3, 2, 16, w)), rng.standard_normal((2, 2, 1, 1, 16, w))
+    b = rng.standard_normal((2, 16, w))
+    dy = rng.standard_normal((3, 2, 16, w))
     want_y = op(x, wt, b, backend="einsum:numpy")
     want = el.vjp(op, dy, x, wt, b, backend="einsum:numpy")
     x, wt, b, dy = (a.astype(dtype) for a in (x, wt, b, dy))
@@ -95,5 +100,8 @@ def test_streamed_outputs_at_every_offset(fresh, dtype, w):
             np.testing.assert_allclose(g, ref, rtol=tol, atol=tol, err_msg=f"{name}, out {k} elements past a boundary")
     forward = [k.source for k, _ in fresh._kernels.values() if "vstore_nt(a_y" in k.source]
     one_pass = [hit[0].source for hit in fresh._one_passes.values() if hit is not None]
-    assert forward and all("line_gap(a_y" in s for s in forward), forward
-    assert one_pass and all("line_gap(a_dx" in s for s in one_pass), one_pass
+    assert bool(forward) != amd and all("line_gap(a_y" in s for s in forward), forward
+    assert one_pass and all("line_gap(a_dx" in s and ("in the same loop" in s) != amd and
+                            ("vload(dyb" in s) == amd for s in one_pass), one_pass
+    # tiles of 64 to 128 positions: vectors between the first and the last
+    assert all(int(re.search(r"(\d+) positions a tile", s)[1]) >= 4 * LANES[dtype] for s in one_pass), one_pass

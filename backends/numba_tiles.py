@@ -203,7 +203,7 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
     out_base = f"b_{out.name} = " + _plus(_linear(out_coef, set(t.outer) | ({v} if t.form == 'map' else set())),
                                           out_const)
     # the vector's loop the tile's innermost, every member's output at one offset mod a vector: `whole_vectors`
-    whole = nt and not t.sums_outside and loops[-1:] == [(v, V)] and out_coef.get(v) == 1 and R >= V and \
+    whole = nt and not (t.sums_outside or sums) and loops[-1:] == [(v, V)] and out_coef.get(v) == 1 and R >= V and \
         len({value(out_coef, 0, m) % V for m in members}) == 1
     if ahead_w:
         write_table(lines, [value(out_coef, 0, m) for m in members])

@@ -7,12 +7,16 @@ wt[o,c,h,w]``) is memory-bound, forward and backward.  Run apart, its two
 gradient statements each read ``dy`` (W1: 104 MB moved, against the forward's
 53); here one kernel reads it once (88 MB).  A tile is a run of positions,
 the same in every array; for each image it sums ``dy * x`` into a scratch
-(the weight's and the bias's gradients, summed over the images), then writes
-the input's gradient, ``dy`` times the weight, from the rows of ``dy`` it just
-read (still in L1).  Two passes over the tile's positions, not one: with the
-input gradient's non-temporal stores among the sums, W1's backward took
-5.5 ms with its data in memory, split 4.1, its two kernels apart 5.0 (2-core
-AVX-512 Xeon, medians)."""
+(the weight's and the bias's gradients, summed over the images) and writes
+the input's gradient, ``dy`` times the weight, from the rows of ``dy`` it
+reads, in the same loop: each of its vectors a few lanes behind the loads,
+so that its non-temporal stores start at a vector boundary and are whole
+vector stores (`numba_simd.vstore_nt`).  Split 8-byte stores among the sums
+once made one loop slower than two (W1's backward 5.5 ms with its data in
+memory against 4.1); with whole vectors one loop is 3-9% faster than two
+(2-core AVX-512 Xeon, medians).  On AMD, where a load near a non-temporal
+store's page offset waits for it, the input gradient keeps a loop of its own
+that reads a copy of ``dy``'s rows placed away from that offset."""
 from __future__ import annotations
 
 import itertools

@@ -74,6 +74,25 @@ def _flusher(nbytes: int):
     return lambda: total(buf)
 
 
+def matmul_case(arr, n: int = 2048):
+    """A float32 ``n x n`` matmul with ``out=`` (operands from ``arr``) and its flops."""
+    a, b, c = arr(n, n), arr(n, n), np.empty((n, n), np.float32)
+    return (lambda: np.matmul(a, b, out=c)), 2 * n ** 3
+
+
+def interleaved(cases: dict, rounds: int, before) -> dict:
+    """Each case's times over ``rounds``, every round timing each case once
+    (a noisy host slows them alike), ``before(fn)`` run untimed first."""
+    times = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, (fn, _) in cases.items():
+            before(fn)
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
 def _best_of(fn, calls: int) -> float:
     best = float("inf")
     for _ in range(calls):
@@ -98,9 +117,7 @@ def main():
     op, name = el.locally_connected2d, args.backend
     cases = {}
 
-    n = 2048
-    a, b, c = arr(n, n), arr(n, n), np.empty((n, n), np.float32)
-    cases["matmul 2048"] = (lambda: np.matmul(a, b, out=c), 2 * n ** 3)
+    cases["matmul 2048"] = matmul_case(arr)
 
     src = np.ones(256 * 2 ** 20 // 4, np.float32)
     dst = np.empty_like(src)
@@ -130,18 +147,8 @@ def main():
     copy_best = _best_of(cases["copyto 256 MB (1 thread)"][0], 10)
     set_threads(args.threads)
     flush = _flusher(max(2 * (llc_bytes() or 0), 256 * 2 ** 20))
-    times = {k: [] for k in cases}
-    for _ in range(args.rounds):
-        for k, (fn, _) in cases.items():
-            if k.startswith("copyto"):
-                continue
-            if args.before == "flush":
-                flush()
-            elif args.before == "call":
-                fn()
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    before = {"flush": lambda fn: flush(), "call": lambda fn: fn()}.get(args.before, lambda fn: None)
+    times = interleaved({k: v for k, v in cases.items() if not k.startswith("copyto")}, args.rounds, before)
     med = {k: statistics.median(v) for k, v in times.items() if v}
     q = {k: (np.percentile(v, 25), np.percentile(v, 75)) for k, v in times.items() if v}
     matmul_rate = cases["matmul 2048"][1] / med["matmul 2048"]       # medians against medians

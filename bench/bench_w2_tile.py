@@ -33,11 +33,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")     # see bench_roofline.py
 
 import numpy as np  # noqa: E402
+from bench_roofline import interleaved, matmul_case  # noqa: E402  (run as a script: bench/ is on the path)
 
 N, C, O, H, PITCH, TAPS = 100, 16, 16, 26, 28, 3
 IMAGE, PLANE = C * PITCH * PITCH, PITCH * PITCH      # x's strides (elements)
@@ -124,10 +124,7 @@ def main():
     def arr(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
 
-    cases = {}
-    n = 2048
-    a, b, c = arr(n, n), arr(n, n), np.empty((n, n), np.float32)
-    cases["matmul 2048"] = (lambda: np.matmul(a, b, out=c), 2 * n ** 3)
+    cases = {"matmul 2048": matmul_case(arr)}
 
     # x with room for the last tile's vectors; the weight packed (random values: the rates are the loads' and FMAs')
     x = arr(N * IMAGE + TILES * VECS * V + 2 * PITCH + TAPS)
@@ -147,13 +144,7 @@ def main():
     for fn, _ in cases.values():       # compile, load, first touch
         fn()
         fn()
-    times = {k: [] for k in cases}
-    for _ in range(args.rounds):
-        for k, (fn, _) in cases.items():
-            fn()
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved(cases, args.rounds, lambda fn: fn())
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: cases[k][1] / med[k] for k in cases}
     print(f"machine: {_cpu_model()}; threads {args.threads}; {args.rounds} interleaved rounds, "

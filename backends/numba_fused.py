@@ -14,9 +14,11 @@ so that its non-temporal stores start at a vector boundary and are whole
 vector stores (`numba_simd.vstore_nt`).  Split 8-byte stores among the sums
 once made one loop slower than two (W1's backward 5.5 ms with its data in
 memory against 4.1); with whole vectors one loop is 3-9% faster than two
-(2-core AVX-512 Xeon, medians).  On AMD, where a load near a non-temporal
-store's page offset waits for it, the input gradient keeps a loop of its own
-that reads a copy of ``dy``'s rows placed away from that offset."""
+(2-core AVX-512 Xeon, medians).  Where a vector is half a cache line
+(AVX2), a line's two vectors are stored one after the other.  On AMD, where
+a load near a non-temporal store's page offset waits for it, the input
+gradient keeps a loop of its own that reads a copy of ``dy``'s rows placed
+away from that offset."""
 from __future__ import annotations
 
 import itertools
@@ -47,6 +49,9 @@ ONE_PASS = True       # False: every gradient statement runs on its own (for com
 # are non-temporal all the same when its pass loads nothing within AWAY bytes
 # of that offset: it reads dy's rows from a copy made in the first pass, and
 # the copy and the weight's panel start AWAY bytes past dx's offset.
+# Where a vector is narrower than a cache line (AVX2), the input gradient's
+# vectors of one line are stored one after another, each plane's (`generate`).
+LINE_BYTES = 64
 OUT = "@out"          # the output's key among the operands' (no operand is named so)
 
 
@@ -261,20 +266,37 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
             k = len(pairs) + i
             lines.append(f"{body}vstore(acc, e + {k * pitch}, vfma(r{i}, one, vload(acc, e + {k * pitch}, {L})))")
 
-    def dx_vector(e, d: str) -> list[str]:
-        """dx's vector at offset ``e`` (a name or an int), from dy's rows
-        (named ``d0``, ``d1``, ... with ``d``)."""
-        def at(k):
+    def dx_vector(es, d: str, pad: str = "") -> list[str]:
+        """dx's vectors at offsets ``es`` (names or ints; one or more), from
+        dy's rows (named ``d0``, ``d1``, ... with ``d``; ``d0_1`` ... for the
+        second vector): each plane's stores one after another."""
+        es = es if isinstance(es, list) else [es]
+
+        def at(e, k):
             return str(e + k) if isinstance(e, int) else plus(e, k)
-        out = [f"{body}{d}{i} = vload(dyb, {at(i * wpitch)}, {L})" if away else
-               f"{body}{d}{i} = vload(a_dy, b_dy + {at(off(coef[OUT], p))}, {L})" for i, p in enumerate(os_)]
+
+        def dn(u, i):
+            return f"{d}{i}" if len(es) == 1 else f"{d}{i}_{u}"
+        out = [f"{body}{pad}{dn(u, i)} = vload(dyb, {at(e, i * wpitch)}, {L})" if away else
+               f"{body}{pad}{dn(u, i)} = vload(a_dy, b_dy + {at(e, off(coef[OUT], p))}, {L})"
+               for u, e in enumerate(es) for i, p in enumerate(os_)]
         for j, pc in enumerate(cs_):
-            expr = "z"
-            for i, po in enumerate(os_):
-                expr = f"vfma({d}{i}, vload(wp, {at(pairs.index((i, j)) * wpitch)}, {L}), {expr})"
-            out.append(f"{body}{store}(a_{dx_n}, b_dx + {at(off(gcoef[r.x], pc))}, {expr})")
+            for u, e in enumerate(es):
+                expr = "z"
+                for i, po in enumerate(os_):
+                    expr = f"vfma({dn(u, i)}, vload(wp, {at(e, pairs.index((i, j)) * wpitch)}, {L}), {expr})"
+                out.append(f"{body}{pad}{store}(a_{dx_n}, b_dx + {at(e, off(gcoef[r.x], pc))}, {expr})")
         return out
-    if merged:     # the vector g lanes behind (the first at 0, split), then the last, split
+    # vectors narrower than a cache line (AVX2): the stores of a line's vectors one after another,
+    # each plane's (W1's backward, its data in memory, 2 threads, AVX-512 Xeon running AVX2 code:
+    # 3.98 / 3.43 / 3.55 -> 3.04 / 3.02 / 3.22 ms; back to back 2.53 -> 2.15; AVX-512: no change)
+    span = max(1, LINE_BYTES // (L * item))
+    span = span if T % (span * L) == 0 else 1
+    if merged and span > 1:     # at the line's last vector: its vectors, g lanes behind (the first at 0, split)
+        lines.append(f"{body}if e % {span * L} == {(span - 1) * L}:")
+        lines += [f"{body}    f{u} = max(e - {f'{(span - 1 - u) * L} - ' if u < span - 1 else ''}g, 0)" for u in range(span)]
+        lines += [*dx_vector([f"f{u}" for u in range(span)], "d", "    "), f"{ind}if h:", *dx_vector(T - L, "d")]
+    elif merged:     # the vector g lanes behind (the first at 0, split), then the last, split
         lines += [f"{body}f = max(e - g, 0)", *dx_vector("f", "d"), f"{ind}if h:", *dx_vector(T - L, "d")]
     else:
         lines.append(f"{ind}# {dx_n}: dy times {r.w}, summed over {', '.join(r.o) or '-'}")

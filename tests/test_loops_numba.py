@@ -626,15 +626,20 @@ def test_the_other_vector_width_matches_the_reference():
     """The tiles at the register width this CPU does not pick (256 bits on an
     AVX-512 host, 512 elsewhere, where LLVM splits each vector): one small
     padded depthwise layer and a 1x1 layer, forward and backward, in a
-    process of their own."""
+    process of their own; then a 1x1 layer with a bias whose outputs are
+    streamed with non-temporal stores (its one-pass backward)."""
     from einlocal.backends.numba_simd import VECTOR_BITS
     other = 256 if VECTOR_BITS == 512 else 512
     code = textwrap.dedent("""
         import einlocal as el
+        from einlocal.backends import numba_tiling
         from einlocal.backends.numba_simd import LANES
         assert LANES["float32"] == {lanes}, LANES
         for op, kw in [(el.depthwise_conv2d, dict(x=(2, 2, 9, 19), weight=(4, 1, 3, 3), padding=1)),
-                       (el.locally_connected2d, dict(x=(4, 3, 3, 20), weight=(2, 3, 1, 1, 3, 20)))]:
+                       (el.locally_connected2d, dict(x=(4, 3, 3, 20), weight=(2, 3, 1, 1, 3, 20))),
+                       ("streamed", dict(x=(3, 2, 16, 64), weight=(2, 2, 1, 1, 16, 64), bias=(2, 16, 64)))]:
+            if op == "streamed":
+                op, numba_tiling.NONTEMPORAL, numba_tiling.NONTEMPORAL_BYTES = el.locally_connected2d, True, 0
             report = el.check(op, backends=["loops:numba"], dtype="float32", seed=7, **kw)
             assert report.ok and report.rows[0].status == "pass", str(report)
         print("ok")

@@ -10,7 +10,7 @@ import pytest
 
 import einlocal as el
 from einlocal import fast, registry
-from einlocal.backends import numba_tiling
+from einlocal.backends import numba_fused, numba_tiling
 
 pytestmark = pytest.mark.compiled
 
@@ -105,3 +105,38 @@ def test_streamed_outputs_at_every_offset(fresh, monkeypatch, dtype, w, amd):
                             ("vload(dyb" in s) == amd for s in one_pass), one_pass
     # tiles of 64 to 128 positions: vectors between the first and the last
     assert all(int(re.search(r"(\d+) positions a tile", s)[1]) >= 4 * LANES[dtype] for s in one_pass), one_pass
+
+
+# rows of 64: tiles of 128 positions, a multiple of two and four vectors; rows of 36: not always
+@pytest.mark.parametrize("w", [64, 36], ids=["rows-64", "rows-36"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_vectors_of_a_line_stored_together(fresh, monkeypatch, dtype, w):
+    """Where a vector is narrower than a cache line (AVX2; here a line taken
+    as two and four vectors), the one pass stores a line's vectors one after
+    another at its last vector, where the tile is a multiple of them: dx at
+    every offset from a vector boundary against einsum, and the groups in
+    the source exactly there."""
+    monkeypatch.setattr(numba_tiling, "NONTEMPORAL", True)
+    op, rng = el.locally_connected2d, np.random.default_rng(6)
+    x, wt = rng.standard_normal((3, 2, 16, w)), rng.standard_normal((2, 2, 1, 1, 16, w))
+    b, dy = rng.standard_normal((2, 16, w)), rng.standard_normal((3, 2, 16, w))
+    want = el.vjp(op, dy, x, wt, b, backend="einsum:numpy")
+    x, wt, b, dy = (a.astype(dtype) for a in (x, wt, b, dy))
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    L, item = LANES[dtype], np.dtype(dtype).itemsize
+    for span in (2, 4):
+        monkeypatch.setattr(numba_fused, "LINE_BYTES", span * L * item)
+        for cache in (fresh._kernels, fresh._one_passes, fresh._repeats, fast._PREPARED):
+            cache.clear()       # every kernel built for this line
+        raw = np.full(x.size + 64, np.nan, dtype)
+        for k in range(L):
+            dx = _at(raw, k, x.shape)
+            got = el.vjp(op, dy, x, wt, b, backend=NAME, out=(dx, np.empty_like(wt), np.empty_like(b)))
+            for g, ref, name in zip(got, want, ("dx", "dweight", "dbias")):
+                np.testing.assert_allclose(g, ref, rtol=tol, atol=tol,
+                                           err_msg=f"{name}, {span} vectors a line, out {k} elements past a boundary")
+        sources = [hit[0].source for hit in fresh._one_passes.values() if hit is not None]
+        tiles = [int(re.search(r"(\d+) positions a tile", s)[1]) for s in sources]
+        assert sources and all((f"if e % {span * L} == {(span - 1) * L}:" in s) == (t % (span * L) == 0)
+                               for s, t in zip(sources, tiles)), sources
+        assert w != 64 or all(t % (span * L) == 0 for t in tiles), tiles

@@ -186,6 +186,11 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
     whole = nt and len({off(gcoef[r.x], p) % L for p in cs_}) == 1
     # ... and, where loads may meet the stores' page offset (not AMD), in the first loop
     merged = whole and not away
+    # vectors narrower than a cache line (AVX2): the stores of a line's vectors one after another,
+    # each plane's (W1's backward, its data in memory, 2 threads, AVX-512 Xeon running AVX2 code:
+    # 3.98 / 3.43 / 3.55 -> 3.04 / 3.02 / 3.22 ms; back to back 2.53 -> 2.15; AVX-512: no change)
+    span = max(1, LINE_BYTES // (L * item))
+    span = span if merged and T % (span * L) == 0 else 1
     how = f" (non-temporal stores; its loads {AWAY} bytes and more off their page offset)" if away else \
         " (non-temporal stores)" if nt else ""
 
@@ -205,7 +210,8 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         f"# one pass: {T} positions a tile, {', '.join(n for n, _ in r.s)} looped: {dw_n}"
         f"{' and the bias' if bcoef is not None else ''} summed in a scratch, "
         + (f"and {dx_n} in the same loop, from the rows of dy it reads (each vector a few lanes behind, "
-           f"so its stores start at a vector boundary)" if merged else f"then {dx_n} from the rows of dy just read")
+           f"so its stores start at a vector boundary{f'; a line of {span} vectors stored together' if span > 1 else ''})"
+           if merged else f"then {dx_n} from the rows of dy just read")
         + f"{how}; prange over the tiles",
         "import numba",
         "import numpy as np",
@@ -287,12 +293,7 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
                     expr = f"vfma({dn(u, i)}, vload(wp, {at(e, pairs.index((i, j)) * wpitch)}, {L}), {expr})"
                 out.append(f"{body}{pad}{store}(a_{dx_n}, b_dx + {at(e, off(gcoef[r.x], pc))}, {expr})")
         return out
-    # vectors narrower than a cache line (AVX2): the stores of a line's vectors one after another,
-    # each plane's (W1's backward, its data in memory, 2 threads, AVX-512 Xeon running AVX2 code:
-    # 3.98 / 3.43 / 3.55 -> 3.04 / 3.02 / 3.22 ms; back to back 2.53 -> 2.15; AVX-512: no change)
-    span = max(1, LINE_BYTES // (L * item))
-    span = span if T % (span * L) == 0 else 1
-    if merged and span > 1:     # at the line's last vector: its vectors, g lanes behind (the first at 0, split)
+    if span > 1:     # at the line's last vector: its vectors, g lanes behind (the first at 0, split)
         lines.append(f"{body}if e % {span * L} == {(span - 1) * L}:")
         lines += [f"{body}    f{u} = max(e - {f'{(span - 1 - u) * L} - ' if u < span - 1 else ''}g, 0)" for u in range(span)]
         lines += [*dx_vector([f"f{u}" for u in range(span)], "d", "    "), f"{ind}if h:", *dx_vector(T - L, "d")]

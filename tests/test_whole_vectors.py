@@ -137,6 +137,7 @@ def test_the_vectors_of_a_line_stored_together(fresh, monkeypatch, dtype, w):
                                            err_msg=f"{name}, {span} vectors a line, out {k} elements past a boundary")
         sources = [hit[0].source for hit in fresh._one_passes.values() if hit is not None]
         tiles = [int(re.search(r"(\d+) positions a tile", s)[1]) for s in sources]
-        assert sources and all((f"if e % {span * L} == {(span - 1) * L}:" in s) == (t % (span * L) == 0)
+        assert sources and all((f"if e % {span * L} == {(span - 1) * L}:" in s) == (t % (span * L) == 0) ==
+                               (f"a line of {span} vectors stored together" in s)
                                for s, t in zip(sources, tiles)), sources
         assert w != 64 or all(t % (span * L) == 0 for t in tiles), tiles

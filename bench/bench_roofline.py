@@ -102,17 +102,21 @@ def _best_of(fn, calls: int) -> float:
     return best
 
 
+def random_arrays(threads: int):
+    """Set numba's and BLAS's threads; return ``arr(*shape)``: float32
+    normal draws, the same from run to run."""
+    from einlocal.timing import set_threads
+    set_threads(threads)
+    rng = np.random.default_rng(0)
+    return lambda *shape: rng.standard_normal(shape, dtype=np.float32)
+
+
 def main():
     args = _args()
-    from einlocal.timing import set_threads
-    set_threads(args.threads)
+    arr = random_arrays(args.threads)
     import einlocal as el
     from einlocal.machine import _cpu_model, llc_bytes
-    from einlocal.timing import thread_info
-    rng = np.random.default_rng(0)
-
-    def arr(*shape):
-        return rng.standard_normal(shape, dtype=np.float32)
+    from einlocal.timing import set_threads, thread_info
 
     op, name = el.locally_connected2d, args.backend
     cases = {}

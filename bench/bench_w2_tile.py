@@ -37,7 +37,7 @@ import statistics
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")     # see bench_roofline.py
 
 import numpy as np  # noqa: E402
-from bench_roofline import interleaved, matmul_case  # noqa: E402  (run as a script: bench/ is on the path)
+from bench_roofline import interleaved, matmul_case, random_arrays  # noqa: E402  (run as a script: bench/ is on the path)
 
 N, C, O, H, PITCH, TAPS = 100, 16, 16, 26, 28, 3
 IMAGE, PLANE = C * PITCH * PITCH, PITCH * PITCH      # x's strides (elements)
@@ -115,21 +115,16 @@ def _aligned(n: int) -> np.ndarray:
 
 def main():
     args = _args()
-    from einlocal.timing import set_threads
-    set_threads(args.threads)
+    arr = random_arrays(args.threads)
     import einlocal as el
     from einlocal.machine import _cpu_model
-    rng = np.random.default_rng(0)
-
-    def arr(*shape):
-        return rng.standard_normal(shape, dtype=np.float32)
 
     cases = {"matmul 2048": matmul_case(arr)}
 
     # x with room for the last tile's vectors; the weight packed (random values: the rates are the loads' and FMAs')
     x = arr(N * IMAGE + TILES * VECS * V + 2 * PITCH + TAPS)
     pk = _aligned(O // BO * VECS * PANEL)
-    pk[:] = rng.standard_normal(pk.size, dtype=np.float32)
+    pk[:] = arr(pk.size)
     y = np.empty(N * O * H * H + TILES * VECS * V + O * H * H, np.float32)
     fmas = C * TAPS * TAPS * BN * BO * (O // BO) * VECS * TILES * -(-N // BN)     # vector FMAs a call
     for name, flags in TILE_CASES.items():

@@ -296,9 +296,10 @@ def generate(plan, t: Tiling, strides: dict, out_strides, dtype: str, init_strid
             if writes and k == 0:
                 write_ahead(emit, out.name, len(members), ends, n, live[n])
 
-    # the summed loops outside the vectors: each plane of P (W2's weight: an (o, c, i, j)) is read for
-    # the tile's vectors one after another, a run of memory, not once a vector with the planes between
-    # (W2's forward, paired in one process, 31 rounds, 2 threads, AVX-512 Xeon: 1.84 -> 1.72-1.79 ms)
+    # the summed loops outside the vectors: a plane of P (W2's weight: an (o, c, i, j)) is read for the
+    # tile's next vector a step of the summed loops later (36 planes), not after all of them (576), so
+    # its lines are still cached (W2's forward, paired in one process, 31 rounds, 2 threads, AVX-512
+    # Xeon: 1.84 -> 1.72-1.79 ms)
     emit(f"# {P.name}'s slice for the tiles below, packed" + (f", one panel a vector of the {K}" if K > 1 else ""))
     sums()
     if K > 1:

@@ -210,7 +210,8 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         f"# one pass: {T} positions a tile, {', '.join(n for n, _ in r.s)} looped: {dw_n}"
         f"{' and the bias' if bcoef is not None else ''} summed in a scratch, "
         + (f"and {dx_n} in the same loop, from the rows of dy it reads (each vector a few lanes behind, "
-           f"so its stores start at a vector boundary{f'; a line of {span} vectors stored together' if span > 1 else ''})"
+           f"so its stores start at a vector boundary"
+           f"{f'; a line of {span} vectors stored together' if span > 1 else ''})"
            if merged else f"then {dx_n} from the rows of dy just read")
         + f"{how}; prange over the tiles",
         "import numba",
@@ -293,12 +294,13 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
                     expr = f"vfma({dn(u, i)}, vload(wp, {at(e, pairs.index((i, j)) * wpitch)}, {L}), {expr})"
                 out.append(f"{body}{pad}{store}(a_{dx_n}, b_dx + {at(e, off(gcoef[r.x], pc))}, {expr})")
         return out
-    if span > 1:     # at the line's last vector: its vectors, g lanes behind (the first at 0, split)
-        lines.append(f"{body}if e % {span * L} == {(span - 1) * L}:")
-        lines += [f"{body}    f{u} = max(e - {f'{(span - 1 - u) * L} - ' if u < span - 1 else ''}g, 0)" for u in range(span)]
-        lines += [*dx_vector([f"f{u}" for u in range(span)], "d", "    "), f"{ind}if h:", *dx_vector(T - L, "d")]
-    elif merged:     # the vector g lanes behind (the first at 0, split), then the last, split
-        lines += [f"{body}f = max(e - g, 0)", *dx_vector("f", "d"), f"{ind}if h:", *dx_vector(T - L, "d")]
+    if merged:     # each vector g lanes behind (the first at 0, split), then the last, split; a line's
+        fs, pad = ([f"f{u}" for u in range(span)], "    ") if span > 1 else (["f"], "")     # at its last vector
+        if span > 1:
+            lines.append(f"{body}if e % {span * L} == {(span - 1) * L}:")
+        lines += [f"{body}{pad}{f} = max(e - {f'{(span - 1 - u) * L} - ' if u < span - 1 else ''}g, 0)"
+                  for u, f in enumerate(fs)]
+        lines += [*dx_vector(fs, "d", pad), f"{ind}if h:", *dx_vector(T - L, "d")]
     else:
         lines.append(f"{ind}# {dx_n}: dy times {r.w}, summed over {', '.join(r.o) or '-'}")
         if whole:

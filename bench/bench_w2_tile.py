@@ -37,7 +37,8 @@ import statistics
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")     # see bench_roofline.py
 
 import numpy as np  # noqa: E402
-from bench_roofline import interleaved, matmul_case, random_arrays  # noqa: E402  (run as a script: bench/ is on the path)
+# run as a script: bench/ is on the path
+from bench_roofline import interleaved, matmul_case, random_arrays  # noqa: E402
 
 N, C, O, H, PITCH, TAPS = 100, 16, 16, 26, 28, 3
 IMAGE, PLANE = C * PITCH * PITCH, PITCH * PITCH      # x's strides (elements)
@@ -152,7 +153,8 @@ def main():
     useful = N * H * H / (-(-N // BN) * BN * (-(-(PITCH * (H - 1) + H) // V)) * V)
     print()
     print(f"W2 forward's useful share of the lanes and images it computes: {useful:.1%}; "
-          f"the tile over W2 at that share: {rate['tile over W2'] * useful / rate['matmul 2048']:.0%} of the matmul rate")
+          f"the tile over W2 at that share: {rate['tile over W2'] * useful / rate['matmul 2048']:.0%} "
+          "of the matmul rate")
 
 
 if __name__ == "__main__":

@@ -2,19 +2,27 @@
 own limits, measured side by side in one run: W2 (compute-bound) against a
 2048 x 2048 float32 matmul, W1 (memory-bound) against a single-threaded copy.
 
-    python bench/bench_roofline.py [--rounds N] [--threads N]
+    python bench/bench_roofline.py [--rounds N] [--threads N] [--before all|none|call|flush]
 
 Every measurement is a round of calls interleaved with the others' (so a
 noisy host slows them alike), all with ``out=``; the figures are medians over
-rounds, and the ratios are formed from the same run.  ``--before`` says what
-precedes each timed call: nothing (the default: the calls as they come),
-``flush`` (every numba thread reads a buffer twice the last-level cache, so
-the call reads its data from memory, as the copy roofline assumes, and finds
-every core running) or ``call`` (an untimed call of the same case, which
-leaves its data in the caches).  Both matter on a 2-vCPU VM: a core left
-idle took milliseconds to run a parallel kernel's thread again (W2 forward
-after a 60 ms sleep: 7.8 ms, back to back 2.9 ms), and a 480 MiB last-level
-cache holds all of W1.
+rounds, and the ratios are formed from the same rounds.  What precedes each
+timed call decides where its data comes from, so by default the rounds are
+run three times, one column each (``--before`` picks one):
+
+- ``none``: nothing, the calls as they come (W2's forward follows the
+  matmul, W1's backward W1's forward; which data the last-level cache still
+  holds depends on the cases before and on the host);
+- ``call``: an untimed call of the same case, which leaves its data in the
+  caches and its threads running, as back-to-back repetitions do (the
+  matmul too);
+- ``flush``: every numba thread reads a buffer twice the last-level cache,
+  so the call reads its data from memory, as the copy roofline assumes, and
+  finds every core running.
+
+On a 2-vCPU VM a core left idle took milliseconds to run a parallel kernel's
+thread again (W2 forward after a 60 ms sleep: 7.8 ms, back to back 2.9 ms),
+and a 480 MiB last-level cache can hold all of W1.
 
 - W2 forward's flop rate as a share of the matmul rate (target >= 60%), and
   its backward (dx + dweight, `el.vjp`) over its forward (target <= 2.0);
@@ -47,10 +55,15 @@ def _args():
     p.add_argument("--rounds", type=int, default=15, help="interleaved rounds (each times every case once)")
     p.add_argument("--threads", type=int, default=2, help="threads for numba and BLAS")
     p.add_argument("--backend", default="loops:numba")
-    p.add_argument("--before", choices=("none", "flush", "call"), default="none",
-                   help="before each timed call: nothing (default), read a buffer twice the last-level cache "
-                        "with every thread, or make an untimed call of the same case (its data then cached)")
+    p.add_argument("--before", choices=("all", *BEFORE), default="all",
+                   help="before each timed call: nothing, an untimed call of the same case (its data then cached), "
+                        "or a read of a buffer twice the last-level cache with every thread; 'all' (default): "
+                        "each in turn, a column each")
     return p.parse_args()
+
+
+# what may precede each timed call, and its column's heading
+BEFORE = {"none": "as they come", "call": "after a call of its own", "flush": "after a flush"}
 
 
 def _flusher(nbytes: int):
@@ -151,34 +164,38 @@ def main():
     copy_best = _best_of(cases["copyto 256 MB (1 thread)"][0], 10)
     set_threads(args.threads)
     flush = _flusher(max(2 * (llc_bytes() or 0), 256 * 2 ** 20))
-    before = {"flush": lambda fn: flush(), "call": lambda fn: fn()}.get(args.before, lambda fn: None)
-    times = interleaved({k: v for k, v in cases.items() if not k.startswith("copyto")}, args.rounds, before)
-    med = {k: statistics.median(v) for k, v in times.items() if v}
-    q = {k: (np.percentile(v, 25), np.percentile(v, 75)) for k, v in times.items() if v}
-    matmul_rate = cases["matmul 2048"][1] / med["matmul 2048"]       # medians against medians
+    untimed = {"none": lambda fn: None, "call": lambda fn: fn(), "flush": lambda fn: flush()}
+    modes = list(BEFORE) if args.before == "all" else [args.before]
+    timed = {k: v for k, v in cases.items() if not k.startswith("copyto")}
+    runs = {m: interleaved(timed, args.rounds, untimed[m]) for m in modes}
     copy_bw = cases["copyto 256 MB (1 thread)"][1] / copy_best
 
     print(f"machine: {_cpu_model()}, last-level cache {(llc_bytes() or 0) / 2**20:.0f} MiB; "
-          f"threads {thread_info().get('numba', '?')} (numba); backend {name}; {args.rounds} interleaved rounds, "
-          f"before each timed call: {args.before}")
-    print(f"matmul 2048 float32: median {med['matmul 2048'] * 1e3:.1f} ms = {matmul_rate / 1e9:.0f} GFLOP/s "
-          f"(best {cases['matmul 2048'][1] / min(times['matmul 2048']) / 1e9:.0f})")
+          f"threads {thread_info().get('numba', '?')} (numba); backend {name}; {args.rounds} interleaved rounds "
+          "a column")
     print(f"copyto 256 MB, 1 thread: best {copy_best * 1e3:.1f} ms = {copy_bw / 1e9:.1f} GB/s (read + written)")
     print()
-    print("| case | median ms | q1-q3 ms | figure | target |")
-    print("| --- | ---: | ---: | --- | --- |")
-    w2f, w2b = med["W2 forward"], med["W2 backward"]
-    w1f, w1b = med["W1 forward"], med["W1 backward"]
-    rows = [
-        ("W2 forward", f"{flops2 / w2f / 1e9:.0f} GFLOP/s = {flops2 / w2f / matmul_rate:.0%} of the matmul rate",
-         ">= 60%"),
-        ("W2 backward", f"{w2b / w2f:.2f}x its forward", "<= 2.0x"),
-        ("W1 forward", f"{bytes1 / w1f / 1e9:.1f} GB/s = {bytes1 / copy_bw / w1f:.0%} of the copy roofline", ">= 80%"),
-        ("W1 backward", f"{w1b / w1f:.2f}x its forward", "<= 2.0x"),
-    ]
-    for k, figure, target in rows:
-        print(f"| {k} | {med[k] * 1e3:.2f} | {q[k][0] * 1e3:.2f}-{q[k][1] * 1e3:.2f} | {figure} | {target} |")
-
+    print("| case | target | " + " | ".join(BEFORE[m] for m in modes) + " |")
+    print("| --- | --- |" + " ---: |" * len(modes))
+    cells = {k: [] for k in ("matmul 2048", "W2 forward", "W2 backward", "W1 forward", "W1 backward")}
+    for m in modes:
+        med = {k: statistics.median(v) for k, v in runs[m].items()}
+        q = {k: (np.percentile(v, 25), np.percentile(v, 75)) for k, v in runs[m].items()}
+        rate = cases["matmul 2048"][1] / med["matmul 2048"]       # medians against medians, this column's rounds
+        figure = {
+            "matmul 2048": f"{rate / 1e9:.0f} GFLOP/s",
+            "W2 forward": f"{flops2 / med['W2 forward'] / rate:.0%} of the matmul rate",
+            "W2 backward": f"{med['W2 backward'] / med['W2 forward']:.2f}x its forward",
+            "W1 forward": f"{bytes1 / copy_bw / med['W1 forward']:.0%} of the copy roofline",
+            "W1 backward": f"{med['W1 backward'] / med['W1 forward']:.2f}x its forward",
+        }
+        for k in cells:
+            cells[k].append(f"{med[k] * 1e3:.2f} ms ({q[k][0] * 1e3:.2f}-{q[k][1] * 1e3:.2f}): {figure[k]}")
+    targets = {"W2 forward": ">= 60%", "W2 backward": "<= 2.0x", "W1 forward": ">= 80%", "W1 backward": "<= 2.0x"}
+    for k, row in cells.items():
+        print(f"| {k} | {targets.get(k, '')} | " + " | ".join(row) + " |")
+    print()
+    print("each cell: median (q1-q3) of the column's rounds, and the figure its target is set on")
 
 if __name__ == "__main__":
     main()

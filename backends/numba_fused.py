@@ -27,16 +27,23 @@ from dataclasses import dataclass
 
 from . import numba_tiling
 from .numba_codegen import Kernel
-from .numba_simd import LANES
+from .numba_simd import L2_BYTES, LANES
 from .numba_step import plus, whole_vectors
 from .numba_tiling import flat_offsets as _coefs
 
-__all__ = ["Roles", "pointwise", "roles", "bias_fits", "generate", "FUSED_BYTES", "OUT"]
+__all__ = ["Roles", "pointwise", "roles", "bias_fits", "generate", "FUSED_L2_SHARE", "OUT"]
 
-# A tile's share of the weight and its scratch of sums stay in L1 across the
-# images: W1's backward (its data in memory) 4.1 ms with 512 positions a tile
-# (36 KB), 4.8 with 256 or 1024, 5.0 with 2048.
-FUSED_BYTES = 40 * 1024
+# A tile's share of the weight and its scratch of sums stay in L2 across the
+# images, within 1 / FUSED_L2_SHARE of it: longer runs of each plane a tile
+# (W1: 8 KB a row of dy, x and dx at 2048 positions, 16 KB at 4096) are
+# streamed better than runs of 2 KB with the sums in L1.  W1's backward, 2-core
+# AVX-512 Xeon (2 MB L2: 4096 positions, 288 KB), the one pass at 512 / 2048 /
+# 4096 positions alternated in one process, 31 rounds, two runs: its data in
+# memory 4.16 / 3.87 / 3.63 and 4.13 / 3.92 / 3.71 ms, back to back 2.73 /
+# 2.27 / 2.19 and 2.78 / 2.37 / 2.32; with AVX2 code 4.50 / 4.46 / 4.41 and
+# 4.34 / 4.16 / 4.23, back to back 2.47 / 2.23 / 2.18 and 2.47 / 2.21 / 2.17.
+# A 256 KB L2 keeps the 512 positions this took before.
+FUSED_L2_SHARE = 6
 # Where non-temporal stores stall loads (AMD: the input gradient's pass reads
 # a copy of dy's rows, below) longer rows served better: W1's backward 4.65 /
 # 5.24 / 5.35 ms at 512 positions a tile, 4.24 / 4.34 / 4.97 at 1024 (80 KB),
@@ -123,11 +130,20 @@ def roles(plan, dtype: str, strides: dict, out_strides) -> Roles | None:
         return None
     item = 4 if dtype == "float32" else 8
     per = (2 * O * C + O) * item          # a position's weight, its sums and the bias's
-    budget = FUSED_BYTES if numba_tiling.NONTEMPORAL else FUSED_BYTES_AMD
+    budget = L2_BYTES // FUSED_L2_SHARE if numba_tiling.NONTEMPORAL else FUSED_BYTES_AMD
     tile = max(lanes, budget // per // lanes * lanes)
-    while step % tile or (step // tile < numba_tiling.MIN_TILES and tile > lanes):
+    least = _least_tiles()
+    while step % tile or (step // tile < least and tile > lanes):
         tile -= lanes
     return Roles(x, w, step, s, o, c, tile)
+
+
+def _least_tiles() -> int:
+    """Tiles a pass is cut into at least: `numba_tiling.MIN_TILES`, and two
+    a numba thread, so that tiles of a sixth of the L2 still keep every
+    thread busy."""
+    import numba
+    return max(numba_tiling.MIN_TILES, 2 * numba.get_num_threads())
 
 
 def bias_fits(plan, r: Roles, bias_strides, dy_strides) -> bool:

@@ -34,16 +34,17 @@ from .numba_tiling import flat_offsets as _coefs
 __all__ = ["Roles", "pointwise", "roles", "bias_fits", "generate", "FUSED_L2_SHARE", "OUT"]
 
 # A tile's share of the weight and its scratch of sums stay in L2 across the
-# images, within 1 / FUSED_L2_SHARE of it: longer runs of each plane a tile
-# (W1: 8 KB a row of dy, x and dx at 2048 positions, 16 KB at 4096) are
-# streamed better than runs of 2 KB with the sums in L1.  W1's backward, 2-core
-# AVX-512 Xeon (2 MB L2: 4096 positions, 288 KB), the one pass at 512 / 2048 /
-# 4096 positions alternated in one process, 31 rounds, two runs: its data in
-# memory 4.16 / 3.87 / 3.63 and 4.13 / 3.92 / 3.71 ms, back to back 2.73 /
-# 2.27 / 2.19 and 2.78 / 2.37 / 2.32; with AVX2 code 4.50 / 4.46 / 4.41 and
-# 4.34 / 4.16 / 4.23, back to back 2.47 / 2.23 / 2.18 and 2.47 / 2.21 / 2.17.
-# A 256 KB L2 keeps the 512 positions this took before.
-FUSED_L2_SHARE = 6
+# images, within 1 / FUSED_L2_SHARE of it: the longer each plane's run a tile
+# (W1: 2 KB of a row of dy, x and dx at 512 positions, 32 KB at 8192), the
+# better its rows stream from memory.  W1's backward, 2-core AVX-512 Xeon
+# (2 MB L2), one-pass kernels alternated in one process, 31 rounds, two runs:
+# 512 / 2048 / 4096 positions, its data in memory 4.16 / 3.87 / 3.63 and
+# 4.13 / 3.92 / 3.71 ms, back to back 2.73 / 2.27 / 2.19 and 2.78 / 2.37 /
+# 2.32 (AVX2 code: 4.50 / 4.46 / 4.41 and 4.34 / 4.16 / 4.23; 2.47 / 2.23 /
+# 2.18 and 2.47 / 2.21 / 2.17); 4096 / 8192 (a sixth / a third of the L2), in
+# memory 2.96 / 2.60 and 2.62 / 2.54, back to back 2.40 / 2.07 and 2.08 /
+# 2.05 (AVX2 code: 3.20 / 2.55 and 3.30 / 2.63; 1.95 / 1.94 and 2.00 / 1.99).
+FUSED_L2_SHARE = 3
 # Where non-temporal stores stall loads (AMD: the input gradient's pass reads
 # a copy of dy's rows, below) longer rows served better: W1's backward 4.65 /
 # 5.24 / 5.35 ms at 512 positions a tile, 4.24 / 4.34 / 4.97 at 1024 (80 KB),
@@ -140,7 +141,7 @@ def roles(plan, dtype: str, strides: dict, out_strides) -> Roles | None:
 
 def _least_tiles() -> int:
     """Tiles a pass is cut into at least: `numba_tiling.MIN_TILES`, and two
-    a numba thread, so that tiles of a sixth of the L2 still keep every
+    a numba thread, so that tiles of a third of the L2 still keep every
     thread busy."""
     import numba
     return max(numba_tiling.MIN_TILES, 2 * numba.get_num_threads())

@@ -108,15 +108,17 @@ def _roles(statement, dtype="float32", pad=None, **shapes):
 
 
 @pytest.mark.parametrize("nontemporal, l2, threads, tile",
-                         [(True, 2 * 2**20, 2, 4096), (True, 2**18, 2, 512), (True, 2 * 2**20, 16, 2048),
-                          (False, 2 * 2**20, 2, 1024)],
-                         ids=["plain-nt-stores-2MB-L2", "plain-nt-stores-256KB-L2", "16-threads", "amd-away"])
+                         [(True, 2 * 2**20, 2, 8192), (True, 5 * 2**18, 2, 4096), (True, 2**18, 2, 1024),
+                          (True, 2 * 2**20, 16, 2048), (False, 2 * 2**20, 2, 1024)],
+                         ids=["plain-nt-stores-2MB-L2", "plain-nt-stores-1.25MB-L2", "plain-nt-stores-256KB-L2",
+                              "16-threads", "amd-away"])
 def test_a_tile_of_w1s_backward(nontemporal, l2, threads, tile, monkeypatch):
     """W1's backward: 72 bytes a position (its weight, sums and the bias's),
-    its tile the most positions that divide the 65536 within a sixth of
-    the L2 (2 MB: 4096, 288 KB; 256 KB: 512), in two tiles a thread at
-    least (16 threads: 32 tiles of 2048); 1024 within FUSED_BYTES_AMD where
-    non-temporal stores stall loads (the pass reads a copy of dy)."""
+    its tile the most positions that divide the 65536 within a third of
+    the L2 (1.25 MB: 4096; 256 KB: 1024), in 8 tiles at least and two a thread (2 MB, 2
+    threads: 8192; 16 threads: 32 tiles of 2048); 1024 within
+    FUSED_BYTES_AMD where non-temporal stores stall loads (the pass reads
+    a copy of dy)."""
     import numba
     monkeypatch.setattr(numba_tiling, "NONTEMPORAL", nontemporal)
     monkeypatch.setattr(numba_fused, "L2_BYTES", l2)

@@ -51,6 +51,7 @@ FUSED_L2_SHARE = 3
 # paired, Zen 3.
 FUSED_BYTES_AMD = 80 * 1024
 AWAY = 512
+PLACED = 1024
 ONE_PASS = True       # False: every gradient statement runs on its own (for comparisons)
 # On a CPU where a load waits for a non-temporal store in flight at its page
 # offset (AMD, `numba_simd.NONTEMPORAL_STORES`), the input gradient's stores
@@ -160,13 +161,16 @@ def bias_fits(plan, r: Roles, bias_strides, dy_strides) -> bool:
     return not const and kept == qs | set(r.o) and all(coef[n] == dy[n] for n in qs)
 
 
-def _away_buffers(dx_n: str, item: int, dtype: str, sizes: dict) -> list[str]:
-    """Lines that make each buffer (name -> elements) start AWAY bytes past
-    the page offset of the tile's first element of dx."""
-    lines = [f"    d0 = (a_{dx_n}.ctypes.data + {item} * q0) % 4096"]
-    for name, n in sizes.items():
+def _placed(ref: str, item: int, dtype: str, buffers: dict, line: bool = False) -> list[str]:
+    """Lines that make each buffer (name -> (elements, bytes)) start that
+    many bytes past the page offset of the tile's first element of array
+    ``ref`` (past that offset's line, with ``line``: the buffer then as
+    aligned as a line)."""
+    at = f"(a_{ref}.ctypes.data + {item} * q0) % 4096" + (" // 64 * 64" if line else "")
+    lines = []
+    for name, (n, past) in buffers.items():
         lines += [f"    {name}_ = np.empty({n + 4096 // item}, np.{dtype})",
-                  f"    {name} = {name}_[((d0 + {AWAY} - {name}_.ctypes.data) % 4096) // {item}:][:{n}]"]
+                  f"    {name} = {name}_[(({at} + {past} - {name}_.ctypes.data) % 4096) // {item}:][:{n}]"]
     return lines
 
 
@@ -213,7 +217,13 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
 
     pairs = [(i, j) for i in range(len(os_)) for j in range(len(cs_))]
     K = len(pairs) + (len(os_) if bcoef is not None else 0)
-    pitch = T + L                 # scratch rows one vector apart more than a tile: not all in one L1 set
+    # the merged pass (not AMD): the scratch's rows and the panel's one line apart mod 4096 bytes, from
+    # PLACED bytes past x's page offset, so that no load of x, dy or dx shares its page offset with a
+    # store to them in flight (4K aliasing: W1's one pass with the scratch at x's offset took 4.28 ms
+    # back to back, 2.01 at 2048 bytes off it, 5.32 and 2.57 with its data in memory; AVX2 code)
+    placed = merged and PLACED + 64 * (K + len(pairs)) + 512 <= 4096 - 128
+    # else scratch rows one vector apart more than a tile: not all in one L1 set
+    pitch = (-(-T * item // 4096) * 4096 + 64) // item if placed else T + L
     # away: the panel's and the copy's rows 1024 bytes apart mod 4096 (offsets AWAY + 1024 k off dx's)
     wpitch = (-(-T * item // 1024) + 1) * 1024 // item if away else pitch
     dx_n, dw_n = f"d{r.x}", f"d{r.w}"
@@ -250,15 +260,17 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         f"    a_{r.x} = numba.carray(p_{r.x}, ({size[r.x]},), {ty})",
         f"    a_{r.w} = numba.carray(p_{r.w}, ({size[r.w]},), {ty})",
         f"    q0 = t_q * {T}",
-        f"    acc = np.empty({K * pitch}, np.{dtype})",
+        *(_placed(r.x, item, dtype, {"acc": (K * pitch, PLACED)}, line=True) if placed else
+          [f"    acc = np.empty({K * pitch}, np.{dtype})"]),
         f"    z = vsplat({ty}(0), {L})",
         *([f"    one = vsplat({ty}(1), {L})"] if bcoef is not None else []),
         f"    for e in range(0, {T}, {L}):",
         *(f"        vstore(acc, e + {k * pitch}, z)" for k in range(K)),
         # the tile's weight, read again for every image: copied into a panel like the scratch
         # (its planes a power of two apart would share cache sets with x's, dy's and dx's)
-        *(_away_buffers(dx_n, item, dtype, {"wp": len(pairs) * wpitch, "dyb": len(os_) * wpitch}) if away else
-          [f"    wp = np.empty({len(pairs) * pitch}, np.{dtype})"]),
+        *(_placed(dx_n, item, dtype, {"wp": (len(pairs) * wpitch, AWAY), "dyb": (len(os_) * wpitch, AWAY)}) if away
+          else _placed(r.x, item, dtype, {"wp": (len(pairs) * pitch, PLACED + 64 * K + 512)}, line=True) if placed
+          else [f"    wp = np.empty({len(pairs) * pitch}, np.{dtype})"]),
         f"    for e in range(0, {T}, {L}):",
         *(f"        vstore(wp, e + {k * wpitch}, vload(a_{r.w}, q0 + e + {off(coef[r.w], {**os_[i], **cs_[j]})}, {L}))"
           for k, (i, j) in enumerate(pairs)),

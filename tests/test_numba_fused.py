@@ -235,21 +235,26 @@ def test_input_gradient_non_temporal_with_its_loads_away(dtype, monkeypatch, one
         assert ("vstore(a_dx" in k.source and "r0 = vload(a_dy" in k.source) != away
 
 
+@pytest.mark.parametrize("line", [False, True], ids=["away-from-dx", "past-xs-line"])
 @pytest.mark.parametrize("item", [4, 8])
-def test_the_away_buffers_start_away_from_dx(item):
+def test_the_placed_buffers_start_where_asked(item, line):
     """The copy of dy's rows and the weight's panel start `numba_fused.AWAY`
-    bytes past the page offset of the tile's first element of dx, wherever
-    numpy put each array."""
-    lines = numba_fused._away_buffers("dx", item, f"float{8 * item}", {"wp": 1000, "dyb": 300})
+    bytes past the page offset of the tile's first element of dx (AMD); the
+    scratch and the panel of the merged pass that many bytes past the line
+    of x's, and as aligned as a line: wherever numpy put each array."""
+    asked = {"wp": (1000, numba_fused.AWAY), "acc": (300, numba_fused.PLACED + 640)}
+    lines = numba_fused._placed("dx", item, f"float{8 * item}", asked, line=line)
     for shift in range(0, 4096, 4 * item + 4):
         a_dx = np.empty(4096 + 4096 // item, f"float{8 * item}")[shift // item:]
         for q0 in (0, 512, 777):
             env = {"np": np, "a_dx": a_dx, "q0": q0}
             exec("\n".join(ln.strip() for ln in lines), env)
             d0 = (a_dx.ctypes.data + item * q0) % 4096
-            for name, n in (("wp", 1000), ("dyb", 300)):
+            for name, (n, past) in asked.items():
                 assert len(env[name]) == n
-                assert (env[name].ctypes.data - d0) % 4096 == numba_fused.AWAY, (shift, q0, name)
+                start = (env[name].ctypes.data - d0 // 64 * 64 if line else env[name].ctypes.data - d0) % 4096
+                assert start == past, (shift, q0, name)
+                assert not line or env[name].ctypes.data % 64 == 0
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])

@@ -79,7 +79,8 @@ def test_streamed_outputs_at_every_offset(fresh, monkeypatch, dtype, w, amd):
     """W1's layer (1x1, a bias): the forward's y and the one pass's dx
     written through ``out=`` at each offset from a vector boundary, against
     einsum; both kernels start their stores at the boundary (``line_gap``),
-    the one pass in its first loop (on AMD in a loop of its own)."""
+    the one pass in its first loop (on AMD in a loop of its own), its
+    scratch and panel placed off x's page offset."""
     monkeypatch.setattr(numba_tiling, "NONTEMPORAL", not amd)
     monkeypatch.setattr(numba_tiling, "AWAY", True)
     op, rng = el.locally_connected2d, np.random.default_rng(5)
@@ -103,6 +104,8 @@ def test_streamed_outputs_at_every_offset(fresh, monkeypatch, dtype, w, amd):
     assert bool(forward) != amd and all("line_gap(a_y" in s for s in forward), forward
     assert one_pass and all("line_gap(a_dx" in s and ("in the same loop" in s) != amd and
                             ("vload(dyb" in s) == amd for s in one_pass), one_pass
+    # the merged pass's scratch and panel placed past x's line (no 4K aliasing with x's loads)
+    assert all(("acc = acc_[" in s and "wp = wp_[" in s and "a_x.ctypes.data" in s) != amd for s in one_pass), one_pass
     # tiles of 64 to 128 positions: vectors between the first and the last
     assert all(int(re.search(r"(\d+) positions a tile", s)[1]) >= 4 * LANES[dtype] for s in one_pass), one_pass
 

@@ -166,7 +166,7 @@ def _placed(ref: str, item: int, dtype: str, buffers: dict, line: bool = False) 
     many bytes past the page offset of the tile's first element of array
     ``ref`` (past that offset's line, with ``line``: the buffer then as
     aligned as a line)."""
-    at = f"(a_{ref}.ctypes.data + {item} * q0) % 4096" + (" // 64 * 64" if line else "")
+    at = f"(a_{ref}.ctypes.data + {item} * q0) % 4096" + (f" // {LINE_BYTES} * {LINE_BYTES}" if line else "")
     lines = []
     for name, (n, past) in buffers.items():
         lines += [f"    {name}_ = np.empty({n + 4096 // item}, np.{dtype})",
@@ -221,9 +221,10 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
     # PLACED bytes past x's page offset, so that no load of x, dy or dx shares its page offset with a
     # store to them in flight (4K aliasing: W1's one pass with the scratch at x's offset took 4.28 ms
     # back to back, 2.01 at 2048 bytes off it, 5.32 and 2.57 with its data in memory; AVX2 code)
-    placed = merged and PLACED + 64 * (K + len(pairs)) + 512 <= 4096 - 128
+    wp_at = PLACED + LINE_BYTES * K + 512      # the panel's rows after the scratch's, 512 bytes on
+    placed = merged and wp_at + LINE_BYTES * len(pairs) <= 4096 - 2 * LINE_BYTES
     # else scratch rows one vector apart more than a tile: not all in one L1 set
-    pitch = (-(-T * item // 4096) * 4096 + 64) // item if placed else T + L
+    pitch = (-(-T * item // 4096) * 4096 + LINE_BYTES) // item if placed else T + L
     # away: the panel's and the copy's rows 1024 bytes apart mod 4096 (offsets AWAY + 1024 k off dx's)
     wpitch = (-(-T * item // 1024) + 1) * 1024 // item if away else pitch
     dx_n, dw_n = f"d{r.x}", f"d{r.w}"
@@ -269,7 +270,7 @@ def generate(plan, r: Roles, strides: dict, grad_strides: dict, dtype: str, bias
         # the tile's weight, read again for every image: copied into a panel like the scratch
         # (its planes a power of two apart would share cache sets with x's, dy's and dx's)
         *(_placed(dx_n, item, dtype, {"wp": (len(pairs) * wpitch, AWAY), "dyb": (len(os_) * wpitch, AWAY)}) if away
-          else _placed(r.x, item, dtype, {"wp": (len(pairs) * pitch, PLACED + 64 * K + 512)}, line=True) if placed
+          else _placed(r.x, item, dtype, {"wp": (len(pairs) * pitch, wp_at)}, line=True) if placed
           else [f"    wp = np.empty({len(pairs) * pitch}, np.{dtype})"]),
         f"    for e in range(0, {T}, {L}):",
         *(f"        vstore(wp, e + {k * wpitch}, vload(a_{r.w}, q0 + e + {off(coef[r.w], {**os_[i], **cs_[j]})}, {L}))"

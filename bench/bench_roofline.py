@@ -13,9 +13,9 @@ run three times, one column each (``--before`` picks one):
 - ``none``: nothing, the calls as they come (W2's forward follows the
   matmul, W1's backward W1's forward; which data the last-level cache still
   holds depends on the cases before and on the host);
-- ``call``: an untimed call of the same case, which leaves its data in the
-  caches and its threads running, as back-to-back repetitions do (the
-  matmul too);
+- ``call``: untimed calls of the same case for `WARM_S` at least (one or
+  more), which leave its data in the caches and its cores running, as
+  back-to-back repetitions do (the matmul too);
 - ``flush``: every numba thread reads a buffer twice the last-level cache,
   so the call reads its data from memory, as the copy roofline assumes, and
   finds every core running.
@@ -56,14 +56,30 @@ def _args():
     p.add_argument("--threads", type=int, default=2, help="threads for numba and BLAS")
     p.add_argument("--backend", default="loops:numba")
     p.add_argument("--before", choices=("all", *BEFORE), default="all",
-                   help="before each timed call: nothing, an untimed call of the same case (its data then cached), "
+                   help="before each timed call: nothing, untimed calls of the same case (its data then cached), "
                         "or a read of a buffer twice the last-level cache with every thread; 'all' (default): "
                         "each in turn, a column each")
     return p.parse_args()
 
 
 # what may precede each timed call, and its column's heading
-BEFORE = {"none": "as they come", "call": "after a call of its own", "flush": "after a flush"}
+BEFORE = {"none": "as they come", "call": "after calls of its own", "flush": "after a flush"}
+# A core left idle runs again slowly for a few milliseconds, not only the
+# first call: W2's forward after a 2048 matmul took 3.10, 2.17, 1.99, 1.97,
+# 1.96 ... 1.93 ms in ten calls back to back (medians of 15; after a 50 ms
+# sleep or a 64 MB copy alike), so after one untimed call the timed one took
+# 2.29 ms, after two 2.10 (2-core AVX-512 Xeon).  ``call`` repeats the case
+# untimed for this long first.
+WARM_S = 0.01
+
+
+def warm(fn) -> None:
+    """Call ``fn`` untimed for `WARM_S` at least: the state back-to-back calls run in."""
+    end = time.perf_counter() + WARM_S
+    fn()
+    while time.perf_counter() < end:
+        fn()
+
 
 
 def _flusher(nbytes: int):
@@ -164,7 +180,7 @@ def main():
     copy_best = _best_of(cases["copyto 256 MB (1 thread)"][0], 10)
     set_threads(args.threads)
     modes = list(BEFORE) if args.before == "all" else [args.before]
-    untimed = {"none": lambda fn: None, "call": lambda fn: fn()}
+    untimed = {"none": lambda fn: None, "call": warm}
     if "flush" in modes:        # a buffer twice the last-level cache, made only where it is read
         flush = _flusher(max(2 * (llc_bytes() or 0), 256 * 2 ** 20))
         untimed["flush"] = lambda fn: flush()

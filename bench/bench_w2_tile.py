@@ -23,8 +23,8 @@ interleaved with the others' (all with 2 threads by default; medians):
   its rows' masks and edges;
 - ``W2 forward``: ``el.locally_connected2d(x, w, out=y)``.
 
-Each call follows an untimed one of its own, so its data is cached as far
-as the caches hold it.  Rates count the multiply-adds each case executes
+Each call follows untimed ones of its own (`bench_roofline.warm`), so its
+data is cached as far as the caches hold it and its cores are running.  Rates count the multiply-adds each case executes
 (2 flops a lane); the forward's own count (``op.flops()``) is lower: its 46
 vectors of 16 lanes cover 676 outputs, its 17 blocks of 6 images 100.
 """
@@ -38,7 +38,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")     # see bench_roofline.p
 
 import numpy as np  # noqa: E402
 # run as a script: bench/ is on the path
-from bench_roofline import interleaved, matmul_case, random_arrays  # noqa: E402
+from bench_roofline import interleaved, matmul_case, random_arrays, warm  # noqa: E402
 
 N, C, O, H, PITCH, TAPS = 100, 16, 16, 26, 28, 3
 IMAGE, PLANE = C * PITCH * PITCH, PITCH * PITCH      # x's strides (elements)
@@ -140,11 +140,11 @@ def main():
     for fn, _ in cases.values():       # compile, load, first touch
         fn()
         fn()
-    times = interleaved(cases, args.rounds, lambda fn: fn())
+    times = interleaved(cases, args.rounds, warm)
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: cases[k][1] / med[k] for k in cases}
     print(f"machine: {_cpu_model()}; threads {args.threads}; {args.rounds} interleaved rounds, "
-          "each call after an untimed one of its own")
+          "each call after untimed ones of its own")
     print()
     print("| case | median ms | GFLOP/s | share of the matmul rate |")
     print("| --- | ---: | ---: | ---: |")

@@ -81,7 +81,6 @@ def warm(fn) -> None:
         fn()
 
 
-
 def _flusher(nbytes: int):
     """A callable that reads ``nbytes`` with every numba thread: the caches
     then hold none of a case's data (and no dirty lines to write back), and

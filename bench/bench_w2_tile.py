@@ -24,9 +24,10 @@ interleaved with the others' (all with 2 threads by default; medians):
 - ``W2 forward``: ``el.locally_connected2d(x, w, out=y)``.
 
 Each call follows untimed ones of its own (`bench_roofline.warm`), so its
-data is cached as far as the caches hold it and its cores are running.  Rates count the multiply-adds each case executes
-(2 flops a lane); the forward's own count (``op.flops()``) is lower: its 46
-vectors of 16 lanes cover 676 outputs, its 17 blocks of 6 images 100.
+data is cached as far as the caches hold it and its cores are running.
+Rates count the multiply-adds each case executes (2 flops a lane); the
+forward's own count (``op.flops()``) is lower: its 46 vectors of 16 lanes
+cover 676 outputs, its 17 blocks of 6 images 100.
 """
 from __future__ import annotations
 

@@ -30,6 +30,11 @@ and a 480 MiB last-level cache can hold all of W1.
   once, y written once) over the bandwidth of a single-threaded `np.copyto`
   of a 256 MB float32 array (2 x its bytes / best time) (target >= 80%), and
   its backward over its forward (target <= 2.0).
+
+The header names the code that ran on both sides: numba's vector width and
+target CPU, and the kernels the BLAS picked.  An AVX-512 host runs both
+sides' AVX2 code with ``NUMBA_CPU_NAME=haswell OPENBLAS_CORETYPE=Haswell``
+(the matmul's AVX2 rate is then the reference, as on an AVX2 host).
 """
 from __future__ import annotations
 
@@ -130,6 +135,20 @@ def _best_of(fn, calls: int) -> float:
     return best
 
 
+def code_line() -> str:
+    """Which code ran: numba's vector width and the CPU it compiles for, and
+    the kernels each loaded BLAS picked (OpenBLAS's core type; numpy's is
+    ``libscipy_openblas`` in its wheels)."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+    from einlocal.backends.numba_simd import VECTOR_BITS
+    from einlocal.timing import thread_info
+    cpu = config.CPU_NAME if config.CPU_NAME not in (None, "host") else llvm.get_host_cpu_name()
+    pools = [f"{p['prefix']} {p['version']} ({p.get('architecture') or 'kernels not named'})"
+             for p in thread_info()["threadpools"] or [] if p["user_api"] == "blas"]
+    return f"code: numba {VECTOR_BITS}-bit vectors for {cpu}; BLAS {', '.join(pools) or 'not found'}"
+
+
 def random_arrays(threads: int):
     """Set numba's and BLAS's threads; return ``arr(*shape)``: float32
     normal draws, the same from run to run."""
@@ -190,6 +209,7 @@ def main():
     print(f"machine: {_cpu_model()}, last-level cache {(llc_bytes() or 0) / 2**20:.0f} MiB; "
           f"threads {thread_info().get('numba', '?')} (numba); backend {name}; {args.rounds} interleaved rounds "
           "a column")
+    print(code_line())
     print(f"copyto 256 MB, 1 thread: best {copy_best * 1e3:.1f} ms = {copy_bw / 1e9:.1f} GB/s (read + written)")
     print()
     print("| case | target | " + " | ".join(BEFORE[m] for m in modes) + " |")

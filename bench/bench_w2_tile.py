@@ -39,7 +39,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")     # see bench_roofline.p
 
 import numpy as np  # noqa: E402
 # run as a script: bench/ is on the path
-from bench_roofline import interleaved, matmul_case, random_arrays, warm  # noqa: E402
+from bench_roofline import code_line, interleaved, matmul_case, random_arrays, warm  # noqa: E402
 
 N, C, O, H, PITCH, TAPS = 100, 16, 16, 26, 28, 3
 IMAGE, PLANE = C * PITCH * PITCH, PITCH * PITCH      # x's strides (elements)
@@ -146,6 +146,7 @@ def main():
     rate = {k: cases[k][1] / med[k] for k in cases}
     print(f"machine: {_cpu_model()}; threads {args.threads}; {args.rounds} interleaved rounds, "
           "each call after untimed ones of its own")
+    print(code_line())
     print()
     print("| case | median ms | GFLOP/s | share of the matmul rate |")
     print("| --- | ---: | ---: | ---: |")

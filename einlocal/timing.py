@@ -308,14 +308,15 @@ def thread_info() -> dict:
     """Thread counts of every loaded library, and the environment that sets them.
 
     Keys: `threadpools` (threadpoolctl: user_api, internal_api, version,
-    num_threads), `torch` / `numba` (only if already imported), `env`.
+    num_threads, and architecture: the CPU kernels a BLAS picked, as
+    OpenBLAS's "SkylakeX" or "Haswell"), `torch` / `numba` (only if already imported), `env`.
     """
     info: dict = {"threadpools": [], "env": {}}
     try:
         import threadpoolctl
 
         for pool in threadpoolctl.threadpool_info():
-            keys = ("user_api", "internal_api", "prefix", "version", "num_threads")
+            keys = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture")
             info["threadpools"].append({k: pool.get(k) for k in keys})
     except ImportError:
         info["threadpools"] = None

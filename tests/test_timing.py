@@ -1,5 +1,7 @@
 """einlocal.timing: call order, statistics, budget and cap, on fake clocks and devices."""
 
+import json
+import os
 import subprocess
 import sys
 import types
@@ -317,7 +319,6 @@ def test_set_threads_reaches_env_and_blas():
     code = ("import numpy, json; from einlocal.timing import set_threads, thread_info;"
             "set_threads(1); print(json.dumps(thread_info()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    import json
 
     info = json.loads(out.stdout)
     assert info["env"]["OMP_NUM_THREADS"] == "1"
@@ -328,3 +329,15 @@ def test_set_threads_reaches_env_and_blas():
 def test_thread_info_lists_environment(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert thread_info()["env"]["OMP_NUM_THREADS"] == "3"
+
+
+def test_thread_info_names_the_blas_kernels():
+    """The CPU kernels OpenBLAS picked (OPENBLAS_CORETYPE forces them) reach
+    thread_info, so timings say which BLAS code ran."""
+    code = "import numpy, json; from einlocal.timing import thread_info; print(json.dumps(thread_info()))"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    pools = [p for p in json.loads(out.stdout)["threadpools"] if p["internal_api"] == "openblas"]
+    if not pools:
+        pytest.skip("numpy here is not linked to OpenBLAS")
+    assert {p["architecture"] for p in pools} == {"Haswell"}

@@ -309,7 +309,8 @@ def thread_info() -> dict:
 
     Keys: `threadpools` (threadpoolctl: user_api, internal_api, version,
     num_threads, and architecture: the CPU kernels a BLAS picked, as
-    OpenBLAS's "SkylakeX" or "Haswell"), `torch` / `numba` (only if already imported), `env`.
+    OpenBLAS's "SkylakeX" or "Haswell"), `torch` / `numba` (only if
+    already imported), `env`.
     """
     info: dict = {"threadpools": [], "env": {}}
     try:
